@@ -1,0 +1,40 @@
+# SeqSetVAE pipeline: raw ICU events -> validated events -> embedding -> shards ->
+# one training job per batch size -> evaluation and memory -> reports/batch_comparison.md
+from snakemake.utils import min_version, validate
+
+min_version("8.20")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+localrules:
+    all,
+    shards,
+    train_all,
+
+
+rule all:
+    input:
+        REPORT,
+
+
+rule shards:
+    input:
+        SHARDS_DIR,
+        QC,
+
+
+rule train_all:
+    input:
+        TRAIN_SUMMARIES,

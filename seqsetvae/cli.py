@@ -1,0 +1,63 @@
+"""The `seqsetvae` console script: one subcommand per pipeline stage.
+
+Each subcommand lives in its own module with a ``main(argv) -> int`` function; the
+module is imported only when its subcommand runs, so that `seqsetvae ingest` does not
+pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from seqsetvae.errors import InputError
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synthetic": ("seqsetvae.data.synthetic", "write ICU-like raw event and label CSVs"),
+    "splits": ("seqsetvae.data.splits", "assign patients to train/valid/test"),
+    "ingest": ("seqsetvae.data.ingest", "validate raw events into patient partitions"),
+    "stats": ("seqsetvae.data.stats", "train-split vocabulary and normalisation statistics"),
+    "embedding": ("seqsetvae.data.embedding", "build the frozen variable embedding table"),
+    "shards": ("seqsetvae.data.shards", "sets, truncation, length sorting, sharded tensors"),
+    "qc": ("seqsetvae.data.qc", "merge the stages' row and patient counts into qc.json"),
+    "train": ("seqsetvae.training.train", "train SeqSetVAE at one batch size"),
+    "evaluate": ("seqsetvae.evaluation.evaluate", "test-split metrics of one trained run"),
+    "memory": ("seqsetvae.evaluation.memory", "memory report of one batch size"),
+    "report": ("seqsetvae.reports.batch_comparison", "reports/batch_comparison.md"),
+    "bench": ("seqsetvae.benchmarks", "benchmarks: `bench data` and `bench train`"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: seqsetvae <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`seqsetvae <command> --help` describes a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from seqsetvae import __version__
+
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"seqsetvae: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

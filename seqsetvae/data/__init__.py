@@ -1,0 +1,1 @@
+"""Data stages: synthetic raw data, ingest and validation, statistics, embedding, shards."""

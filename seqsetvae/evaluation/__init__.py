@@ -1,0 +1,1 @@
+"""Evaluation on the test split and memory reports."""

@@ -1,0 +1,57 @@
+"""Configuration: the JSON sections a rule passes with `--settings`, with schema defaults.
+
+The schema (`seqsetvae/config.schema.yaml`, which the Snakefile validates against too)
+is the one place where defaults live, so the package run by hand and the pipeline agree.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+import yaml
+
+from seqsetvae.errors import InputError
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    text = resources.files("seqsetvae").joinpath("config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _with_defaults(validator_class):
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema_):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema_)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def load_settings(settings: str | dict | None = None) -> dict[str, Any]:
+    """Full configuration: `settings` (JSON text or dict) over the schema defaults.
+
+    Raises InputError naming the offending key when a value breaks the schema.
+    """
+    config = json.loads(settings) if isinstance(settings, str) else copy.deepcopy(settings or {})
+    errors = sorted(_Validator(schema()).iter_errors(config), key=lambda e: list(e.path))
+    if errors:
+        error = errors[0]
+        key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+        raise InputError(f"configuration key {key}: {error.message}")
+    # a second pass fills defaults inside sections that were themselves defaulted
+    for _ in _Validator(schema()).iter_errors(config):
+        pass
+    return config

@@ -1,0 +1,1 @@
+"""Training: length-grouped sampling over shards, the training loop, checkpoints."""

@@ -1,0 +1,73 @@
+import glob
+import json
+import os
+
+RESULTS = config["results"]
+REPORTS = config["reports"]
+BATCH_SIZES = config["train"]["batch_sizes"]
+SYNTHETIC = config["data"]["source"] == "synthetic"
+
+RAW_EVENTS = f"{RESULTS}/raw/events.csv"
+RAW_LABELS = f"{RESULTS}/raw/labels.csv"
+SPLITS = f"{RESULTS}/splits.csv"
+EVENTS_DIR = f"{RESULTS}/events"
+STATS = f"{RESULTS}/stats/normalization.json"
+VOCAB = f"{RESULTS}/stats/vocabulary.json"
+EMBEDDING = f"{RESULTS}/embedding/embedding.safetensors"
+SHARDS_DIR = f"{RESULTS}/shards"
+QC = f"{RESULTS}/qc.json"
+RUN_DIR = f"{RESULTS}/runs/bs{{bs}}"
+TRAIN_SUMMARIES = expand(f"{RESULTS}/runs/bs{{bs}}/metrics.json", bs=BATCH_SIZES)
+EVALS = expand(f"{RESULTS}/eval/bs{{bs}}.json", bs=BATCH_SIZES)
+MEMORY = expand(f"{RESULTS}/memory/bs{{bs}}.json", bs=BATCH_SIZES)
+REPORT = f"{REPORTS}/batch_comparison.md"
+LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"
+CONDA_ENV = "../../envs/seqsetvae.yaml"
+
+
+wildcard_constraints:
+    bs=r"\d+",
+
+
+def settings(*sections):
+    """The config sections a rule depends on, as one JSON string.
+
+    Passed as a rule's params so that changing any of these keys reruns that rule,
+    and only the rules that read the key.
+    """
+    return json.dumps({name: config[name] for name in sections}, sort_keys=True)
+
+
+def _expand_inputs(path):
+    """A CSV file, a directory of CSVs or a glob, as a sorted list of files."""
+    if path is None:
+        raise ValueError("data.source is 'files' but data.events or data.labels is not set")
+    if os.path.isdir(path):
+        return sorted(glob.glob(os.path.join(path, "*.csv")))
+    matches = sorted(glob.glob(path))
+    return matches if matches else [path]
+
+
+def raw_events():
+    return [RAW_EVENTS] if SYNTHETIC else _expand_inputs(config["data"]["events"])
+
+
+def raw_labels():
+    return RAW_LABELS if SYNTHETIC else config["data"]["labels"]
+
+
+def splits_file():
+    return [config["data"]["splits"]] if config["data"]["splits"] else []
+
+
+def job_threads(kind):
+    """Threads of a training or evaluation job.
+
+    On one machine a job takes every core Snakemake was given, so that training jobs
+    of different batch sizes never run side by side and distort each other's timings;
+    on a cluster each job gets its own node share from `resources.<kind>.threads`.
+    """
+    if workflow.non_local_exec:
+        return config["resources"][kind]["threads"]
+    return workflow.cores

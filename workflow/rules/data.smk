@@ -1,0 +1,148 @@
+# Raw CSVs -> validated events (patient partitions) -> statistics and vocabulary ->
+# embedding table -> sets, truncation, length-sorted safetensors shards -> qc.json
+
+
+rule synthetic_data:
+    output:
+        events=RAW_EVENTS,
+        labels=RAW_LABELS,
+    params:
+        settings=settings("synthetic", "data"),
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/synthetic_data.log",
+    benchmark:
+        f"{BENCHMARKS}/synthetic_data.tsv"
+    threads: 1
+    resources:
+        mem_mb=config["resources"]["data"]["mem_mb"],
+        runtime=config["resources"]["data"]["runtime"],
+    shell:
+        "seqsetvae synthetic --settings {params.settings:q}"
+        " --events {output.events:q} --labels {output.labels:q} > {log:q} 2>&1"
+
+
+rule splits:
+    input:
+        labels=raw_labels(),
+        splits=splits_file(),
+    output:
+        SPLITS,
+    params:
+        settings=settings("data"),
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/splits.log",
+    threads: 1
+    shell:
+        "seqsetvae splits --settings {params.settings:q} --labels {input.labels:q}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule ingest:
+    input:
+        events=raw_events(),
+        labels=raw_labels(),
+        splits=SPLITS,
+    output:
+        directory(EVENTS_DIR),
+    params:
+        settings=settings("data"),
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/ingest.log",
+    benchmark:
+        f"{BENCHMARKS}/ingest.tsv"
+    threads: config["resources"]["data"]["threads"]
+    resources:
+        mem_mb=config["resources"]["data"]["mem_mb"],
+        runtime=config["resources"]["data"]["runtime"],
+    shell:
+        "seqsetvae ingest --settings {params.settings:q} --events {input.events:q}"
+        " --labels {input.labels:q} --splits {input.splits:q} --out {output:q}"
+        " --threads {threads} > {log:q} 2>&1"
+
+
+rule stats:
+    input:
+        EVENTS_DIR,
+    output:
+        stats=STATS,
+        vocab=VOCAB,
+    params:
+        settings=settings("data"),
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/stats.log",
+    benchmark:
+        f"{BENCHMARKS}/stats.tsv"
+    threads: config["resources"]["data"]["threads"]
+    resources:
+        mem_mb=config["resources"]["data"]["mem_mb"],
+        runtime=config["resources"]["data"]["runtime"],
+    shell:
+        "seqsetvae stats --settings {params.settings:q} --events {input:q}"
+        " --stats {output.stats:q} --vocab {output.vocab:q} > {log:q} 2>&1"
+
+
+rule embedding:
+    input:
+        vocab=VOCAB,
+        table=[config["embedding"]["table"]] if config["embedding"]["method"] == "table" else [],
+    output:
+        EMBEDDING,
+    params:
+        settings=settings("embedding"),
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/embedding.log",
+    threads: 1
+    shell:
+        "seqsetvae embedding --settings {params.settings:q} --vocab {input.vocab:q}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule make_shards:
+    input:
+        events=EVENTS_DIR,
+        stats=STATS,
+        vocab=VOCAB,
+    output:
+        shards=directory(SHARDS_DIR),
+        qc=f"{RESULTS}/shards_qc.json",
+    params:
+        settings=settings("data", "shards"),
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/shards.log",
+    benchmark:
+        f"{BENCHMARKS}/shards.tsv"
+    threads: config["resources"]["data"]["threads"]
+    resources:
+        mem_mb=config["resources"]["data"]["mem_mb"],
+        runtime=config["resources"]["data"]["runtime"],
+    shell:
+        "seqsetvae shards --settings {params.settings:q} --events {input.events:q}"
+        " --stats {input.stats:q} --vocab {input.vocab:q} --out {output.shards:q}"
+        " --qc {output.qc:q} > {log:q} 2>&1"
+
+
+rule qc:
+    input:
+        events=EVENTS_DIR,
+        shards_qc=f"{RESULTS}/shards_qc.json",
+    output:
+        QC,
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/qc.log",
+    shell:
+        "seqsetvae qc --events {input.events:q} --shards-qc {input.shards_qc:q}"
+        " --out {output:q} > {log:q} 2>&1"

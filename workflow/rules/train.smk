@@ -1,0 +1,30 @@
+# One training job per batch size; `train_all` builds every size of train.batch_sizes.
+
+
+rule train:
+    input:
+        shards=SHARDS_DIR,
+        embedding=EMBEDDING,
+    output:
+        summary=f"{RUN_DIR}/metrics.json",
+        metrics=f"{RUN_DIR}/metrics.jsonl",
+        best=f"{RUN_DIR}/best.safetensors",
+        final=f"{RUN_DIR}/final.safetensors",
+        run_config=f"{RUN_DIR}/run_config.json",
+    params:
+        settings=settings("model", "train"),
+        checkpoints=f"{RUN_DIR}/checkpoints",
+    conda:
+        CONDA_ENV
+    log:
+        f"{LOGS}/train/bs{{bs}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train/bs{{bs}}.tsv"
+    threads: job_threads("train")
+    resources:
+        mem_mb=config["resources"]["train"]["mem_mb"],
+        runtime=config["resources"]["train"]["runtime"],
+    shell:
+        "seqsetvae train --settings {params.settings:q} --shards {input.shards:q}"
+        " --embedding {input.embedding:q} --batch-size {wildcards.bs}"
+        " --out $(dirname {output.summary:q}) --threads {threads} > {log:q} 2>&1"
