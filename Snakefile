@@ -18,10 +18,16 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# light jobs run in the Snakemake process itself, not as cluster jobs
 localrules:
     all,
     shards,
     train_all,
+    splits,
+    embedding,
+    qc,
+    memory,
+    report,
 
 
 rule all:
@@ -33,6 +39,7 @@ rule shards:
     input:
         SHARDS_DIR,
         QC,
+        EMBEDDING,
 
 
 rule train_all:

@@ -62,12 +62,36 @@ def splits_file():
 
 
 def job_threads(kind):
-    """Threads of a training or evaluation job.
+    """Threads of a training or evaluation job, as a function Snakemake calls per job.
 
     On one machine a job takes every core Snakemake was given, so that training jobs
     of different batch sizes never run side by side and distort each other's timings;
-    on a cluster each job gets its own node share from `resources.<kind>.threads`.
+    on a cluster each job gets its own node share from `resources.<kind>.threads`
+    (SLURM's --cpus-per-task). A function because the executor is not known yet while
+    the Snakefile is parsed; and inside a cluster job Snakemake runs the rule again
+    with a local executor over the whole node (`--cores all`, remote exec mode),
+    where the job must keep the threads it was submitted with.
     """
-    if workflow.non_local_exec:
-        return config["resources"][kind]["threads"]
-    return workflow.cores
+
+    def threads(wildcards):
+        if workflow.non_local_exec or workflow.remote_exec:
+            return config["resources"][kind]["threads"]
+        return workflow.cores
+
+    return threads
+
+
+def job_gpus(kind):
+    """GPUs a training or evaluation job asks for (the `gpu` resource).
+
+    train.device cpu: none; cuda: `resources.<kind>.gpus`, at least 1; auto: as
+    configured (0 by default, so a cluster job lands on a CPU node unless you ask).
+    The SLURM executor turns it into --gpus; profiles/local caps it at one GPU.
+    """
+    device = config["train"]["device"]
+    gpus = config["resources"][kind].get("gpus", 0)
+    if device == "cpu":
+        return 0
+    if device == "cuda":
+        return max(gpus, 1)
+    return gpus

@@ -137,6 +137,7 @@ rule qc:
     input:
         events=EVENTS_DIR,
         shards_qc=f"{RESULTS}/shards_qc.json",
+        shards=SHARDS_DIR,
     output:
         QC,
     conda:
@@ -145,4 +146,4 @@ rule qc:
         f"{LOGS}/qc.log",
     shell:
         "seqsetvae qc --events {input.events:q} --shards-qc {input.shards_qc:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --shards {input.shards:q} --out {output:q} > {log:q} 2>&1"

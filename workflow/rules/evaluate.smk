@@ -22,6 +22,7 @@ rule evaluate:
     resources:
         mem_mb=config["resources"]["evaluate"]["mem_mb"],
         runtime=config["resources"]["evaluate"]["runtime"],
+        gpu=job_gpus("evaluate"),
     shell:
         "seqsetvae evaluate --settings {params.settings:q} --shards {input.shards:q}"
         " --embedding {input.embedding:q} --weights {input.best:q}"

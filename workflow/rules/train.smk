@@ -24,6 +24,7 @@ rule train:
     resources:
         mem_mb=config["resources"]["train"]["mem_mb"],
         runtime=config["resources"]["train"]["runtime"],
+        gpu=job_gpus("train"),
     shell:
         "seqsetvae train --settings {params.settings:q} --shards {input.shards:q}"
         " --embedding {input.embedding:q} --batch-size {wildcards.bs}"

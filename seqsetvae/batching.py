@@ -1,0 +1,197 @@
+"""The model's batch: B patients packed into one two-level structure, built without loops.
+
+Layout (chosen for speed; see README "The model"):
+
+- **Events are packed**, not padded: one row per real event, `[E]`, in the order of the
+  input (patient, then set, then event). Every per-event operation of the set encoder
+  and decoder runs on exactly the E real events, so `fill_ratio` is 1.0 whatever the
+  set sizes are. `event_set [E]` says which set an event belongs to; attention inside a
+  set is a segment softmax over these ids (see `seqsetvae.model`).
+- **Within-set event pairs** `pair_query [P]`, `pair_key [P]` (P = sum of squared set
+  sizes) list every (event, event) pair of one set: the decoder's event-to-event
+  attention and the Chamfer loss use them, again without any padding.
+- **Sets are packed too** (`[S]`, patient then time order), and scattered into a padded
+  `[B, T_max]` grid only for the causal sequence transformer
+  (`set_patient`, `set_position`, `sequence_mask`).
+
+`collate(RaggedPatients) -> Batch`; `Batch.to(device)`; `n_patients`, `n_sets`,
+`n_events`, `fill_ratio` (real events / event slots the set encoder and decoder process)
+and `sequence_fill_ratio` (real sets / slots of the `[B, T_max]` grid).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from seqsetvae.data.ragged import RaggedPatients
+from seqsetvae.errors import InputError
+
+
+@dataclass
+class Batch:
+    patient_ids: list[str]  # [B]
+    labels: torch.Tensor  # int64 [B]
+    # events (packed)
+    variable_ids: torch.Tensor  # int64 [E], vocabulary ids
+    values: torch.Tensor  # float32 [E], z-normalised
+    batch_variables: torch.Tensor  # int64 [U], the distinct vocabulary ids of the batch
+    event_variable: torch.Tensor  # int64 [E], index into batch_variables
+    event_set: torch.Tensor  # int64 [E], set of each event
+    event_slot: torch.Tensor  # int64 [E], position of the event inside its set
+    # within-set event pairs (packed)
+    pair_query: torch.Tensor  # int64 [P], event index
+    pair_key: torch.Tensor  # int64 [P], event index of the same set
+    # sets (packed, patient then time order)
+    set_sizes: torch.Tensor  # int64 [S]
+    set_times: torch.Tensor  # float32 [S], minutes
+    set_patient: torch.Tensor  # int64 [S]
+    set_position: torch.Tensor  # int64 [S], index of the set in its patient's sequence
+    # sequences (padded grid for the transformer)
+    sequence_mask: torch.Tensor  # bool [B, T_max], True at real sets
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        moved = {
+            f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+            else getattr(self, f.name)
+            for f in fields(self)
+        }
+        return Batch(**moved)
+
+    @property
+    def n_patients(self) -> int:
+        return len(self.patient_ids)
+
+    @property
+    def n_sets(self) -> int:
+        return int(self.set_sizes.shape[0])
+
+    @property
+    def n_events(self) -> int:
+        return int(self.variable_ids.shape[0])
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.pair_query.shape[0])
+
+    @property
+    def max_sequence_length(self) -> int:
+        return int(self.sequence_mask.shape[1])
+
+    @property
+    def fill_ratio(self) -> float:
+        """Real events / event slots processed by the set encoder and decoder (packed: 1.0)."""
+        slots = self.event_set.shape[0]
+        return self.n_events / slots if slots else 1.0
+
+    @property
+    def sequence_fill_ratio(self) -> float:
+        """Real sets / slots of the padded [B, T_max] grid the sequence transformer sees."""
+        slots = self.sequence_mask.numel()
+        return self.n_sets / slots if slots else 1.0
+
+
+def _positions_in_segments(sizes: np.ndarray) -> np.ndarray:
+    """int64 [sum(sizes)]: 0..size-1 within each consecutive segment."""
+    total = int(sizes.sum())
+    starts = np.cumsum(sizes) - sizes
+    return np.arange(total, dtype=np.int64) - np.repeat(starts, sizes)
+
+
+def collate(patients: RaggedPatients) -> Batch:
+    """Pack `patients` (one RaggedPatients, any number >= 1) into a Batch, vectorised.
+
+    Raises InputError naming the patients that hold no set (the model needs at least
+    one set per patient), and ValueError if the offsets are inconsistent.
+    """
+    patients.validate()
+    if patients.n_patients == 0:
+        raise InputError("collate: a batch needs at least one patient")
+    sets_per_patient = patients.sets_per_patient().astype(np.int64)
+    empty = np.flatnonzero(sets_per_patient == 0)
+    if len(empty):
+        names = ", ".join(patients.patient_ids[i] for i in empty[:10])
+        raise InputError(f"collate: patient(s) {names} hold no set (no events); the model needs at least one")
+
+    set_sizes = patients.set_sizes().astype(np.int64)
+    n_sets = len(set_sizes)
+    set_starts = patients.set_offsets[:-1].astype(np.int64)
+
+    event_set = np.repeat(np.arange(n_sets, dtype=np.int64), set_sizes)
+    event_slot = _positions_in_segments(set_sizes)
+
+    # every ordered (query, key) event pair within a set: k = a * n + b
+    pair_set = np.repeat(np.arange(n_sets, dtype=np.int64), set_sizes * set_sizes)
+    k = _positions_in_segments(set_sizes * set_sizes)
+    n = set_sizes[pair_set]
+    pair_query = set_starts[pair_set] + k // n
+    pair_key = set_starts[pair_set] + k % n
+
+    set_patient = np.repeat(np.arange(patients.n_patients, dtype=np.int64), sets_per_patient)
+    set_position = _positions_in_segments(sets_per_patient)
+    max_len = int(sets_per_patient.max())
+    sequence_mask = np.arange(max_len)[None, :] < sets_per_patient[:, None]
+
+    batch_variables, event_variable = np.unique(patients.variable_ids.astype(np.int64), return_inverse=True)
+
+    def t(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
+
+    return Batch(
+        patient_ids=list(patients.patient_ids),
+        labels=t(patients.labels, torch.int64),
+        variable_ids=t(patients.variable_ids, torch.int64),
+        values=t(patients.values, torch.float32),
+        batch_variables=t(batch_variables, torch.int64),
+        event_variable=t(event_variable.reshape(-1), torch.int64),
+        event_set=t(event_set, torch.int64),
+        event_slot=t(event_slot, torch.int64),
+        pair_query=t(pair_query, torch.int64),
+        pair_key=t(pair_key, torch.int64),
+        set_sizes=t(set_sizes, torch.int64),
+        set_times=t(patients.set_times, torch.float32),
+        set_patient=t(set_patient, torch.int64),
+        set_position=t(set_position, torch.int64),
+        sequence_mask=t(sequence_mask, torch.bool),
+    )
+
+
+def random_patients(
+    n_patients: int,
+    mean_sets: float = 110,
+    mean_events: float = 300,
+    vocab_size: int = 40,
+    max_set_size: int = 15,
+    seed: int = 0,
+) -> RaggedPatients:
+    """Random patients shaped like the default data (for tests and benchmarks only).
+
+    Sets per patient vary around `mean_sets` (at least 1); set sizes are 1 + Poisson,
+    capped at `max_set_size`, with the mean chosen so events/patient ~ `mean_events`;
+    each set holds distinct variables; times increase by irregular minute gaps.
+    """
+    rng = np.random.default_rng(seed)
+    sets_per_patient = np.maximum(1, np.round(mean_sets * rng.lognormal(-0.045, 0.3, n_patients))).astype(np.int64)
+    n_sets = int(sets_per_patient.sum())
+    max_size = min(max_set_size, vocab_size)
+    set_sizes = np.minimum(1 + rng.poisson(max(mean_events / mean_sets - 1.0, 0.0), n_sets), max_size)
+    n_events = int(set_sizes.sum())
+    # distinct variables inside a set: a random start and consecutive ids
+    start = rng.integers(0, vocab_size, n_sets)
+    variable_ids = (np.repeat(start, set_sizes) + _positions_in_segments(set_sizes)) % vocab_size
+    gaps = np.ceil(rng.exponential(40.0, n_sets))
+    patient_start = np.cumsum(sets_per_patient) - sets_per_patient
+    cumulative = np.cumsum(gaps)
+    set_times = cumulative - np.repeat(cumulative[patient_start] - gaps[patient_start], sets_per_patient)
+    return RaggedPatients(
+        patient_ids=[f"P{seed}-{i}" for i in range(n_patients)],
+        labels=rng.integers(0, 2, n_patients).astype(np.int64),
+        variable_ids=variable_ids.astype(np.int32),
+        values=rng.standard_normal(n_events).astype(np.float32),
+        set_times=set_times.astype(np.float32),
+        set_offsets=np.concatenate([[0], np.cumsum(set_sizes)]).astype(np.int64),
+        patient_offsets=np.concatenate([[0], np.cumsum(sets_per_patient)]).astype(np.int64),
+    )

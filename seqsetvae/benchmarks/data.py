@@ -1,0 +1,147 @@
+"""`seqsetvae bench data`: throughput and peak memory of the data stages.
+
+For each `--events N` (default 5,000,000), in a scratch directory:
+  0. `seqsetvae synthetic` writes ~N raw events (timed separately, not in the rates);
+  (a) ingest-to-shards in one fresh Python process, in-process stage calls:
+      splits, ingest, stats, embedding, shards, qc (imports excluded from the time);
+  (b) `snakemake --cores C shards` as a whole from an empty results directory on the
+      same raw CSVs (data.source: files): process start-ups and every rule included.
+It prints events/s and peak RSS of both (the child's own getrusage for (a); for (b)
+wait4's rusage of snakemake, which covers its waited-for children, so the largest
+job). Two sizes (e.g. `--events 2500000 10000000`) show how peak memory scales.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+MEAN_EVENTS = 300  # per patient, the synthetic default
+
+
+def _run(command: list[str], cwd: Path | None = None) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MiB of the process tree, output) of a command."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{output[-3000:]}")
+    return wall, usage.ru_maxrss / 1024, output
+
+
+def chain(workdir: Path, settings: dict, threads: int) -> dict:
+    """Run splits .. qc in this process; seconds per stage and peak RSS (MiB)."""
+    from seqsetvae.data import embedding, ingest, qc, shards, splits, stats
+
+    raw, out = workdir / "raw", workdir / "chain"
+    text = json.dumps(settings)
+    steps = {
+        "splits": lambda: splits.main(["--labels", str(raw / "labels.csv"), "--out", str(out / "splits.csv"),
+                                       "--settings", text]),
+        "ingest": lambda: ingest.main(["--events", str(raw / "events.csv"), "--labels", str(raw / "labels.csv"),
+                                       "--splits", str(out / "splits.csv"), "--out", str(out / "events"),
+                                       "--settings", text, "--threads", str(threads)]),
+        "stats": lambda: stats.main(["--events", str(out / "events"), "--stats", str(out / "normalization.json"),
+                                     "--vocab", str(out / "vocabulary.json"), "--settings", text]),
+        "embedding": lambda: embedding.main(["--vocab", str(out / "vocabulary.json"),
+                                             "--out", str(out / "embedding.safetensors"), "--settings", text]),
+        "shards": lambda: shards.main(["--events", str(out / "events"), "--stats", str(out / "normalization.json"),
+                                       "--vocab", str(out / "vocabulary.json"), "--out", str(out / "shards"),
+                                       "--qc", str(out / "shards_qc.json"), "--settings", text]),
+        "qc": lambda: qc.main(["--events", str(out / "events"), "--shards-qc", str(out / "shards_qc.json"),
+                               "--shards", str(out / "shards"), "--out", str(out / "qc.json")]),
+    }  # fmt: skip
+    seconds = {}
+    for name, step in steps.items():
+        start = time.perf_counter()
+        step()
+        seconds[name] = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows_in = json.loads((out / "qc.json").read_text())["rows_in"]
+    return {"seconds": seconds, "peak_rss_mb": peak, "rows_in": rows_in}
+
+
+def bench_size(n_events: int, workdir: Path, cores: int, snakemake: bool) -> dict:
+    patients = max(3, round(n_events / MEAN_EVENTS))
+    settings = {"synthetic": {"patients": patients, "seed": 0}}
+    raw = workdir / "raw"
+    wall, _, _ = _run([sys.executable, "-m", "seqsetvae.cli", "synthetic", "--settings", json.dumps(settings),
+                       "--events", str(raw / "events.csv"), "--labels", str(raw / "labels.csv")])  # fmt: skip
+    result = {"patients": patients, "generate_s": wall, "csv_mb": (raw / "events.csv").stat().st_size / 2**20}
+
+    _, peak, output = _run([sys.executable, "-m", "seqsetvae.benchmarks.data", "--chain", str(workdir),
+                            "--settings", json.dumps(settings), "--cores", str(cores)])  # fmt: skip
+    report = json.loads(output.strip().splitlines()[-1])
+    result["events"] = report["rows_in"]
+    result["chain"] = report | {"total_s": sum(report["seconds"].values())}
+    shutil.rmtree(workdir / "chain")
+
+    if snakemake:
+        config = {"data": {"source": "files", "events": str(raw / "events.csv"), "labels": str(raw / "labels.csv")},
+                  "results": str(workdir / "results"), "reports": str(workdir / "reports")}  # fmt: skip
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+        wall, peak, _ = _run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+                              str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", str(cores),
+                              "shards"])  # fmt: skip
+        result["snakemake"] = {"wall_s": wall, "peak_rss_mb": peak}
+        shutil.rmtree(workdir / "results")
+    return result
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="seqsetvae bench data", description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, nargs="+", default=[5_000_000], help="raw events per run")
+    parser.add_argument("--cores", type=int, default=2, help="snakemake --cores and ingest threads")
+    parser.add_argument("--no-snakemake", action="store_true", help="time only the in-process chain")
+    parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
+    parser.add_argument("--chain", default=None, help=argparse.SUPPRESS)  # internal: the (a) child
+    parser.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.chain:
+        print(json.dumps(chain(Path(args.chain), json.loads(args.settings), args.cores)))
+        return 0
+
+    print(f"bench data: {os.cpu_count()} CPUs visible, --cores {args.cores}; (a) in-process stages, one child")
+    results = []
+    for n_events in args.events:
+        workdir = Path(tempfile.mkdtemp(prefix="bench-data-", dir=args.workdir))
+        try:
+            r = bench_size(n_events, workdir, args.cores, not args.no_snakemake)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        results.append(r)
+        chain_s = r["chain"]["total_s"]
+        stages = ", ".join(f"{k} {v:.2f}s" for k, v in r["chain"]["seconds"].items())
+        print(f"\n{r['events']:,} events, {r['patients']:,} patients, CSV {r['csv_mb']:.0f} MiB"
+              f" (generated in {r['generate_s']:.1f}s, not counted)")  # fmt: skip
+        print(f"  (a) ingest-to-shards, in-process: {chain_s:.2f}s = {r['events'] / chain_s:,.0f} events/s,"
+              f" peak RSS {r['chain']['peak_rss_mb']:.0f} MiB  [{stages}]")  # fmt: skip
+        if "snakemake" in r:
+            s = r["snakemake"]
+            print(f"  (b) snakemake --cores {args.cores} shards: {s['wall_s']:.2f}s ="
+                  f" {r['events'] / s['wall_s']:,.0f} events/s, peak RSS {s['peak_rss_mb']:.0f} MiB")  # fmt: skip
+    if len(results) > 1:
+        a, b = results[0], results[-1]
+        print(f"\nscaling {b['events'] / a['events']:.1f}x events: peak RSS (a) x"
+              f"{b['chain']['peak_rss_mb'] / a['chain']['peak_rss_mb']:.2f}"
+              + (f", (b) x{b['snakemake']['peak_rss_mb'] / a['snakemake']['peak_rss_mb']:.2f}" if "snakemake" in b else ""))
+    print("\n" + json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,230 @@
+"""`seqsetvae bench train`: training throughput, memory and FLOP/s per batch size.
+
+    seqsetvae bench train [--batch-sizes 1 4 8 16] [--steps 8] [--warmup 2]
+                          [--threads 2] [--device cpu|cuda] [--precision fp32|bf16]
+
+Each batch size runs in a fresh subprocess (so the peak RSS is that batch size's own) on
+in-memory synthetic patients shaped like the default data (about 110 sets and 300 events
+per patient, 40 variables, a 768-wide embedding) with the default model sizes. A step
+is what training does: gather the length-grouped batch, collate, forward, backward,
+clip, AdamW. Printed per batch size: patients/s and events/s over the timed steps, fill
+ratios, peak memory, and the achieved model FLOP/s (FLOPs of one step counted with
+`torch.utils.flop_counter.FlopCounterMode`, scaled per event to the timed steps) next to
+the FLOP/s of a plain matmul measured in the same process, i.e. the fraction of what
+this machine reaches on dense math.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqsetvae bench train", description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per batch size")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--patients", type=int, default=512, help="synthetic patients to batch from")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--settings", default="{}", help="JSON with model/train sections (defaults: the schema's)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one batch size, in-process
+    return parser
+
+
+def take(patients, indices: np.ndarray):
+    """The patients `indices` of an in-memory RaggedPatients (vectorised, like ShardReader.take)."""
+    from seqsetvae.data.ragged import RaggedPatients
+    from seqsetvae.data.reader import exclusive_cumsum, ranges
+
+    n_sets = patients.sets_per_patient()[indices]
+    sets = ranges(patients.patient_offsets[indices], n_sets)
+    set_sizes = patients.set_sizes()[sets]
+    events = ranges(patients.set_offsets[sets], set_sizes)
+    return RaggedPatients(
+        patient_ids=[patients.patient_ids[i] for i in indices],
+        labels=patients.labels[indices],
+        variable_ids=patients.variable_ids[events],
+        values=patients.values[events],
+        set_times=patients.set_times[sets],
+        set_offsets=exclusive_cumsum(set_sizes),
+        patient_offsets=exclusive_cumsum(n_sets),
+    )
+
+
+def matmul_flops_per_s(device, dtype, seconds: float = 1.0) -> float:
+    """FLOP/s of a plain square matmul on this device and thread count."""
+    import torch
+
+    n = 1024 if device.type == "cpu" else 8192
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b  # warm-up
+    sync()
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+        sync()
+    return 2 * n**3 * runs / (time.perf_counter() - start)
+
+
+def worker(args) -> dict:
+    """Benchmark one batch size in this process; returns its numbers."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from seqsetvae.batching import collate, random_patients
+    from seqsetvae.model import ModelConfig, SeqSetVAE
+    from seqsetvae.settings import load_settings
+    from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
+    from seqsetvae.training.sampler import LengthGroupedBatchSampler
+    from seqsetvae.training.train import build_optimizer
+
+    batch_size = args.worker
+    settings = load_settings(args.settings)
+    train = settings["train"]
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+    patients = random_patients(args.patients, mean_sets=110, mean_events=300, vocab_size=40, seed=0)
+    embedding = torch.randn(40, 768, generator=torch.Generator().manual_seed(0))
+    model = SeqSetVAE(ModelConfig.from_settings(settings["model"]), embedding).to(device)
+    optimizer, scheduler = build_optimizer(model, train, train["lr"])
+    sampler = LengthGroupedBatchSampler(
+        patients.events_per_patient(),
+        batch_size,
+        mega_batch_factor=train["mega_batch_factor"],
+        max_events_per_batch=train["max_events_per_batch"],
+        seed=0,
+    )
+    batches = (b for _ in range(10**6) for b in sampler)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step(indices, index: int):
+        batch = collate(take(patients, indices)).to(device)
+        with autocast:
+            out = model(batch, index)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
+        optimizer.step()
+        scheduler.step()
+        sync()
+        return batch
+
+    for i in range(args.warmup):
+        step(next(batches), i)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    seconds = patients_done = events_done = sets_done = slots = seq_slots = 0
+    for i in range(args.steps):
+        indices = next(batches)
+        start = time.perf_counter()
+        batch = step(indices, args.warmup + i)
+        seconds += time.perf_counter() - start
+        patients_done += batch.n_patients
+        events_done += batch.n_events
+        sets_done += batch.n_sets
+        slots += batch.n_events / batch.fill_ratio
+        seq_slots += batch.sequence_mask.numel()
+    cuda_allocated, cuda_reserved = cuda_peaks_mb(device)
+    rss = peak_rss_mb()
+
+    # FLOPs of one more (untimed) step, per event, applied to the timed events
+    indices = next(batches)
+    with FlopCounterMode(display=False) as counter:
+        batch = step(indices, args.warmup + args.steps)
+    flops_per_event = counter.get_total_flops() / batch.n_events
+    model_flops = flops_per_event * events_done / seconds
+    matmul = matmul_flops_per_s(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    return {
+        "batch_size": batch_size,
+        "steps": args.steps,
+        "patients_per_s": patients_done / seconds,
+        "events_per_s": events_done / seconds,
+        "seconds_per_step": seconds / args.steps,
+        "fill_ratio": events_done / slots,
+        "sequence_fill_ratio": sets_done / seq_slots,
+        "peak_rss_mb": rss,
+        "cuda_max_allocated_mb": cuda_allocated,
+        "cuda_max_reserved_mb": cuda_reserved,
+        "flops_per_patient": flops_per_event * events_done / patients_done,
+        "model_flops_per_s": model_flops,
+        "matmul_flops_per_s": matmul,
+        "fraction_of_matmul": model_flops / matmul,
+        "device": device.type,
+        "threads": args.threads,
+        "precision": args.precision,
+        "torch_version": torch.__version__,
+    }
+
+
+def _table(results: list[dict]) -> str:
+    cuda = any(r["cuda_max_allocated_mb"] is not None for r in results)
+    head = ["batch", "patients/s", "events/s", "s/step", "fill", "seq fill", "peak RSS MiB"]
+    head += ["CUDA alloc MiB", "CUDA reserved MiB"] if cuda else []
+    head += ["model GFLOP/s", "matmul GFLOP/s", "of matmul"]
+    rows = []
+    for r in results:
+        row = [str(r["batch_size"]), f"{r['patients_per_s']:.2f}", f"{r['events_per_s']:.0f}",
+               f"{r['seconds_per_step']:.3f}", f"{r['fill_ratio']:.3f}", f"{r['sequence_fill_ratio']:.3f}",
+               f"{r['peak_rss_mb']:.0f}"]  # fmt: skip
+        if cuda:
+            row += [f"{r['cuda_max_allocated_mb']:.0f}", f"{r['cuda_max_reserved_mb']:.0f}"]
+        row += [f"{r['model_flops_per_s'] / 1e9:.2f}", f"{r['matmul_flops_per_s'] / 1e9:.1f}",
+                f"{100 * r['fraction_of_matmul']:.1f}%"]  # fmt: skip
+        rows.append(row)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    if args.worker is not None:
+        print(json.dumps(worker(args)))
+        return 0
+    results = []
+    for batch_size in args.batch_sizes:
+        command = [sys.executable, "-m", "seqsetvae.benchmarks.train", "--worker", str(batch_size)]
+        for name in ("steps", "warmup", "patients", "threads", "device", "precision", "settings"):
+            command += [f"--{name}", str(getattr(args, name))]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(done.stderr, file=sys.stderr)
+            return done.returncode
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"batch size {batch_size}: {results[-1]['patients_per_s']:.2f} patients/s", file=sys.stderr, flush=True)
+    first = results[0]
+    print(
+        f"bench train: {args.steps} timed steps after {args.warmup} warm-up steps per batch size, "
+        f"{first['device']}, {args.threads} threads, {args.precision}, torch {first['torch_version']}"
+    )
+    print(_table(results))
+    by_size = {r["batch_size"]: r for r in results}
+    if 1 in by_size and 16 in by_size:
+        speedup = by_size[16]["patients_per_s"] / by_size[1]["patients_per_s"]
+        print(f"batch 16 vs 1: {speedup:.2f}x patients/s (target >= 1.0); batch 16: "
+              f"{by_size[16]['patients_per_s']:.2f} patients/s (CPU target >= 4)")  # fmt: skip
+    if args.json:
+        from seqsetvae.io import write_json
+
+        write_json(args.json, {"results": results, "arguments": {k: v for k, v in vars(args).items() if k != "worker"}})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,524 @@
+"""`seqsetvae ingest`: raw event CSVs -> validated, deduplicated patient partitions.
+
+Two passes, both vectorised and memory-bounded:
+
+1. Stream the event files in blocks of `BLOCK_BYTES`; validate each block (patient id,
+   variable, time, value), drop bad rows counted by reason, and append the rest,
+   compactly encoded (patient and variable as integer codes), to one Arrow IPC file
+   per partition (partition = FNV-1a hash of the canonical patient id modulo the
+   partition count, so a patient's rows all land in one partition).
+2. Per partition: sort by (patient_id, time, variable), drop exact duplicate rows,
+   merge conflicting duplicates to their mean, and write `part-NNNNN.arrow` with the
+   columns of docs/design.md.
+
+Policies (every dropped row is counted in qc.json under its reason):
+- patient_id_missing, variable_missing, time_missing, time_not_numeric,
+  time_not_finite, value_missing, value_not_numeric, value_not_finite: the row is
+  dropped; when these rows are more than `data.max_invalid_fraction` of all rows the
+  stage fails, naming example rows and the column.
+- negative_time: dropped (events charted before admission), not an input error.
+- patient_without_label: dropped (`data.unlabeled_events: drop`) or an error.
+- duplicate_row: an exact duplicate of another row (patient, time, variable, value).
+- conflicting_duplicate_merged: the same (patient, time, variable) with different
+  values is kept once with the mean of its distinct values; the extra rows are counted.
+A row with several problems is counted once, under the first reason in this order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from seqsetvae.data.csvio import (
+    canonical_ids,
+    canonical_ids_encoded,
+    dictionary_parts,
+    iter_blocks,
+    parse_labels,
+    parse_numbers,
+    read_header,
+    read_table,
+    row_examples,
+)
+from seqsetvae.errors import InputError
+from seqsetvae.io import atomic_path, write_json
+from seqsetvae.settings import load_settings
+
+SPLITS = ("train", "valid", "test")
+BLOCK_BYTES = 16 << 20
+AUTO_PARTITION_BYTES = 64 << 20  # ~2.5M rows of a typical event CSV per partition
+EXAMPLES_PER_REASON = 5
+
+# row drop reasons of the first pass, in priority order, with the column they concern
+ROW_REASONS = {
+    "patient_id_missing": "patient_id",
+    "variable_missing": "variable",
+    "time_missing": "time",
+    "time_not_numeric": "time",
+    "time_not_finite": "time",
+    "value_missing": "value",
+    "value_not_numeric": "value",
+    "value_not_finite": "value",
+    "negative_time": "time",
+    "patient_without_label": "patient_id",
+}
+INVALID_REASONS = tuple(list(ROW_REASONS)[:8])  # counted against data.max_invalid_fraction
+DUPLICATE_REASONS = ("duplicate_row", "conflicting_duplicate_merged")
+_CODE = {reason: code for code, reason in enumerate(ROW_REASONS, start=1)}
+
+RAW_SCHEMA = pa.schema(
+    [("patient", pa.int32()), ("variable", pa.int32()), ("time", pa.float64()), ("value", pa.float64())]
+)
+EVENTS_SCHEMA = pa.schema(
+    [
+        ("patient_id", pa.string()),
+        ("time", pa.float64()),
+        ("variable", pa.string()),
+        ("value", pa.float64()),
+        ("split", pa.string()),
+    ]
+)
+
+
+def stable_partition(ids: pa.Array, n_partitions: int) -> np.ndarray:
+    """FNV-1a 64-bit hash of each id's UTF-8 bytes modulo `n_partitions` (int32).
+
+    Stable across runs, machines and Python versions (unlike `hash()`); vectorised
+    over ids, looping only over character positions.
+    """
+    ids = ids.cast(pa.large_string())
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    n = len(ids)
+    offsets = np.frombuffer(ids.buffers()[1], dtype=np.int64)[ids.offset : ids.offset + n + 1]
+    data = np.frombuffer(ids.buffers()[2], dtype=np.uint8) if ids.buffers()[2] is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    hashes = np.full(n, 0xCBF29CE484222325, dtype=np.uint64)
+    prime = np.uint64(0x100000001B3)
+    for position in range(int(lengths.max()) if n else 0):
+        active = np.flatnonzero(lengths > position)
+        byte = data[offsets[active] + position].astype(np.uint64)
+        hashes[active] = (hashes[active] ^ byte) * prime
+    return (hashes % np.uint64(n_partitions)).astype(np.int32)
+
+
+def auto_partitions(paths: list[Path]) -> int:
+    size = sum(p.stat().st_size * (4 if p.suffix in {".gz", ".bz2", ".zst", ".lz4"} else 1) for p in paths)
+    return max(1, math.ceil(size / AUTO_PARTITION_BYTES))
+
+
+class Labels:
+    """The labelled patients, sorted by canonical id: id, label, split, partition."""
+
+    def __init__(self, labels_path: str, splits_path: str, columns: dict, n_partitions: int):
+        table = read_table(labels_path, "labels", {"patient_id": columns["patient_id"], "label": columns["label"]})
+        self.rows_in = len(table)
+        ids = canonical_ids(table["patient_id"])
+        label = parse_labels(table["label"])
+        bad = np.flatnonzero(label < 0)
+        if len(bad):
+            values = sorted(set(table["label"].take(pa.array(bad[:20])).to_pylist()))
+            raise InputError(
+                f"labels file {labels_path}: rows {row_examples(bad + 1)}, column {columns['label']!r}: "
+                f"label must be 0 or 1, found {', '.join(map(repr, values[:5]))}"
+            )
+        empty = np.flatnonzero(pc.utf8_length(ids).to_numpy(zero_copy_only=False) == 0)
+        if len(empty):
+            raise InputError(
+                f"labels file {labels_path}: rows {row_examples(empty + 1)}, column {columns['patient_id']!r}: "
+                "empty patient id"
+            )
+        order = pc.sort_indices(pa.table({"id": ids, "label": label}), [("id", "ascending"), ("label", "ascending")])
+        order = order.to_numpy()
+        ids, label = ids.take(order), label[order]
+        same = pc.equal(ids[1:], ids[:-1]).to_numpy(zero_copy_only=False) if len(ids) > 1 else np.zeros(0, bool)
+        conflict = np.flatnonzero(same & (label[1:] != label[:-1]))
+        if len(conflict):
+            details = "; ".join(
+                f"patient {ids[int(i)].as_py()!r} (rows {order[i] + 1} and {order[i + 1] + 1})" for i in conflict[:5]
+            )
+            raise InputError(
+                f"labels file {labels_path}, column {columns['label']!r}: conflicting labels for {details}"
+            )
+        first = np.concatenate([[True], ~same])
+        self.duplicate_rows = int((~first).sum())
+        self.ids = ids.filter(pa.array(first))
+        self.label = label[first]
+        self.split = self._splits(splits_path)
+        self.partition = stable_partition(self.ids, n_partitions)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _splits(self, splits_path: str) -> np.ndarray:
+        table = read_table(splits_path, "splits", {"patient_id": "patient_id", "split": "split"})
+        index = pc.index_in(canonical_ids(table["patient_id"]), value_set=self.ids)
+        split_code = pc.index_in(table["split"], value_set=pa.array(SPLITS))
+        bad = np.flatnonzero(pc.is_null(split_code).to_numpy(zero_copy_only=False))
+        if len(bad):
+            raise InputError(
+                f"splits file {splits_path}: rows {row_examples(bad + 1)}, column 'split': "
+                f"expected train, valid or test"
+            )
+        known = ~pc.is_null(index).to_numpy(zero_copy_only=False)
+        patient = pc.fill_null(index, 0).to_numpy(zero_copy_only=False)[known]
+        code = split_code.to_numpy(zero_copy_only=False)[known].astype(np.int8)
+        split = np.full(len(self.ids), -1, dtype=np.int8)
+        split[patient] = code
+        conflicting = np.flatnonzero(split[patient] != code)
+        if len(conflicting):
+            rows = np.flatnonzero(known)[np.isin(patient, patient[conflicting])] + 1
+            raise InputError(
+                f"splits file {splits_path}: rows {row_examples(rows)}, column 'split': a patient listed twice "
+                f"with different splits, e.g. {self.ids[int(patient[conflicting[0]])].as_py()!r}"
+            )
+        missing = np.flatnonzero(split < 0)
+        if len(missing):
+            examples = ", ".join(repr(i) for i in self.ids.take(pa.array(missing[:5])).to_pylist())
+            raise InputError(
+                f"splits file {splits_path}, column 'patient_id': {len(missing)} labelled patient(s) have no "
+                f"split, e.g. {examples} (was it made from this labels file? rerun `seqsetvae splits`)"
+            )
+        return split
+
+
+class Pass1:
+    """Streaming validation of the event files into per-partition raw Arrow files."""
+
+    def __init__(self, labels: Labels, columns: dict, data: dict, raw_dir: Path, n_partitions: int):
+        self.labels, self.data, self.raw_dir = labels, data, raw_dir
+        self.required = {role: columns[role] for role in ("patient_id", "time", "variable", "value")}
+        self.time_scale = 60.0 if data["time_unit"] == "hours" else 1.0
+        self.counts = np.zeros(len(ROW_REASONS) + 1, dtype=np.int64)
+        self.examples: dict[str, list[tuple[str, int]]] = {reason: [] for reason in ROW_REASONS}
+        self.variables: list[str] = []
+        self.variable_set: dict[str, int] = {}
+        self.labelled_seen = np.zeros(len(labels), dtype=bool)
+        self.unlabelled_ids: list[pa.Array] = []
+        self.writers = [
+            pa.ipc.new_file(str(raw_dir / f"raw-{p:05d}.arrow"), RAW_SCHEMA) for p in range(n_partitions)
+        ]
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+    def run(self, path: Path) -> None:
+        row_offset = 0
+        for batch in iter_blocks(path, "events", self.required, BLOCK_BYTES, dictionary=("patient_id", "variable")):
+            self._block(path, batch, row_offset)
+            row_offset += batch.num_rows
+
+    def _variable_codes(self, names: pa.Array) -> np.ndarray:
+        """Global integer codes of a block's distinct variable names (few per block)."""
+        new = [name for name in names.to_pylist() if name not in self.variable_set]
+        for name in dict.fromkeys(new):
+            self.variable_set[name] = len(self.variables)
+            self.variables.append(name)
+        return pc.index_in(names, value_set=pa.array(self.variables, pa.string())).to_numpy(zero_copy_only=False)
+
+    def _block(self, path: Path, batch: pa.RecordBatch, row_offset: int) -> None:
+        n = batch.num_rows
+        id_dict, id_index = canonical_ids_encoded(batch.column(0))
+        dict_label = pc.index_in(id_dict, value_set=self.labels.ids).fill_null(-1).to_numpy(zero_copy_only=False)
+        dict_empty = pc.utf8_length(id_dict).to_numpy(zero_copy_only=False) == 0
+        row_label = dict_label[id_index].astype(np.int32)
+        unlabelled_dict = (dict_label < 0) & ~dict_empty
+
+        variable_names, variable_index = dictionary_parts(batch.column(2))
+        variable_names = pc.utf8_trim_whitespace(variable_names)
+        variable_empty = pc.utf8_length(variable_names).to_numpy(zero_copy_only=False) == 0
+        variable_code = self._variable_codes(variable_names).astype(np.int32)
+
+        time, time_problem = parse_numbers(batch.column(1))
+        value, value_problem = parse_numbers(batch.column(3))
+        time = time * self.time_scale if self.time_scale != 1.0 else time
+
+        # reasons, lowest priority first so that the first reason in ROW_REASONS wins
+        reason = np.zeros(n, dtype=np.int8)
+        reason[row_label < 0] = _CODE["patient_without_label"]
+        reason[(time_problem == 0) & (time < 0)] = _CODE["negative_time"]
+        for problem, prefix in ((value_problem, "value"), (time_problem, "time")):
+            if problem.any():
+                for code, suffix in ((3, "not_finite"), (2, "not_numeric"), (1, "missing")):
+                    reason[problem == code] = _CODE[f"{prefix}_{suffix}"]
+        if variable_empty.any():
+            reason[variable_empty[variable_index]] = _CODE["variable_missing"]
+        if dict_empty.any():
+            reason[dict_empty[id_index]] = _CODE["patient_id_missing"]
+
+        if unlabelled_dict.any() and self.data["unlabeled_events"] == "error":
+            rows = np.flatnonzero(reason == _CODE["patient_without_label"])
+            examples = ", ".join(repr(i) for i in id_dict.filter(pa.array(unlabelled_dict))[:5].to_pylist())
+            raise InputError(
+                f"events file {path}: rows {row_examples(rows + row_offset + 1)}, column "
+                f"{self.required['patient_id']!r}: events of patients without a label, e.g. {examples} "
+                "(data.unlabeled_events: error; set it to drop to drop and count them)"
+            )
+        self._count(path, reason, row_offset)
+        if unlabelled_dict.any():
+            self.unlabelled_ids.append(id_dict.filter(pa.array(unlabelled_dict)))
+        self.labelled_seen[dict_label[dict_label >= 0]] = True
+
+        keep = np.flatnonzero(reason == 0)
+        patient = row_label[keep]
+        partition = self.labels.partition[patient]
+        columns = [patient, variable_code[variable_index[keep]], time[keep], value[keep]]
+        if len(self.writers) == 1:
+            self._write(0, columns)
+            return
+        order = np.argsort(partition.astype(np.int16 if len(self.writers) < 2**15 else np.int32), kind="stable")
+        bounds = np.searchsorted(partition[order], np.arange(len(self.writers) + 1))
+        columns = [column[order] for column in columns]
+        for p in np.flatnonzero(np.diff(bounds)):
+            self._write(p, [column[bounds[p] : bounds[p + 1]] for column in columns])
+
+    def _write(self, partition: int, columns: list[np.ndarray]) -> None:
+        if len(columns[0]):
+            self.writers[partition].write_batch(pa.record_batch(columns, schema=RAW_SCHEMA))
+
+    def _count(self, path: Path, reason: np.ndarray, row_offset: int) -> None:
+        counts = np.bincount(reason, minlength=len(self.counts))
+        self.counts += counts
+        for name, code in _CODE.items():
+            have = self.examples[name]
+            if counts[code] and len(have) < EXAMPLES_PER_REASON:
+                rows = np.flatnonzero(reason == code)[: EXAMPLES_PER_REASON - len(have)] + row_offset + 1
+                have.extend((str(path), int(r)) for r in rows)
+
+
+def deduplicate(patient, time, variable_rank, value):
+    """Sort rows by (patient, time, variable) and resolve duplicates.
+
+    Returns (order, keep_value, n_exact, n_merged): `order` indexes the input rows to
+    keep, sorted; `keep_value` their values (means for merged conflicting duplicates).
+    """
+    n = len(patient)
+    low = time.min(initial=0.0)
+    if n and (time.max() - low) < 2**40 and np.array_equal(time, np.floor(time)):
+        time_rank = (time - low).astype(np.int64)  # whole minutes: no ranking sort needed
+    else:
+        time_order = np.argsort(time)
+        sorted_time = time[time_order]
+        time_rank = np.empty(n, dtype=np.int64)
+        time_rank[time_order] = np.cumsum(np.concatenate([[0], sorted_time[1:] != sorted_time[:-1]]))
+    n_times, n_variables = int(time_rank.max(initial=0)) + 1, int(variable_rank.max(initial=0)) + 1
+    n_patients = int(patient.max(initial=0)) + 1
+    if n_patients * n_times * n_variables < 2**62:
+        key = (patient.astype(np.int64) * n_times + time_rank) * n_variables + variable_rank
+        if np.all(key[1:] >= key[:-1]):  # already sorted, as many exports are
+            order = np.arange(n)
+        else:
+            order = np.argsort(key)
+            key = key[order]
+    else:  # too many distinct keys for one int64: the slower general sort
+        order = np.lexsort((variable_rank, time_rank, patient))
+        p, t, v = patient[order], time_rank[order], variable_rank[order]
+        change = (p[1:] != p[:-1]) | (t[1:] != t[:-1]) | (v[1:] != v[:-1])
+        key = np.cumsum(np.concatenate([[0], change]))
+    same = key[1:] == key[:-1]
+    sorted_value = value[order]
+    if not same.any():
+        return order, sorted_value, 0, 0
+    # rows in groups of more than one: re-sort them by value inside their group
+    in_group = np.zeros(n, dtype=bool)
+    in_group[1:] |= same
+    in_group[:-1] |= same
+    positions = np.flatnonzero(in_group)
+    by_value = positions[np.lexsort((sorted_value[positions], key[positions]))]
+    order[positions], sorted_value[positions] = order[by_value], sorted_value[by_value]
+    exact = np.concatenate([[False], same & (sorted_value[1:] == sorted_value[:-1])])
+    order, key, sorted_value = order[~exact], key[~exact], sorted_value[~exact]
+    starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    sizes = np.diff(np.append(starts, len(key)))
+    means = np.add.reduceat(sorted_value, starts) / sizes
+    return order[starts], means, int(exact.sum()), int((sizes - 1).sum())
+
+
+def ingest(settings: dict, event_paths: list[str], labels_path: str, splits_path: str, out: str, threads: int) -> dict:
+    data, columns = settings["data"], settings["data"]["columns"]
+    pa.set_cpu_count(max(1, threads))
+    pa.set_io_thread_count(max(1, threads))
+    required = {role: columns[role] for role in ("patient_id", "time", "variable", "value")}
+    paths = [read_header(path, "events", required) for path in event_paths]
+    if not paths:
+        raise InputError("ingest: no events file given")
+    n_partitions = auto_partitions(paths) if data["partitions"] == "auto" else int(data["partitions"])
+    labels = Labels(labels_path, splits_path, columns, n_partitions)
+
+    with atomic_path(out, directory=True) as tmp:
+        raw_dir = tmp / ".raw"
+        raw_dir.mkdir()
+        first = Pass1(labels, columns, data, raw_dir, n_partitions)
+        try:
+            for path in paths:
+                first.run(path)
+        finally:
+            first.close()
+        counts = dict(zip(ROW_REASONS, (int(c) for c in first.counts[1:])))
+        rows_in = int(first.counts.sum())
+        _check_invalid_share(counts, rows_in, first.examples, required, data["max_invalid_fraction"])
+
+        variables = np.array(first.variables, dtype=object)
+        variable_rank = np.empty(len(variables), dtype=np.int32)
+        variable_rank[np.argsort(variables.astype(str), kind="stable")] = np.arange(len(variables), dtype=np.int32)
+        sorted_variables = pa.array(variables[np.argsort(variables.astype(str), kind="stable")].tolist(), pa.string())
+        split_names = pa.array(SPLITS)
+        n_events = np.zeros(len(labels), dtype=np.int64)
+        n_sets = np.zeros(len(labels), dtype=np.int64)
+        duplicates = dict.fromkeys(DUPLICATE_REASONS, 0)
+        for p in range(n_partitions):
+            raw_path = raw_dir / f"raw-{p:05d}.arrow"
+            with pa.memory_map(str(raw_path)) as source:
+                raw = pa.ipc.open_file(source).read_all()
+            patient, time = raw["patient"].to_numpy(), raw["time"].to_numpy()
+            rank = variable_rank[raw["variable"].to_numpy()]
+            order, value, n_exact, n_merged = deduplicate(patient, time, rank, raw["value"].to_numpy())
+            del raw
+            raw_path.unlink()
+            duplicates["duplicate_row"] += n_exact
+            duplicates["conflicting_duplicate_merged"] += n_merged
+            patient, time, rank = patient[order], time[order], rank[order]
+            _write_partition(tmp / f"part-{p:05d}.arrow", labels, split_names, sorted_variables, patient, time, rank, value)
+            n_events += np.bincount(patient, minlength=len(labels))
+            new_set = np.concatenate([[True], (patient[1:] != patient[:-1]) | (time[1:] != time[:-1])])[: len(patient)]
+            n_sets += np.bincount(patient[new_set], minlength=len(labels))
+        shutil.rmtree(raw_dir)
+        qc = _qc(labels, first, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data)
+        if qc["rows_kept"] == 0:
+            raise InputError(
+                f"events file(s) {', '.join(map(str, paths))}: no valid event of a labelled patient "
+                f"(dropped: {_nonzero(qc['rows_dropped'])})"
+            )
+        _write_patients(tmp / "patients.parquet", labels, n_events, n_sets)
+        write_json(tmp / "qc.json", qc)
+    return qc
+
+
+def _write_partition(path, labels, split_names, sorted_variables, patient, time, variable_rank, value) -> None:
+    table = pa.table(
+        {
+            "patient_id": labels.ids.take(pa.array(patient)),
+            "time": pa.array(time, pa.float64()),
+            "variable": sorted_variables.take(pa.array(variable_rank)),
+            "value": pa.array(value, pa.float64()),
+            "split": split_names.take(pa.array(labels.split[patient])),
+        },
+        schema=EVENTS_SCHEMA,
+    )
+    with pa.ipc.new_file(str(path), EVENTS_SCHEMA) as writer:
+        writer.write_table(table, max_chunksize=1 << 20)
+
+
+def _write_patients(path: Path, labels: Labels, n_events: np.ndarray, n_sets: np.ndarray) -> None:
+    kept = np.flatnonzero(n_events > 0)
+    table = pa.table(
+        {
+            "patient_id": labels.ids.take(pa.array(kept)),
+            "label": pa.array(labels.label[kept], pa.int8()),
+            "split": pa.array(SPLITS).take(pa.array(labels.split[kept])),
+            "n_events": pa.array(n_events[kept], pa.int64()),
+            "n_sets": pa.array(n_sets[kept], pa.int64()),
+            "partition": pa.array(labels.partition[kept], pa.int32()),
+        }
+    )
+    pq.write_table(table, path)
+
+
+def _nonzero(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
+
+
+def _check_invalid_share(counts: dict, rows_in: int, examples: dict, required: dict, limit: float) -> None:
+    invalid = sum(counts[reason] for reason in INVALID_REASONS)
+    if rows_in == 0 or invalid <= limit * rows_in:
+        return
+    details = []
+    for reason in INVALID_REASONS:
+        if counts[reason]:
+            files = {}
+            for file, row in examples[reason]:
+                files.setdefault(file, []).append(row)
+            where = "; ".join(f"file {f} rows {row_examples(np.array(r))}" for f, r in files.items())
+            details.append(
+                f"{reason}: {counts[reason]} rows, column {required[ROW_REASONS[reason]]!r} (e.g. {where})"
+            )
+    raise InputError(
+        f"events: {invalid} of {rows_in} rows ({invalid / rows_in:.1%}) have a missing or invalid patient id, "
+        f"variable, time or value, more than data.max_invalid_fraction = {limit:g}:\n  " + "\n  ".join(details)
+    )
+
+
+def _qc(labels, first, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data) -> dict:
+    rows_dropped = {**counts, **duplicates}
+    rows_kept = rows_in - sum(rows_dropped.values())
+    assert rows_kept == int(n_events.sum()), "row balance broken"
+    unlabelled = (
+        len(pc.unique(pa.concat_arrays(first.unlabelled_ids).cast(pa.string()))) if first.unlabelled_ids else 0
+    )
+    kept = n_events > 0
+    seen = first.labelled_seen
+    patients_dropped = {
+        "patient_without_label": unlabelled,
+        "label_without_events": int((~seen).sum()),
+        "no_valid_events": int((seen & ~kept).sum()),
+    }
+    labels_dropped = {
+        "duplicate_label_row": labels.duplicate_rows,
+        "label_without_events": patients_dropped["label_without_events"],
+        "no_valid_events": patients_dropped["no_valid_events"],
+    }
+    by_split = {
+        name: {
+            "patients": int((kept & (labels.split == code)).sum()),
+            "events": int(n_events[labels.split == code].sum()),
+            "sets": int(n_sets[labels.split == code].sum()),
+        }
+        for code, name in enumerate(SPLITS)
+    }
+    examples = {
+        reason: [f"{file}:{row}" for file, row in rows] for reason, rows in first.examples.items() if rows
+    }
+    return {
+        "rows_in": rows_in,
+        "rows_kept": rows_kept,
+        "rows_dropped": rows_dropped,
+        "patients_in": int(len(labels) + unlabelled),
+        "patients_kept": int(kept.sum()),
+        "patients_dropped": patients_dropped,
+        "labels_in": labels.rows_in,
+        "labels_kept": int(kept.sum()),
+        "labels_dropped": labels_dropped,
+        "by_split": by_split,
+        "variables": len(first.variables),
+        "partitions": n_partitions,
+        "time_unit": data["time_unit"],
+        "events_files": [str(p) for p in paths],
+        "dropped_row_examples": examples,
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="seqsetvae ingest", description=__doc__.splitlines()[0])
+    parser.add_argument("--events", nargs="+", required=True, help="raw event CSV file(s)")
+    parser.add_argument("--labels", required=True, help="labels CSV (patient id, 0/1 label)")
+    parser.add_argument("--splits", required=True, help="splits.csv of `seqsetvae splits`")
+    parser.add_argument("--out", required=True, help="output directory (part-*.arrow, patients.parquet, qc.json)")
+    parser.add_argument("--settings", default="{}", help="JSON config sections (data)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="pyarrow threads")
+    args = parser.parse_args(argv)
+    settings = load_settings(args.settings)
+    qc = ingest(settings, args.events, args.labels, args.splits, args.out, args.threads)
+    print(
+        f"ingest: {qc['rows_kept']} of {qc['rows_in']} rows kept, {qc['patients_kept']} patients, "
+        f"{qc['partitions']} partition(s); dropped: {_nonzero(qc['rows_dropped'])}"
+    )
+    return 0

@@ -1,0 +1,127 @@
+"""`seqsetvae splits`: assign every labelled patient to train, valid or test.
+
+Either from the user's splits file (`data.splits`: patient id, split), or a seeded
+random split by patient with `data.split_fractions`. The random split sorts the
+canonical patient ids before a seeded permutation, so it does not depend on the order
+of the labels file's rows. Rows of the labels file whose label is not 0/1 get no split
+here; `ingest` stops on them with a message naming the rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from seqsetvae.data.csvio import canonical_ids, parse_labels, read_table, row_examples
+from seqsetvae.errors import InputError
+from seqsetvae.io import atomic_path
+from seqsetvae.settings import load_settings
+
+SPLITS = ("train", "valid", "test")
+SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}
+
+
+def labelled_patients(labels_path: str, columns: dict) -> np.ndarray:
+    """Sorted unique canonical ids of the labels file's rows with a 0/1 label."""
+    table = read_table(labels_path, "labels", {"patient_id": columns["patient_id"], "label": columns["label"]})
+    valid = parse_labels(table["label"]) >= 0
+    ids = canonical_ids(table["patient_id"]).filter(pa.array(valid))
+    ids = ids.filter(pc.utf8_length(ids).to_numpy(zero_copy_only=False) > 0)
+    return np.unique(ids.to_numpy(zero_copy_only=False).astype(str))
+
+
+def random_split(patient_ids: np.ndarray, fractions: dict, seed: int) -> np.ndarray:
+    """Split names for sorted `patient_ids`: exact counts by largest remainder."""
+    share = np.array([fractions[name] for name in SPLITS], dtype=np.float64)
+    if abs(share.sum() - 1.0) > 1e-6:
+        raise InputError(f"configuration key data.split_fractions: fractions sum to {share.sum():g}, not 1")
+    n = len(patient_ids)
+    counts = np.floor(share * n).astype(np.int64)
+    remainder_order = np.argsort(-(share * n - counts), kind="stable")
+    counts[remainder_order[: n - counts.sum()]] += 1
+    order = np.random.default_rng(seed).permutation(n)
+    split_of_rank = np.repeat(np.arange(len(SPLITS)), counts)
+    split = np.empty(n, dtype=np.int64)
+    split[order] = split_of_rank
+    return np.array(SPLITS)[split]
+
+
+def user_split(splits_path: str, columns: dict, patient_ids: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Split names for `patient_ids` from the user's splits file, and counts."""
+    table = read_table(splits_path, "splits", {"patient_id": columns["patient_id"], "split": columns["split"]})
+    ids = canonical_ids(table["patient_id"]).to_numpy(zero_copy_only=False).astype(str)
+    raw = pc.utf8_lower(pc.utf8_trim_whitespace(table["split"]))
+    index = pc.index_in(raw, value_set=pa.array(list(SPLIT_ALIASES)))
+    bad = np.flatnonzero(pc.is_null(index).to_numpy(zero_copy_only=False))
+    if len(bad):
+        names = sorted(set(table["split"].take(pa.array(bad[:20])).to_pylist()))
+        raise InputError(
+            f"splits file {splits_path}: rows {row_examples(bad + 1)}, column {columns['split']!r}: "
+            f"unknown split name(s) {', '.join(map(repr, names))} (expected train, valid or test)"
+        )
+    canonical_split = np.array(list(SPLIT_ALIASES.values()))[index.to_numpy(zero_copy_only=False)]
+    empty = np.flatnonzero(ids == "")
+    if len(empty):
+        raise InputError(
+            f"splits file {splits_path}: rows {row_examples(empty + 1)}, column {columns['patient_id']!r}: empty patient id"
+        )
+    # duplicate patients: fine when they agree, an error when they do not
+    order = np.lexsort((canonical_split, ids))
+    ids, canonical_split, rows = ids[order], canonical_split[order], order + 1
+    same_id = ids[1:] == ids[:-1]
+    conflict = same_id & (canonical_split[1:] != canonical_split[:-1])
+    if conflict.any():
+        first = np.flatnonzero(conflict)[:5]
+        details = "; ".join(
+            f"patient {str(ids[i])!r} (rows {min(rows[i], rows[i + 1])} and {max(rows[i], rows[i + 1])})" for i in first
+        )
+        raise InputError(
+            f"splits file {splits_path}, column {columns['split']!r}: patients with conflicting splits: {details}"
+        )
+    keep = np.concatenate([[True], ~same_id])
+    ids, canonical_split = ids[keep], canonical_split[keep]
+    position = np.searchsorted(ids, patient_ids)
+    found = (position < len(ids)) & (ids[np.minimum(position, len(ids) - 1)] == patient_ids)
+    if not found.all():
+        missing = patient_ids[~found]
+        raise InputError(
+            f"splits file {splits_path}, column {columns['patient_id']!r}: {len(missing)} labelled patient(s) "
+            f"have no split, e.g. {', '.join(missing[:5])}"
+        )
+    counts = {
+        "splits_file_rows": int(len(table)),
+        "splits_file_duplicate_rows": int(same_id.sum()),
+        "splits_file_patients_without_label": int(len(ids) - len(patient_ids)),
+    }
+    return canonical_split[position], counts
+
+
+def make_splits(settings: dict, labels_path: str, splits_path: str | None, out: str) -> dict:
+    data = settings["data"]
+    patient_ids = labelled_patients(labels_path, data["columns"])
+    if splits_path:
+        split, counts = user_split(splits_path, data["columns"], patient_ids)
+    else:
+        split, counts = random_split(patient_ids, data["split_fractions"], data["split_seed"]), {}
+    with atomic_path(out) as tmp:
+        table = pa.table({"patient_id": pa.array(patient_ids, pa.string()), "split": pa.array(split, pa.string())})
+        pacsv.write_csv(table, tmp, write_options=pacsv.WriteOptions(quoting_style="needed"))
+    counts.update({name: int((split == name).sum()) for name in SPLITS})
+    return counts
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="seqsetvae splits", description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", required=True, help="labels CSV (patient id, 0/1 label)")
+    parser.add_argument("--splits", default=None, help="splits CSV (patient id, split); default data.splits")
+    parser.add_argument("--out", required=True, help="splits.csv to write (patient_id,split)")
+    parser.add_argument("--settings", default="{}", help="JSON config sections (data)")
+    args = parser.parse_args(argv)
+    settings = load_settings(args.settings)
+    counts = make_splits(settings, args.labels, args.splits or settings["data"]["splits"], args.out)
+    print("splits: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    return 0

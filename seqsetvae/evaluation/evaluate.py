@@ -1,0 +1,200 @@
+"""`seqsetvae evaluate`: test-split metrics of one trained run.
+
+    seqsetvae evaluate --settings JSON --shards DIR --embedding F --weights best.safetensors \
+        --run-config run_config.json --batch-size B --out eval/bsB.json \
+        --predictions eval/bsB_predictions.parquet --threads N
+
+The run's best checkpoint, in eval mode and without gradients, over the test split in
+batches of the run's batch size (length-ordered, as in validation). Writes the metrics
+JSON (see `evaluate_split` and README "Outputs") and one Parquet row per test patient:
+`patient_id`, `label`, `probability` (of class 1), so every number can be recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors import safe_open
+
+from seqsetvae.errors import InputError
+from seqsetvae.evaluation.metrics import ActiveUnits, classification_metrics
+from seqsetvae.io import atomic_path, read_json, write_json
+from seqsetvae.settings import load_settings
+from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
+
+SPLIT = "test"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seqsetvae evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--settings", default="{}", help="JSON with the evaluate section")
+    parser.add_argument("--shards", required=True, help="shards directory (results/shards)")
+    parser.add_argument("--embedding", required=True, help="embedding.safetensors")
+    parser.add_argument("--weights", required=True, help="the run's best.safetensors")
+    parser.add_argument("--run-config", required=True, help="the run's run_config.json")
+    parser.add_argument("--batch-size", type=int, required=True, help="patients per batch (the run's)")
+    parser.add_argument("--out", required=True, help="metrics JSON (results/eval/bsB.json)")
+    parser.add_argument("--predictions", required=True, help="per-patient predictions (Parquet)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads when train.threads is null")
+    parser.add_argument("--split", default=SPLIT, help=argparse.SUPPRESS)  # tests evaluate other splits
+    return parser
+
+
+def checkpoint_step(weights: Path) -> tuple[int | None, int | None]:
+    """(epoch, step) a weights file was saved at, from its safetensors metadata."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as error:  # safetensors raises several types for a bad file
+        raise InputError(f"{weights}: not a readable safetensors file ({error})") from error
+    epoch, step = meta.get("epoch"), meta.get("step")
+    return (json.loads(epoch) if epoch else None), (json.loads(step) if step else None)
+
+
+def load_model(run_config: dict, embedding: torch.Tensor, weights: Path, device: torch.device):
+    """The run's model with the weights of `weights`, in eval mode."""
+    from seqsetvae.model import ModelConfig, SeqSetVAE
+    from seqsetvae.training.checkpoint import load_weights
+
+    model = SeqSetVAE(ModelConfig.from_settings(run_config["model"]), embedding)
+    try:
+        load_weights(model, weights)
+    except RuntimeError as error:  # strict loading: names or shapes differ
+        raise InputError(f"{weights}: weights do not match the model of the run config ({error})") from None
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def evaluate_split(model, batches, sampler, device: torch.device, autocast, step: int) -> dict:
+    """Run the model over every batch of `sampler`; return predictions and loss terms.
+
+    Reconstruction and KL are means over every real set of the split (not means of
+    batch means), so they do not depend on the batch size.
+    """
+    n = len(batches)
+    probabilities = np.full(n, np.nan)
+    active = ActiveUnits()
+    sets, recon_sum, kl_sum = 0, 0.0, 0.0
+    largest = {"patients": 0, "events": 0, "sets": 0}
+    seconds, events, n_batches = 0.0, 0, 0
+    for indices in sampler.batches(0):
+        t0 = time.perf_counter()
+        batch = batches(indices).to(device)
+        with autocast():
+            out = model(batch, step)
+        probability = torch.softmax(out.logits.float(), dim=-1)[:, 1].cpu().numpy()  # waits for the device
+        seconds += time.perf_counter() - t0
+        probabilities[indices] = probability
+        recon_sum += float(out.recon_per_set.float().sum())
+        kl_sum += float(out.kl_per_set.float().sum())
+        sets += batch.n_sets
+        active.update(out.mu.float().cpu().numpy())
+        events += batch.n_events
+        n_batches += 1
+        for key, value in (("patients", batch.n_patients), ("events", batch.n_events), ("sets", batch.n_sets)):
+            largest[key] = max(largest[key], int(value))
+    return {
+        "probabilities": probabilities,
+        "recon": recon_sum / sets,
+        "kl": kl_sum / sets,
+        "active_units": active.summary(),
+        "inference": {
+            "patients_per_s": n / seconds,
+            "events_per_s": events / seconds,
+            "time_s": seconds,
+            "batches": n_batches,
+        },
+        "largest_batch": largest,
+    }
+
+
+def write_predictions(path: str | Path, patient_ids: list[str], labels: np.ndarray, probabilities: np.ndarray) -> None:
+    table = pa.table(
+        {
+            "patient_id": pa.array(patient_ids, type=pa.string()),
+            "label": pa.array(labels, type=pa.int8()),
+            "probability": pa.array(probabilities, type=pa.float64()),
+        }
+    )
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def main(argv: list[str]) -> int:
+    from seqsetvae.training.dataset import ShardBatches
+    from seqsetvae.training.sampler import LengthGroupedBatchSampler
+    from seqsetvae.training.train import load_embedding, resolve_device, resolve_threads
+
+    args = build_parser().parse_args(argv)
+    settings = load_settings(args.settings)["evaluate"]
+    run_config_path, weights = Path(args.run_config), Path(args.weights)
+    try:
+        run_config = read_json(run_config_path)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{run_config_path}: cannot read the run config ({error})") from None
+    missing = [k for k in ("model", "train", "batch_size") if k not in run_config]
+    if missing:
+        raise InputError(f"{run_config_path}: missing key(s) {', '.join(missing)}")
+    if run_config["batch_size"] != args.batch_size:
+        raise InputError(f"{run_config_path}: batch_size is {run_config['batch_size']}, but --batch-size is {args.batch_size}")
+    train = load_settings({"train": run_config["train"]})["train"]
+
+    threads = resolve_threads(train["threads"], args.threads)
+    torch.set_num_threads(threads)
+    device = resolve_device(train["device"])
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if train["precision"] == "bf16" else nullcontext
+    torch.manual_seed(train["seed"])  # nothing should be random in eval mode; belt and braces
+
+    batches = ShardBatches(str(args.shards), args.split)
+    if len(batches) == 0:
+        raise InputError(f"{args.shards}/{args.split}: the {args.split} split has no patients to evaluate")
+    embedding = load_embedding(Path(args.embedding))
+    epoch, step = checkpoint_step(weights)
+    model = load_model(run_config, embedding, weights, device)
+    sampler = LengthGroupedBatchSampler(
+        batches.lengths,
+        args.batch_size,
+        mega_batch_factor=train["mega_batch_factor"],
+        max_events_per_batch=train["max_events_per_batch"],
+        shuffle=False,
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result = evaluate_split(model, batches, sampler, device, autocast, step or 0)
+    allocated, reserved = cuda_peaks_mb(device)
+
+    labels = batches.labels
+    metrics = classification_metrics(labels, result["probabilities"], settings["bootstrap_resamples"], settings["seed"])
+    report = {
+        "batch_size": args.batch_size,
+        "split": args.split,
+        "weights": str(weights),
+        "checkpoint": {"epoch": epoch, "step": step},
+        **metrics,
+        "recon": result["recon"],
+        "kl": result["kl"],
+        "active_units": result["active_units"],
+        "inference": result["inference"],
+        "memory": {"peak_rss_mb": peak_rss_mb(), "cuda_max_allocated_mb": allocated, "cuda_max_reserved_mb": reserved},
+        "largest_batch": result["largest_batch"],
+        "device": device.type,
+        "threads": threads,
+        "precision": train["precision"],
+        "torch_version": torch.__version__,
+        "predictions": str(args.predictions),
+    }
+    write_predictions(args.predictions, list(batches.reader.patient_ids), labels, result["probabilities"])
+    write_json(args.out, report)
+    print(
+        f"batch size {args.batch_size}: test AUROC {metrics['auroc']} {metrics['auroc_ci']}, "
+        f"AUPRC {metrics['auprc']}, {result['inference']['patients_per_s']:.1f} patients/s -> {args.out}"
+    )
+    return 0

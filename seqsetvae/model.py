@@ -1,0 +1,460 @@
+"""SeqSetVAE: a set VAE per timestamp under a causal transformer, on packed batches.
+
+API (the contract of docs/design.md):
+
+    config = ModelConfig.from_settings(settings["model"])      # schema defaults filled
+    model = SeqSetVAE(config, embedding)                         # embedding: Tensor [V, D]
+    out = model(collate(patients).to(device), step)              # one forward per batch
+    out.loss.backward()
+    torch.optim.AdamW(model.parameter_groups(lr, setvae_lr_factor, weight_decay))
+
+`ModelOutput`: `logits [B, C]`, `loss`, `recon`, `kl`, `ce` (scalars), `beta`,
+`recon_weight`, `pred_weight` (floats), `mu [S, latent]` and `h [S, latent]` (real sets,
+in the batch's set order), and per-item terms `recon_per_set [S]`, `kl_per_set [S]`,
+`ce_per_patient [B]`.
+
+The variable embedding is a frozen buffer registered with `persistent=False`: it is not
+a parameter, not in the optimiser and not in `state_dict()` (weights files stay small;
+the embedding stage's file is the one source of it), so rebuilding a model for
+evaluation needs the same embedding file.
+
+Layout (see seqsetvae.batching): events are packed `[E, d]` with a set id per event, so
+the set encoder and decoder touch real events only (no padding). Attention from a set's
+inducing points to its events is a segment softmax over the event rows of that set;
+attention from events to their set's induced vectors gathers those vectors per event;
+event-to-event attention inside a set (decoder) and the Chamfer loss run over the list
+of within-set event pairs. Every per-set reduction (softmax max/sum, means, minima)
+reads only that set's rows, so a patient's outputs do not depend on its batch-mates.
+Only the sequence transformer sees a padded `[B, T_max]` grid, with a causal mask plus
+a key-padding mask.
+
+Deviations from MODEL.md (each with its reason) are listed in README "The model" and
+marked `# deviation:` below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from seqsetvae.batching import Batch
+from seqsetvae.errors import InputError
+
+# -- configuration ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    reduced_dim: int = 256
+    latent_dim: int = 256
+    levels: int = 2
+    inducing_points: int = 16
+    heads: int = 2
+    transformer_layers: int = 2
+    transformer_heads: int = 2
+    ff_dim: int = 256
+    dropout: float = 0.1
+    num_classes: int = 2
+    free_bits: float = 0.1
+    max_beta: float = 0.1
+    beta_warmup_steps: int = 5000
+    pred_weight: float = 1.0
+    pred_warmup_steps: int = 5000
+    recon_decay_steps: int = 10000
+    label_smoothing: float = 0.1
+    time_encoding: str = "log1p_minutes"  # log1p_minutes | hours
+
+    @classmethod
+    def from_settings(cls, model: dict | None) -> "ModelConfig":
+        """From the `model:` config section; missing keys get the schema defaults."""
+        from seqsetvae.settings import load_settings
+
+        section = load_settings({"model": dict(model or {})})["model"]
+        config = cls(**{f.name: section[f.name] for f in fields(cls)})
+        for key, heads in (("heads", config.heads), ("transformer_heads", config.transformer_heads)):
+            if config.latent_dim % heads:
+                raise InputError(f"configuration key model.{key}: {heads} does not divide model.latent_dim {config.latent_dim}")
+        return config
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # [B, C]
+    loss: torch.Tensor  # scalar: pred_weight * ce + recon_weight * recon + beta * kl
+    recon: torch.Tensor  # scalar: Chamfer loss, mean over real sets
+    kl: torch.Tensor  # scalar: free-bits KL, mean over real sets (before beta)
+    ce: torch.Tensor  # scalar: label-smoothed cross-entropy, mean over patients
+    beta: float
+    recon_weight: float
+    pred_weight: float
+    mu: torch.Tensor  # [S, latent]: posterior means of the real sets, batch set order
+    h: torch.Tensor  # [S, latent]: sequence states of the real sets
+    recon_per_set: torch.Tensor  # [S]
+    kl_per_set: torch.Tensor  # [S] (free bits applied)
+    ce_per_patient: torch.Tensor  # [B]
+
+
+# -- schedules ----------------------------------------------------------------------------
+
+
+def loss_weights(config: ModelConfig, step: int, training: bool) -> tuple[float, float, float]:
+    """(beta, recon_weight, pred_weight) at `step`; evaluation uses recon 0.5, pred w.
+
+    Beta follows its warm-up in both modes (as the original's validation did), so an
+    evaluation loss is comparable with the training loss of the same step.
+    """
+    beta = config.max_beta * (min(1.0, step / config.beta_warmup_steps) if config.beta_warmup_steps else 1.0)
+    if not training:
+        return beta, 0.5, config.pred_weight
+    recon_w = max(0.5, 1.0 - step / config.recon_decay_steps) if config.recon_decay_steps else 0.5
+    pred_w = min(config.pred_weight, step / config.pred_warmup_steps) if config.pred_warmup_steps else config.pred_weight
+    return beta, recon_w, pred_w
+
+
+# -- segment operations (packed rows grouped by a segment id) ----------------------------
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 if it is in a half type (bf16 autocast); float32/float64 kept."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def segment_sum(src: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """[n_segments, ...]: sum of the rows of `src` [N, ...] in each segment."""
+    return src.new_zeros((n_segments, *src.shape[1:])).index_add(0, segment, src)
+
+
+def segment_softmax(scores: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """Softmax of `scores` [N, ...] over the rows of each segment, in float32 at least.
+
+    Each segment's max and sum read only its own rows, so the result for one segment
+    does not depend on any other (exact batch invariance).
+    """
+    scores = at_least_float32(scores)
+    index = segment.view(-1, *([1] * (scores.dim() - 1))).expand_as(scores)
+    peak = scores.new_full((n_segments, *scores.shape[1:]), -math.inf)
+    peak = peak.scatter_reduce(0, index, scores.detach(), "amax", include_self=False)
+    exp = torch.exp(scores - peak.index_select(0, segment))
+    return exp / segment_sum(exp, segment, n_segments).index_select(0, segment)
+
+
+def segment_min(src: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
+    """[n_segments, ...]: minimum of the rows of `src` [N, ...] in each segment."""
+    index = segment.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
+    out = src.new_full((n_segments, *src.shape[1:]), math.inf)
+    return out.scatter_reduce(0, index, src, "amin", include_self=False)
+
+
+def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """[N, dim] fixed sin/cos code of integer positions [N] (Vaswani et al.)."""
+    freq = torch.exp(torch.arange(0, dim, 2, device=positions.device) * (-math.log(10000.0) / dim))
+    angle = positions.float()[:, None] * freq[None, :]
+    code = torch.zeros(len(positions), dim, device=positions.device)
+    code[:, 0::2] = torch.sin(angle)
+    code[:, 1::2] = torch.cos(angle[:, : dim // 2])
+    return code
+
+
+# -- attention blocks on packed sets -------------------------------------------------------
+
+
+class MAB(nn.Module):
+    """Multihead attention block: h = LN(q + MHA(q, kv)); out = LN(h + FF(h)).
+
+    Three entry points, one per way queries meet keys in a packed batch. Where a side is
+    shared or small (the inducing points; a set's 16 induced vectors), the key / value /
+    output projections are folded onto the other side, which is algebraically the same
+    attention (key bias terms are constant over the keys and cancel in the softmax) and
+    avoids projecting S x m induced vectors.
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def tail(self, query: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(query + attended)
+        return self.ln2(h + self.ff(h))
+
+    def _queries(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, heads, dim]: scaled queries with W_k folded in: score = q_fold . key_input."""
+        q = self.q(x).view(-1, self.heads, self.head_dim) / math.sqrt(self.head_dim)
+        return torch.einsum("nhe,hed->nhd", q, self.k.weight.view(self.heads, self.head_dim, -1))
+
+    def shared_queries_to_sets(self, queries: torch.Tensor, x: torch.Tensor, segment: torch.Tensor, n_sets: int):
+        """The same queries [m, d] attend to each set's rows of x [N, d] -> [S, m, d]."""
+        m = queries.shape[0]
+        q = self._queries(queries)  # [m, heads, d]
+        scores = (x @ q.reshape(m * self.heads, -1).T).view(-1, m, self.heads)  # [N, m, heads]
+        weights = segment_softmax(scores, segment, n_sets).to(x.dtype)  # over each set's rows
+        # W_o folded into the values: per head (x W_v,h + b_v,h) W_o,h^T  [N, heads, d]
+        v = self.v(x).view(-1, self.heads, self.head_dim)
+        values = torch.einsum("nhe,dhe->nhd", v, self.o.weight.view(-1, self.heads, self.head_dim))
+        mixed = torch.bmm(weights, values)  # [N, m, d], summed over heads
+        attended = segment_sum(mixed, segment, n_sets) + self.o.bias  # [S, m, d]
+        return self.tail(queries.unsqueeze(0), attended)
+
+    def rows_to_set_vectors(self, x: torch.Tensor, vectors: torch.Tensor, segment: torch.Tensor):
+        """Each row of x [N, d] attends to its set's vectors [S, m, d] -> [N, d]."""
+        n = x.shape[0]
+        keys = vectors.index_select(0, segment)  # [N, m, d]
+        scores = torch.bmm(self._queries(x), keys.transpose(1, 2))  # [N, heads, m]
+        weights = torch.softmax(at_least_float32(scores), dim=-1).to(keys.dtype)
+        mixed = torch.bmm(weights, keys)  # [N, heads, d]: softmax-weighted key inputs
+        v = torch.einsum("nhd,hed->nhe", mixed, self.v.weight.view(self.heads, self.head_dim, -1))
+        attended = self.o((v + self.v.bias.view(self.heads, self.head_dim)).reshape(n, -1))
+        return self.tail(x, attended)
+
+    def rows_to_rows(self, query_in: torch.Tensor, kv_in: torch.Tensor, pair_query: torch.Tensor, pair_key: torch.Tensor):
+        """Rows of query_in [Nq, d] attend to rows of kv_in [Nk, d] along (query, key) pairs."""
+        nq = query_in.shape[0]
+        q = self.q(query_in).view(nq, self.heads, self.head_dim) / math.sqrt(self.head_dim)
+        k = self.k(kv_in).view(-1, self.heads, self.head_dim)
+        v = self.v(kv_in).view(-1, self.heads, self.head_dim)
+        scores = (q.index_select(0, pair_query) * k.index_select(0, pair_key)).sum(-1)  # [P, heads]
+        weights = segment_softmax(scores, pair_query, nq).to(v.dtype)
+        attended = segment_sum(weights.unsqueeze(-1) * v.index_select(0, pair_key), pair_query, nq)
+        return self.tail(query_in, self.o(attended.reshape(nq, -1)))
+
+
+class ISAB(nn.Module):
+    """Induced set attention block on packed sets: MAB(x, MAB(I, x)), per set."""
+
+    def __init__(self, dim: int, heads: int, inducing_points: int):
+        super().__init__()
+        self.inducing = nn.Parameter(nn.init.xavier_uniform_(torch.empty(inducing_points, dim)))
+        self.induce = MAB(dim, heads)  # inducing points attend to the set's rows
+        self.spread = MAB(dim, heads)  # rows attend to their set's induced vectors
+
+    def forward(self, x: torch.Tensor, segment: torch.Tensor, n_sets: int) -> torch.Tensor:
+        induced = self.induce.shared_queries_to_sets(self.inducing.to(x.dtype), x, segment, n_sets)  # [S, m, d]
+        return self.spread.rows_to_set_vectors(x, induced, segment)  # [N, d]
+
+
+# -- the network ----------------------------------------------------------------------------
+
+
+class SetEncoder(nn.Module):
+    """Tokens [E, r] -> posterior (mu, logvar) [S, latent] of each set."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        d = c.latent_dim
+        self.embed = nn.Sequential(nn.Linear(c.reduced_dim, d), nn.LayerNorm(d), nn.GELU())
+        self.levels = nn.ModuleList(ISAB(d, c.heads, c.inducing_points) for _ in range(c.levels))
+        self.posterior = nn.Sequential(
+            nn.Linear(d, 2 * d), nn.LayerNorm(2 * d), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(2 * d, 2 * d)
+        )
+
+    def forward(self, tokens: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.embed(tokens)  # [E, d]
+        for isab in self.levels:
+            x = x + isab(x, batch.event_set, batch.n_sets)
+        # deviation: only the deepest level's posterior is computed; the shallower
+        # levels' (mu, logvar) enter no loss and no output in MODEL.md, so they would be
+        # dead computation.
+        pooled = segment_sum(x, batch.event_set, batch.n_sets) / batch.set_sizes.unsqueeze(-1).to(x.dtype)  # [S, d]
+        mu, logvar = self.posterior(pooled).chunk(2, dim=-1)
+        return mu, logvar.clamp(-10.0, 10.0)
+
+
+class SequenceModel(nn.Module):
+    """Set latents [S, latent] -> causal states h [S, latent] (sets <= t only)."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        d = c.latent_dim
+        self.time_encoding = c.time_encoding
+        self.time = nn.Sequential(nn.Linear(1, d // 4), nn.ReLU(), nn.Linear(d // 4, d), nn.Tanh())
+        self.norm = nn.LayerNorm(d)
+        layer = nn.TransformerEncoderLayer(
+            d, c.transformer_heads, c.ff_dim, c.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.transformer = nn.TransformerEncoder(layer, c.transformer_layers, norm=nn.LayerNorm(d), enable_nested_tensor=False)
+
+    def time_feature(self, minutes: torch.Tensor) -> torch.Tensor:
+        # deviation from the original (raw minutes into Tanh saturates): log1p of minutes
+        # (sign kept for times before admission) or hours, per model.time_encoding
+        if self.time_encoding == "hours":
+            return minutes / 60.0
+        return torch.sign(minutes) * torch.log1p(minutes.abs())
+
+    def forward(self, z: torch.Tensor, batch: Batch) -> torch.Tensor:
+        B, T, d = batch.n_patients, batch.max_sequence_length, z.shape[-1]
+        time = self.time(self.time_feature(batch.set_times).unsqueeze(-1).to(z.dtype))
+        x = self.norm(z + time + sinusoid(batch.set_position, d).to(z.dtype))  # [S, d]
+        grid = x.new_zeros(B, T, d).index_put((batch.set_patient, batch.set_position), x)  # [B, T, d]
+        causal = torch.triu(torch.ones(T, T, dtype=torch.bool, device=z.device), diagonal=1)
+        h = self.transformer(grid, mask=causal, src_key_padding_mask=~batch.sequence_mask, is_causal=True)
+        return h[batch.set_patient, batch.set_position]  # [S, d]
+
+
+class PMA(nn.Module):
+    """PMA-style expansion: one learned seed per event slot attends to the set's rows."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.seed = nn.Linear(dim, dim)  # learned map of a fixed slot code -> seed vector
+        self.key = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
+        self.mab = MAB(dim, heads)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, rows: torch.Tensor, batch: Batch, pair_query: torch.Tensor, pair_key: torch.Tensor):
+        # deviation: the original drew random seeds (+ noise) at every call, so its
+        # reconstructions were random even in evaluation; these seeds are learned and
+        # deterministic, distinct per slot so a set's outputs can differ.
+        code = sinusoid(torch.arange(int(batch.set_sizes.max()), device=rows.device), rows.shape[-1])
+        seeds = self.seed(code.to(rows.dtype)).index_select(0, batch.event_slot)  # [E, d]
+        out = self.mab.rows_to_rows(seeds, self.key(rows), pair_query, pair_key)
+        return self.dropout(out + seeds)
+
+
+class SetDecoder(nn.Module):
+    """States h [S, latent] -> reconstructed tokens [E, reduced], n_t per set."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        d = c.latent_dim
+        self.isabs = nn.ModuleList(ISAB(d, c.heads, c.inducing_points) for _ in range(c.levels))
+        self.expand = nn.ModuleList(PMA(d, c.heads, c.dropout) for _ in range(c.levels))
+        self.out = nn.Linear(d, c.reduced_dim)
+
+    def forward(self, h: torch.Tensor, batch: Batch) -> torch.Tensor:
+        # level 1: one row per set (h_t); its events' seeds attend to that row
+        per_event = torch.arange(batch.n_events, device=h.device)
+        rows, row_set = h, torch.arange(batch.n_sets, device=h.device)
+        z = self.isabs[0](rows, row_set, batch.n_sets)
+        rows = self.expand[0](z, batch, per_event, batch.event_set) + rows.index_select(0, batch.event_set)  # [E, d]
+        # deeper levels: one row per event; seeds attend to the set's rows via pairs
+        for isab, expand in zip(self.isabs[1:], self.expand[1:]):
+            z = isab(rows, batch.event_set, batch.n_sets)
+            rows = expand(z, batch, batch.pair_query, batch.pair_key) + rows
+        return self.out(rows)
+
+
+class Classifier(nn.Module):
+    """Attention pooling over the sequence (softmax over t of h_t . z_t), then an MLP."""
+
+    def __init__(self, c: ModelConfig):
+        super().__init__()
+        d = c.latent_dim
+        self.mlp = nn.Sequential(nn.Linear(d, d // 2), nn.ReLU(), nn.Dropout(c.dropout), nn.Linear(d // 2, c.num_classes))
+
+    def forward(self, h: torch.Tensor, z: torch.Tensor, batch: Batch) -> torch.Tensor:
+        # deviation: scores scaled by 1/sqrt(latent) (scaled dot product) so the softmax
+        # does not start one-hot; h is layer-normed (norm ~ sqrt(latent))
+        scores = (h * z).sum(-1) / math.sqrt(h.shape[-1])  # [S]
+        weights = segment_softmax(scores, batch.set_patient, batch.n_patients).to(h.dtype)  # over each patient's sets
+        pooled = segment_sum(weights.unsqueeze(-1) * h, batch.set_patient, batch.n_patients)  # [B, d]
+        return self.mlp(pooled)
+
+
+# -- losses -------------------------------------------------------------------------------------
+
+
+def chamfer_per_set(recon: torch.Tensor, target: torch.Tensor, batch: Batch, eps: float = 1e-8) -> torch.Tensor:
+    """[S]: symmetric Chamfer loss between each set's reconstructed and target tokens.
+
+    Three Chamfer terms, each with its own nearest neighbour as in the original:
+    1 - cosine (weight 1), |norm difference| (weight 1), squared L2 (weight 3); each is
+    (mean over recon of the min over targets + mean over targets of the min over recon) / 2.
+    """
+    recon, target = at_least_float32(recon), at_least_float32(target)
+    r_norm, t_norm = recon.norm(dim=-1), target.norm(dim=-1)
+    r_unit, t_unit = recon / (r_norm.unsqueeze(-1) + eps), target / (t_norm.unsqueeze(-1) + eps)
+    ri, tj = batch.pair_query, batch.pair_key  # every (recon i, target j) of one set
+    pair_terms = torch.stack(
+        [
+            1.0 - (r_unit.index_select(0, ri) * t_unit.index_select(0, tj)).sum(-1),
+            (r_norm.index_select(0, ri) - t_norm.index_select(0, tj)).abs(),
+            (recon.index_select(0, ri) - target.index_select(0, tj)).pow(2).sum(-1),
+        ],
+        dim=-1,
+    )  # [P, 3]
+    E, S = batch.n_events, batch.n_sets
+    nearest = segment_min(pair_terms, ri, E) + segment_min(pair_terms, tj, E)  # [E, 3], both directions
+    per_set = segment_sum(nearest, batch.event_set, S) / (2.0 * batch.set_sizes.unsqueeze(-1))  # [S, 3]
+    return per_set @ per_set.new_tensor([1.0, 1.0, 3.0])
+
+
+def kl_per_set(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float) -> torch.Tensor:
+    """[S]: KL(q(z|set) || N(0, I)) summed over latent dims, clamped below at free_bits x dim."""
+    mu, logvar = at_least_float32(mu), at_least_float32(logvar)
+    kl = 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)
+    return kl.clamp(min=free_bits * mu.shape[-1])
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+class SeqSetVAE(nn.Module):
+    def __init__(self, config: ModelConfig, embedding: torch.Tensor):
+        super().__init__()
+        if embedding.dim() != 2:
+            raise InputError(f"SeqSetVAE: the embedding must be a [V, D] tensor, got shape {tuple(embedding.shape)}")
+        self.config = config
+        # frozen input, not a parameter; not saved with the weights (persistent=False)
+        self.register_buffer("embedding", embedding.detach().float().clone(), persistent=False)
+        self.reduce = nn.Linear(embedding.shape[1], config.reduced_dim)  # W: input_dim -> reduced_dim
+        self.encoder = SetEncoder(config)
+        self.sequence = SequenceModel(config)
+        self.decoder = SetDecoder(config)
+        self.classifier = Classifier(config)
+
+    def tokens(self, batch: Batch) -> torch.Tensor:
+        """[E, reduced]: normalize(W emb[variable]) * value, projecting each variable once."""
+        table = F.normalize(self.reduce(self.embedding.index_select(0, batch.batch_variables)), dim=-1)  # [U, r]
+        return table.index_select(0, batch.event_variable) * batch.values.unsqueeze(-1).to(table.dtype)
+
+    def forward(self, batch: Batch, step: int) -> ModelOutput:
+        c = self.config
+        tokens = self.tokens(batch)  # [E, r]
+        mu, logvar = self.encoder(tokens, batch)  # [S, d] each
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
+        h = self.sequence(z, batch)  # [S, d]
+        recon = self.decoder(h, batch)  # [E, r]
+        logits = self.classifier(h, z, batch)  # [B, C]
+
+        # deviation: the target is detached; letting the loss move W through the target
+        # would reward collapsing all variables onto one direction.
+        recon_per_set = chamfer_per_set(recon, tokens.detach(), batch)
+        kl_set = kl_per_set(mu, logvar, c.free_bits)
+        ce_per_patient = F.cross_entropy(at_least_float32(logits), batch.labels, label_smoothing=c.label_smoothing, reduction="none")
+        recon_loss, kl, ce = recon_per_set.mean(), kl_set.mean(), ce_per_patient.mean()
+        beta, recon_w, pred_w = loss_weights(c, step, self.training)
+        return ModelOutput(
+            logits=logits,
+            loss=pred_w * ce + recon_w * recon_loss + beta * kl,
+            recon=recon_loss,
+            kl=kl,
+            ce=ce,
+            beta=beta,
+            recon_weight=recon_w,
+            pred_weight=pred_w,
+            mu=mu,
+            h=h,
+            recon_per_set=recon_per_set,
+            kl_per_set=kl_set,
+            ce_per_patient=ce_per_patient,
+        )
+
+    def parameter_groups(self, lr: float, setvae_lr_factor: float = 0.1, weight_decay: float | None = None) -> list[dict]:
+        """AdamW groups: the SetVAE encoder (W and the set encoder) at lr x setvae_lr_factor."""
+        setvae = [*self.reduce.parameters(), *self.encoder.parameters()]
+        setvae_ids = {id(p) for p in setvae}
+        rest = [p for p in self.parameters() if id(p) not in setvae_ids]
+        groups = [
+            {"name": "setvae_encoder", "params": setvae, "lr": lr * setvae_lr_factor},
+            {"name": "rest", "params": rest, "lr": lr},
+        ]
+        if weight_decay is not None:
+            for group in groups:
+                group["weight_decay"] = weight_decay
+        return groups

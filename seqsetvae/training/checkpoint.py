@@ -1,0 +1,156 @@
+"""Training checkpoints without pickle: tensors in safetensors, everything else in JSON.
+
+A checkpoint is a directory `checkpoints/step-NNNNNNNN/` holding
+
+    model.safetensors   the model's state_dict
+    state.safetensors   every other tensor (optimizer moments, RNG states), by path
+    state.json          the rest: step, sampler, scheduler, counters, RNG scalars, with
+                        {"__tensor__": key} where a tensor was taken out
+
+and `checkpoints/latest.json` names the newest one. Each is written through
+`atomic_path`, and `latest.json` is replaced only after its directory is complete, so
+a job killed at any moment resumes from a whole checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from seqsetvae.io import atomic_path, read_json, write_json
+
+KEEP = 2  # checkpoints kept on disk (the newest ones)
+
+
+# -- nested state <-> (JSON, tensors) ---------------------------------------------------
+
+
+def split_tensors(obj: Any, tensors: dict[str, torch.Tensor], path: str = "") -> Any:
+    """`obj` with each tensor / numpy array replaced by a reference into `tensors`."""
+    if isinstance(obj, torch.Tensor):
+        tensors[path] = obj.detach().cpu().contiguous().clone()
+        return {"__tensor__": path}
+    if isinstance(obj, np.ndarray):  # small arrays only (numpy's RNG key)
+        return {"__ndarray__": obj.tolist(), "dtype": str(obj.dtype)}
+    if isinstance(obj, dict):
+        if not all(isinstance(k, (str, int)) for k in obj):
+            raise TypeError(f"cannot store dict keys of {path!r} in JSON")
+        # int keys (optimizer state) survive as {"__int_keys__": ...}
+        body = {str(k): split_tensors(v, tensors, f"{path}.{k}") for k, v in obj.items()}
+        if any(isinstance(k, int) for k in obj):
+            return {"__int_keys__": body}
+        return body
+    if isinstance(obj, (list, tuple)):
+        items = [split_tensors(v, tensors, f"{path}.{i}") for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"cannot store {type(obj).__name__} at {path!r} in a checkpoint")
+
+
+def join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `split_tensors`."""
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            return tensors[obj["__tensor__"]]
+        if "__ndarray__" in obj:
+            return np.asarray(obj["__ndarray__"], dtype=obj["dtype"])
+        if "__tuple__" in obj:
+            return tuple(join_tensors(v, tensors) for v in obj["__tuple__"])
+        if "__int_keys__" in obj:
+            return {int(k): join_tensors(v, tensors) for k, v in obj["__int_keys__"].items()}
+        return {k: join_tensors(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [join_tensors(v, tensors) for v in obj]
+    return obj
+
+
+# -- RNG states -----------------------------------------------------------------------
+
+
+def rng_state(device: torch.device) -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(legacy=False),
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# -- model weights --------------------------------------------------------------------
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state_dict as contiguous CPU tensors (safetensors wants no sharing)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict | None = None) -> None:
+    """Weights as safetensors; `metadata` goes into one JSON string under "training".
+
+    One key only: safetensors writes several metadata keys in hash order, which would
+    make the bytes of identical weights differ from run to run.
+    """
+    with atomic_path(path) as tmp:
+        meta = {"training": json.dumps(metadata, sort_keys=True)} if metadata else None
+        save_file(model_tensors(model), str(tmp), metadata=meta)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    model.load_state_dict(load_file(str(path)), strict=True)
+
+
+# -- whole checkpoints ----------------------------------------------------------------
+
+
+def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module, state: dict) -> Path:
+    """Write checkpoint `step` under `directory`, point latest.json at it, prune old ones."""
+    directory = Path(directory)
+    name = f"step-{step:08d}"
+    with atomic_path(directory / name, directory=True) as tmp:
+        save_file(model_tensors(model), str(tmp / "model.safetensors"))
+        tensors: dict[str, torch.Tensor] = {}
+        body = split_tensors(state, tensors)
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(body, allow_nan=True) + "\n")
+    write_json(directory / "latest.json", {"checkpoint": name, "step": step})
+    old = sorted(p for p in directory.glob("step-*") if p.is_dir() and p.name != name)
+    for stale in old[: max(0, len(old) - (KEEP - 1))]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return directory / name
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    pointer = Path(directory) / "latest.json"
+    if not pointer.exists():
+        return None
+    path = Path(directory) / read_json(pointer)["checkpoint"]
+    return path if (path / "state.json").exists() else None
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict:
+    """Load the weights into `model`; return the rest of the state (tensors restored)."""
+    path = Path(path)
+    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
+    tensors = load_file(str(path / "state.safetensors"))
+    return join_tensors(json.loads((path / "state.json").read_text()), tensors)

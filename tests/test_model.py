@@ -1,0 +1,354 @@
+"""SeqSetVAE on packed batches: the proofs that batching is right.
+
+Batch invariance, isolation of patients and padded slots, permutation invariance inside a
+set, strict causality, the vectorised losses against slow loop references, and a short
+overfitting run. Small model in float64, eval mode unless said otherwise.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqsetvae.batching import collate, random_patients
+from seqsetvae.data.ragged import RaggedPatients
+from seqsetvae.errors import InputError
+from seqsetvae.model import ModelConfig, SeqSetVAE, chamfer_per_set, kl_per_set, loss_weights
+
+SMALL = ModelConfig(
+    reduced_dim=16,
+    latent_dim=32,
+    levels=2,
+    inducing_points=4,
+    heads=2,
+    transformer_layers=2,
+    transformer_heads=2,
+    ff_dim=64,
+    beta_warmup_steps=10,
+    pred_warmup_steps=10,
+    recon_decay_steps=20,
+)
+VOCAB, EMB_DIM = 30, 24
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is fastest and does not fight the other test workers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_model(seed=0, config=SMALL) -> SeqSetVAE:
+    torch.manual_seed(seed)
+    return SeqSetVAE(config, torch.randn(VOCAB, EMB_DIM)).double().eval()
+
+
+def take(patients: RaggedPatients, indices) -> RaggedPatients:
+    """The patients `indices` (in that order) as one RaggedPatients."""
+    indices = np.asarray(indices)
+    set_ranges = [np.arange(patients.patient_offsets[i], patients.patient_offsets[i + 1]) for i in indices]
+    sets = np.concatenate(set_ranges)
+    events = np.concatenate([np.arange(patients.set_offsets[s], patients.set_offsets[s + 1]) for s in sets])
+    sizes = np.diff(patients.set_offsets)[sets]
+    return RaggedPatients(
+        patient_ids=[patients.patient_ids[i] for i in indices],
+        labels=patients.labels[indices],
+        variable_ids=patients.variable_ids[events],
+        values=patients.values[events],
+        set_times=patients.set_times[sets],
+        set_offsets=np.concatenate([[0], np.cumsum(sizes)]),
+        patient_offsets=np.concatenate([[0], np.cumsum([len(r) for r in set_ranges])]),
+    )
+
+
+def concat(*groups: RaggedPatients) -> RaggedPatients:
+    return RaggedPatients(
+        patient_ids=[p for g in groups for p in g.patient_ids],
+        labels=np.concatenate([g.labels for g in groups]),
+        variable_ids=np.concatenate([g.variable_ids for g in groups]),
+        values=np.concatenate([g.values for g in groups]),
+        set_times=np.concatenate([g.set_times for g in groups]),
+        set_offsets=np.concatenate([[0], np.cumsum(np.concatenate([g.set_sizes() for g in groups]))]),
+        patient_offsets=np.concatenate([[0], np.cumsum(np.concatenate([g.sets_per_patient() for g in groups]))]),
+    )
+
+
+def mixed_patients() -> RaggedPatients:
+    """Patients of very different lengths and set sizes, one of a single 1-event set."""
+    one = RaggedPatients(["single"], np.array([1]), np.array([3], np.int32), np.array([0.7], np.float32),
+                         np.array([5.0], np.float32), np.array([0, 1]), np.array([0, 1]))
+    return concat(
+        random_patients(2, mean_sets=40, mean_events=150, vocab_size=VOCAB, seed=1),
+        one,
+        random_patients(2, mean_sets=3, mean_events=20, vocab_size=VOCAB, max_set_size=12, seed=2),
+        random_patients(1, mean_sets=12, mean_events=12, vocab_size=VOCAB, seed=3),  # all sets of one event
+    )
+
+
+def per_patient(out, batch, p):
+    sets = batch.set_patient == p
+    return {
+        "logits": out.logits[p],
+        "ce": out.ce_per_patient[p],
+        "mu": out.mu[sets],
+        "h": out.h[sets],
+        "recon": out.recon_per_set[sets],
+        "kl": out.kl_per_set[sets],
+    }
+
+
+def test_patient_outputs_do_not_depend_on_batch_mates_or_order():
+    patients = mixed_patients()
+    model = small_model()
+    with torch.no_grad():
+        alone = []
+        for i in range(patients.n_patients):
+            batch = collate(take(patients, [i]))
+            alone.append(per_patient(model(batch, 5), batch, 0))
+        order = np.random.default_rng(0).permutation(patients.n_patients)
+        batch = collate(take(patients, order))
+        together = model(batch, 5)
+    for position, i in enumerate(order):
+        got = per_patient(together, batch, position)
+        for key, expected in alone[i].items():
+            torch.testing.assert_close(got[key], expected, rtol=1e-5, atol=1e-5, msg=f"patient {i} {key}")
+    # and the batch means are the means of the per-item terms
+    torch.testing.assert_close(together.recon, together.recon_per_set.mean())
+    torch.testing.assert_close(together.ce, together.ce_per_patient.mean())
+
+
+def test_no_gradient_crosses_patients_and_single_event_sets_are_finite():
+    patients = mixed_patients()
+    model = small_model()
+    batch = collate(patients)
+    batch.values = batch.values.double().requires_grad_(True)
+    out = model(batch, 5)
+    assert all(torch.isfinite(t).all() for t in (out.loss, out.logits, out.mu, out.h, out.recon_per_set))
+    target = 2  # the patient of one set of one event
+    mine = batch.set_patient == target
+    loss = out.ce_per_patient[target] + out.recon_per_set[mine].sum() + out.kl_per_set[mine].sum()
+    (grad,) = torch.autograd.grad(loss, batch.values)
+    event_patient = batch.set_patient[batch.event_set]
+    assert torch.all(grad[event_patient != target] == 0)  # exactly zero, not just small
+    assert torch.all(grad[event_patient == target] != 0)  # the test can fail
+
+
+def test_padded_sequence_slots_get_zero_gradient_and_change_nothing():
+    model = small_model()
+    batch = collate(mixed_patients())
+    padded = ~batch.sequence_mask
+    assert padded.any()
+    with torch.no_grad():
+        reference = model(batch, 5)
+    captured = {}
+
+    def fill_padding_with_garbage(module, args, kwargs):
+        grid = args[0].detach().clone()
+        grid[padded] = torch.randn(int(padded.sum()), grid.shape[-1], dtype=grid.dtype) * 1e3
+        captured["grid"] = grid.requires_grad_(True)
+        return (captured["grid"],), kwargs
+
+    handle = model.sequence.transformer.register_forward_pre_hook(fill_padding_with_garbage, with_kwargs=True)
+    try:
+        out = model(batch, 5)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(out.h, reference.h, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out.logits, reference.logits, rtol=1e-10, atol=1e-10)
+    (grad,) = torch.autograd.grad(out.loss, captured["grid"])
+    assert torch.all(grad[padded] == 0) and torch.any(grad[~padded] != 0)
+
+
+def test_every_set_of_one_event_trains_without_nan():
+    model = small_model()
+    model.train()
+    batch = collate(random_patients(3, mean_sets=10, mean_events=10, vocab_size=VOCAB, seed=4))
+    assert int(batch.set_sizes.max()) == 1
+    out = model(batch, 3)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_event_order_inside_a_set_does_not_change_its_encoding():
+    patients = random_patients(3, mean_sets=8, mean_events=40, vocab_size=VOCAB, seed=5)
+    model = small_model()
+    # reverse the events of every set (vectorised: index within set mirrored)
+    sizes = patients.set_sizes()
+    starts = np.repeat(patients.set_offsets[:-1], sizes)
+    slot = np.arange(patients.n_events) - starts
+    mirrored = starts + np.repeat(sizes, sizes) - 1 - slot
+    assert not np.array_equal(mirrored, np.arange(patients.n_events))
+    shuffled = RaggedPatients(patients.patient_ids, patients.labels, patients.variable_ids[mirrored],
+                              patients.values[mirrored], patients.set_times, patients.set_offsets,
+                              patients.patient_offsets)
+    with torch.no_grad():
+        a, b = model(collate(patients), 5), model(collate(shuffled), 5)
+    for key in ("mu", "h", "logits", "recon_per_set", "kl_per_set"):
+        torch.testing.assert_close(getattr(a, key), getattr(b, key), rtol=1e-6, atol=1e-6, msg=key)
+
+
+def test_changing_a_later_set_leaves_earlier_states_unchanged():
+    patients = random_patients(2, mean_sets=12, mean_events=40, vocab_size=VOCAB, seed=6)
+    model = small_model()
+    t = 5  # patient 0's set 5: new values and a new time
+    changed = RaggedPatients(patients.patient_ids, patients.labels, patients.variable_ids,
+                             patients.values.copy(), patients.set_times.copy(), patients.set_offsets,
+                             patients.patient_offsets)
+    changed.values[patients.set_offsets[t] : patients.set_offsets[t + 1]] += 3.0
+    changed.set_times[t] += 1.0
+    with torch.no_grad():
+        a, b = model(collate(patients), 5), model(collate(changed), 5)
+    torch.testing.assert_close(a.h[:t], b.h[:t], rtol=0, atol=0)
+    assert (a.h[t:patients.patient_offsets[1]] - b.h[t:patients.patient_offsets[1]]).abs().amax(-1).min() > 1e-6
+    torch.testing.assert_close(a.h[patients.patient_offsets[1]:], b.h[patients.patient_offsets[1]:], rtol=0, atol=0)
+
+
+def test_decoder_is_deterministic_in_eval():
+    model = small_model()
+    batch = collate(random_patients(2, mean_sets=6, mean_events=20, vocab_size=VOCAB, seed=7))
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = model(batch, 5)
+        torch.manual_seed(2)
+        b = model(batch, 5)
+    assert torch.equal(a.recon_per_set, b.recon_per_set) and torch.equal(a.logits, b.logits)
+
+
+# -- losses against loop references ------------------------------------------------------
+
+
+def chamfer_reference(recon: torch.Tensor, target: torch.Tensor, eps=1e-8) -> torch.Tensor:
+    """The original's recon_loss for one set [n, r] (three Chamfer terms, 1/1/3)."""
+    rn, tn = recon.norm(dim=-1, keepdim=True), target.norm(dim=-1, keepdim=True)
+    dissim = 1 - (recon / (rn + eps)) @ (target / (tn + eps)).T
+    mag = (rn - tn.T).abs()
+    sq = ((recon[:, None, :] - target[None, :, :]) ** 2).sum(-1)
+    total = 0.0
+    for weight, d in ((1.0, dissim), (1.0, mag), (3.0, sq)):
+        total = total + weight * (d.min(dim=1).values.mean() + d.min(dim=0).values.mean()) / 2
+    return total
+
+
+def test_chamfer_and_kl_match_loop_references():
+    patients = random_patients(3, mean_sets=5, mean_events=20, vocab_size=VOCAB, seed=8)
+    batch = collate(patients)
+    gen = torch.Generator().manual_seed(0)
+    recon = torch.randn(batch.n_events, 6, generator=gen, dtype=torch.float64)
+    target = torch.randn(batch.n_events, 6, generator=gen, dtype=torch.float64)
+    got = chamfer_per_set(recon, target, batch)
+    offsets = patients.set_offsets
+    expected = torch.stack([chamfer_reference(recon[offsets[s] : offsets[s + 1]], target[offsets[s] : offsets[s + 1]])
+                            for s in range(batch.n_sets)])
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert batch.set_sizes.max() > 2
+
+    mu = torch.randn(4, 8, generator=gen, dtype=torch.float64) * 0.3
+    logvar = torch.randn(4, 8, generator=gen, dtype=torch.float64) * 0.2
+    mu[0], logvar[0] = 0.0, 0.0  # KL 0 -> free bits floor
+    got = kl_per_set(mu, logvar, free_bits=0.1)
+    for s in range(4):
+        kl = sum(0.5 * (math.exp(lv) + m * m - 1 - lv) for m, lv in zip(mu[s].tolist(), logvar[s].tolist()))
+        assert got[s].item() == pytest.approx(max(kl, 0.1 * 8), rel=1e-12)
+    assert got[0].item() == pytest.approx(0.8)
+
+
+def test_total_loss_and_schedules():
+    config = ModelConfig(max_beta=0.2, beta_warmup_steps=100, pred_weight=2.0, pred_warmup_steps=50, recon_decay_steps=200)
+    assert loss_weights(config, 0, training=True) == (0.0, 1.0, 0.0)
+    assert loss_weights(config, 25, training=True) == pytest.approx((0.05, 0.875, 0.5))
+    assert loss_weights(config, 150, training=True) == pytest.approx((0.2, 0.5, 2.0))
+    assert loss_weights(config, 10, training=False) == pytest.approx((0.02, 0.5, 2.0))
+    assert loss_weights(ModelConfig(beta_warmup_steps=0, pred_warmup_steps=0, recon_decay_steps=0), 0, True) == (0.1, 0.5, 1.0)
+
+    model = small_model()
+    batch = collate(random_patients(3, mean_sets=5, mean_events=15, vocab_size=VOCAB, seed=9))
+    with torch.no_grad():
+        out = model(batch, 7)
+    assert (out.beta, out.recon_weight, out.pred_weight) == pytest.approx((0.07, 0.5, 1.0))
+    ce = F.cross_entropy(out.logits, batch.labels, label_smoothing=0.1)
+    torch.testing.assert_close(out.ce, ce)
+    torch.testing.assert_close(out.loss, out.pred_weight * ce + 0.5 * out.recon + out.beta * out.kl)
+    torch.testing.assert_close(out.kl, out.kl_per_set.mean())
+    assert out.mu.shape == out.h.shape == (batch.n_sets, SMALL.latent_dim)
+    assert out.logits.shape == (3, 2)
+
+
+# -- API --------------------------------------------------------------------------------------
+
+
+def test_embedding_is_a_frozen_buffer_and_groups_split_the_set_encoder():
+    model = small_model()
+    assert "embedding" not in model.state_dict()
+    assert all(p is not model.embedding for p in model.parameters())
+    groups = model.parameter_groups(lr=1e-3, setvae_lr_factor=0.1, weight_decay=0.01)
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["setvae_encoder"]["lr"] == pytest.approx(1e-4) and by_name["rest"]["lr"] == 1e-3
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))
+    encoder_ids = {id(p) for p in by_name["setvae_encoder"]["params"]}
+    assert id(model.reduce.weight) in encoder_ids and id(model.encoder.levels[0].inducing) in encoder_ids
+    assert id(model.decoder.out.weight) not in encoder_ids
+
+
+def test_config_from_settings_fills_defaults_and_checks_heads():
+    config = ModelConfig.from_settings({"latent_dim": 64})
+    assert (config.latent_dim, config.reduced_dim, config.inducing_points, config.time_encoding) == (64, 256, 16, "log1p_minutes")
+    assert config.beta_warmup_steps == 5000
+    with pytest.raises(InputError, match="model.heads"):
+        ModelConfig.from_settings({"latent_dim": 30, "heads": 4})
+    with pytest.raises(InputError, match="model.time_encoding"):
+        ModelConfig.from_settings({"time_encoding": "minutes"})
+
+
+def test_encoder_and_decoder_process_exactly_the_real_events():
+    model = small_model()
+    batch = collate(random_patients(8, vocab_size=VOCAB, seed=10))
+    rows = {}
+    model.encoder.embed.register_forward_hook(lambda m, a, o: rows.__setitem__("encoder", a[0].shape[0]))
+    model.decoder.out.register_forward_hook(lambda m, a, o: rows.__setitem__("decoder", a[0].shape[0]))
+    with torch.no_grad():
+        model(batch, 0)
+    assert rows == {"encoder": batch.n_events, "decoder": batch.n_events}
+    assert batch.n_events / rows["encoder"] >= 0.85
+
+
+def test_bf16_autocast_forward_and_backward_are_finite():
+    torch.manual_seed(0)
+    model = SeqSetVAE(SMALL, torch.randn(VOCAB, EMB_DIM)).train()
+    batch = collate(random_patients(2, mean_sets=10, mean_events=30, vocab_size=VOCAB, seed=11))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch, 5)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and out.loss.dtype == torch.float32
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# -- learning -----------------------------------------------------------------------------------
+
+
+def test_overfits_a_tiny_separable_dataset():
+    patients = random_patients(8, mean_sets=4, mean_events=10, vocab_size=VOCAB, seed=12)
+    patients.labels = np.array([0, 1] * 4)
+    patients.values = patients.values + np.where(patients.labels == 1, 1.5, -1.5)[
+        np.repeat(np.arange(8), patients.events_per_patient())].astype(np.float32)
+    batch = collate(patients)
+    torch.manual_seed(0)
+    model = SeqSetVAE(SMALL, torch.randn(VOCAB, EMB_DIM)).train()
+    optimizer = torch.optim.AdamW(model.parameter_groups(lr=3e-3, setvae_lr_factor=1.0))
+    first = None
+    for step in range(150):
+        out = model(batch, step + 1000)  # schedules fully warmed up
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        first = out.ce.item() if first is None else first
+    model.eval()
+    with torch.no_grad():
+        out = model(batch, 2000)
+    assert first > 0.6 and out.ce.item() < 0.3  # label smoothing 0.1 floors the CE near 0.2
+    assert torch.equal(out.logits.argmax(-1), batch.labels)

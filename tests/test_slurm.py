@@ -1,0 +1,238 @@
+"""The tiny pipeline through a real single-node SLURM (scripts/slurm/start.sh), with
+profiles/slurm, compared with a local run of the same configuration.
+
+Checks that every cluster rule's job went through sbatch with the CPUs, memory and wall
+time of config.yaml's `resources:`, that the light rules stayed local, that the results
+equal the local run's (CPU training is deterministic), and that a training job
+cancelled with `scancel` mid-run is resubmitted (profile `retries`) and resumes from its
+checkpoint, still ending with the local run's weights.
+
+Needs root and Debian's slurm-wlm + munge (scripts/slurm/install.sh); skips without
+them unless SEQSETVAE_REQUIRE_SLURM=1 (as in .ci/run), where it fails instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from safetensors.numpy import load_file
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED = os.environ.get("SEQSETVAE_REQUIRE_SLURM") == "1"
+SLURM_CONF = Path("/etc/slurm/slurm.conf")
+CONF_MARKER = "# written by seqsetvae scripts/slurm/start.sh"
+TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel")
+BATCH_SIZES = [1, 2]
+# (rule, wildcards) of every job that must run as a SLURM job; all others stay local
+CLUSTER_JOBS = Counter(
+    [("synthetic_data", ""), ("ingest", ""), ("stats", ""), ("make_shards", "")]
+    + [(rule, str(b)) for rule in ("train", "evaluate") for b in BATCH_SIZES]
+)
+RESOURCE_KIND = {"synthetic_data": "data", "ingest": "data", "stats": "data", "make_shards": "data",
+                 "train": "train", "evaluate": "evaluate"}  # fmt: skip
+TIMING = {"patients_per_s", "events_per_s", "wall_time_s"}
+TIMEOUT_S = 900
+
+
+def unavailable(reason: str):
+    if REQUIRED:
+        pytest.fail(f"SEQSETVAE_REQUIRE_SLURM=1 but {reason}")
+    pytest.skip(reason)
+
+
+def run_script(name: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / "slurm" / name)], env=env, capture_output=True, text=True, timeout=180
+    )
+
+
+def cluster_is_ours_and_up() -> bool:
+    if not SLURM_CONF.exists() or CONF_MARKER not in SLURM_CONF.read_text():
+        return False
+    sinfo = subprocess.run(["sinfo", "--noheader", "--Node", "--format=%t"], capture_output=True, text=True)
+    return sinfo.returncode == 0 and sinfo.stdout.strip() == "idle"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A running single-node SLURM; started (and stopped afterwards) unless one of ours is up."""
+    if os.geteuid() != 0:
+        unavailable("a test SLURM needs root (munged, slurmctld and slurmd are started as root)")
+    path = os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin"
+    missing = [tool for tool in TOOLS if shutil.which(tool, path=path) is None]
+    if missing:
+        unavailable(f"SLURM is not installed ({', '.join(missing)} missing): run scripts/slurm/install.sh as root")
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        unavailable("snakemake-executor-plugin-slurm is not installed: pip install -e '.[slurm]'")
+    if cluster_is_ours_and_up():
+        yield None
+        return
+    env = {**os.environ, "PATH": path, "SEQSETVAE_SLURM_DIR": str(tmp_path_factory.mktemp("slurm_state"))}
+    started = run_script("start.sh", env)
+    assert started.returncode == 0, f"scripts/slurm/start.sh failed:\n{started.stdout}\n{started.stderr}"
+    yield Path(env["SEQSETVAE_SLURM_DIR"])
+    stopped = run_script("stop.sh", env)
+    assert stopped.returncode == 0, f"scripts/slurm/stop.sh failed:\n{stopped.stdout}\n{stopped.stderr}"
+
+
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+            "--configfile", str(workdir / "config.yaml"), *args, "all"]  # fmt: skip
+
+
+def scontrol_jobs() -> list[dict]:
+    """Every job slurmctld still knows (MinJobAge keeps finished ones for an hour)."""
+    out = subprocess.run(["scontrol", "show", "job", "--oneliner"], capture_output=True, text=True, check=True)
+    jobs = []
+    for line in out.stdout.splitlines():
+        if line.startswith("JobId="):
+            jobs.append(dict(re.findall(r"(?:^|\s)([\w:/()]+)=(\S*)", line)))
+    return jobs
+
+
+def rule_of(job: dict) -> tuple[str, str]:
+    """(rule, wildcard values) from the comment the plugin gives each job: rule_<rule>[_wildcards_<values>]."""
+    match = re.fullmatch(r"rule_(\w+?)(?:_wildcards_(.*))?", job.get("Comment", ""))
+    assert match, f"SLURM job {job['JobId']} has no Snakemake rule comment: {job.get('Comment')!r}"
+    return match.group(1), match.group(2) or ""
+
+
+def cancel_training_after_first_checkpoint(workdir: Path, snakemake: subprocess.Popen) -> dict:
+    """scancel the running bs1 training job once it has written a checkpoint; what was cancelled."""
+    run_dir = workdir / "results" / "runs" / "bs1"
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline and snakemake.poll() is None:
+        if (run_dir / "checkpoints" / "latest.json").exists():
+            queue = subprocess.run(
+                ["squeue", "--noheader", "--format=%i|%k|%T"], capture_output=True, text=True, check=True
+            )
+            running = [line.split("|")[0] for line in queue.stdout.split()
+                       if line.split("|")[1:] == ["rule_train_wildcards_1", "RUNNING"]]  # fmt: skip
+            assert len(running) == 1, f"no running bs1 training job to cancel: {queue.stdout}"
+            assert not (run_dir / "metrics.json").exists(), "bs1 training ended before it could be cancelled"
+            checkpoint = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
+            subprocess.run(["scancel", running[0]], check=True)
+            return {"job_id": running[0], "latest": checkpoint}
+        time.sleep(0.05)
+    pytest.fail("the bs1 training job never wrote a checkpoint")
+
+
+@pytest.fixture(scope="module")
+def runs(slurm_cluster, tmp_path_factory, tiny_pipeline_config):
+    """The same tiny configuration run locally and through SLURM (bs1 training cancelled once)."""
+    config = tiny_pipeline_config()
+    root = tmp_path_factory.mktemp("slurm_pipeline")
+    local, cluster = root / "local", root / "cluster"
+    for workdir in (local, cluster):
+        workdir.mkdir()
+        (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+    # --cores 1: the local jobs run with the threads a cluster job gets (resources.*.threads),
+    # so that both runs compute the same numbers
+    started = time.monotonic()
+    run = subprocess.run(
+        snakemake_command(local, "--profile", str(REPO / "profiles" / "local"), "--cores", "1"),
+        capture_output=True, text=True, timeout=TIMEOUT_S,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-5000:]
+    local_s = time.monotonic() - started
+
+    started = time.monotonic()
+    log = open(root / "cluster.log", "w")
+    snakemake = subprocess.Popen(
+        snakemake_command(cluster, "--profile", str(REPO / "profiles" / "slurm"),
+                          "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs"),
+        stdout=log, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        cancelled = cancel_training_after_first_checkpoint(cluster, snakemake)
+        returncode = snakemake.wait(timeout=TIMEOUT_S)
+    finally:
+        if snakemake.poll() is None:
+            snakemake.kill()
+        log.close()
+    output = (root / "cluster.log").read_text()
+    assert returncode == 0, output[-8000:]
+    print(f"local run {local_s:.0f} s, SLURM run {time.monotonic() - started:.0f} s")
+    jobs = [job for job in scontrol_jobs() if job.get("WorkDir") == str(cluster)]
+    return {"config": config, "local": local, "cluster": cluster, "cancelled": cancelled, "jobs": jobs,
+            "output": output}  # fmt: skip
+
+
+def test_cluster_rules_went_through_sbatch(runs):
+    config, jobs = runs["config"], runs["jobs"]
+    completed = Counter(rule_of(job) for job in jobs if job["JobState"] == "COMPLETED")
+    assert completed == CLUSTER_JOBS
+    assert [rule_of(job) for job in jobs if job["JobState"] != "COMPLETED"] == [("train", "1")]  # the cancelled one
+    for job in jobs:
+        rule, _ = rule_of(job)
+        wanted = config["resources"][RESOURCE_KIND[rule]]
+        assert job["CPUs/Task"] == str(wanted["threads"]), rule
+        assert job["MinMemoryNode"] == f"{wanted['mem_mb']}M", rule
+        assert job["TimeLimit"] == f"00:{wanted['runtime']:02d}:00", rule
+        assert job["NumNodes"] == "1" and job["Partition"] == "debug", rule
+    # the light rules ran in the Snakemake process itself: their outputs are there, no SLURM job
+    results = runs["cluster"] / "results"
+    assert (results / "qc.json").exists() and (runs["cluster"] / "reports" / "batch_comparison.md").exists()
+    assert all((results / "memory" / f"bs{b}.json").exists() for b in BATCH_SIZES)
+    for rule in ("splits", "embedding", "qc", "memory", "report", "all"):
+        assert re.search(rf"^localrule {rule}:$", runs["output"], re.MULTILINE), rule
+    # each cluster job got the threads of resources.<kind>.threads, not the node's CPUs
+    for b in BATCH_SIZES:
+        summary = json.loads((results / "runs" / f"bs{b}" / "metrics.json").read_text())
+        assert summary["threads"] == config["resources"]["train"]["threads"]
+
+
+def test_cluster_results_equal_local_results(runs):
+    local, cluster = runs["local"] / "results", runs["cluster"] / "results"
+    for name in ("qc.json", "shards/index.json", "stats/normalization.json", "stats/vocabulary.json"):
+        assert json.loads((local / name).read_text()) == json.loads((cluster / name).read_text()), name
+    for b in BATCH_SIZES:
+        for name in ("best.safetensors", "final.safetensors"):
+            ours, theirs = load_file(local / "runs" / f"bs{b}" / name), load_file(cluster / "runs" / f"bs{b}" / name)
+            assert ours.keys() == theirs.keys()
+            for key in ours:
+                assert np.array_equal(ours[key], theirs[key]), f"bs{b}/{name}: {key}"
+        records = [
+            [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
+            for path in (local / "runs" / f"bs{b}" / "metrics.jsonl", cluster / "runs" / f"bs{b}" / "metrics.jsonl")
+        ]
+        assert records[0] == records[1] and len(records[0]) > 0
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(local / "eval" / f"bs{b}_predictions.parquet"),
+            pd.read_parquet(cluster / "eval" / f"bs{b}_predictions.parquet"),
+        )
+        ours, theirs = (json.loads((d / "eval" / f"bs{b}.json").read_text()) for d in (local, cluster))
+        for key in ("n_patients", "auroc", "auroc_ci", "auprc", "brier", "accuracy", "recon", "kl"):
+            assert ours[key] == theirs[key], f"eval bs{b}: {key}"
+
+
+def test_cancelled_training_resumed_from_its_checkpoint(runs):
+    cancelled, cluster = runs["cancelled"], runs["cluster"]
+    (job,) = [job for job in runs["jobs"] if job["JobId"] == cancelled["job_id"]]
+    assert job["JobState"] == "CANCELLED" and rule_of(job) == ("train", "1")
+    steps = json.loads((cluster / "results" / "runs" / "bs1" / "metrics.json").read_text())["steps"]
+    # the resubmitted job's log (the first attempt's was overwritten)
+    log = (cluster / "results" / "logs" / "train" / "bs1.log").read_text()
+    resumed = re.search(r"resuming from (\S+) \(step (\d+), epoch 1\)", log)
+    assert resumed, log
+    assert runs["config"]["train"]["checkpoint_every"] <= int(resumed.group(2)) < steps
+    assert "resuming" not in (runs["local"] / "results" / "logs" / "train" / "bs1.log").read_text()
+    # the cancelled job's SLURM log is kept by the plugin (failed jobs' logs are never deleted)
+    slurm_logs = cluster / ".snakemake" / "slurm_logs" / "rule_train" / "1"
+    assert (slurm_logs / f"{cancelled['job_id']}.log").exists()

@@ -1,0 +1,122 @@
+"""`seqsetvae splits`: seeded random split by patient, or the user's splits file."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from seqsetvae.cli import main as cli
+from seqsetvae.data.splits import make_splits
+from seqsetvae.errors import InputError
+from seqsetvae.settings import load_settings
+
+
+def read_splits(path):
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def labels_text(n, start=200001):
+    return "patient_id,in_hospital_mortality\n" + "".join(f"{start + i},{i % 3 == 0:d}\n" for i in range(n))
+
+
+def test_random_split_exact_fractions_and_independent_of_row_order(tmp_path, write_text):
+    labels = write_text("labels.csv", labels_text(1000))
+    lines = labels.read_text().splitlines()
+    shuffled = write_text("shuffled.csv", "\n".join([lines[0]] + lines[1:][::-1]) + "\n")
+    settings = load_settings({"data": {"split_fractions": {"train": 0.7, "valid": 0.2, "test": 0.1}}})
+    counts = make_splits(settings, labels, None, tmp_path / "a.csv")
+    make_splits(settings, shuffled, None, tmp_path / "b.csv")
+    a, b = read_splits(tmp_path / "a.csv"), read_splits(tmp_path / "b.csv")
+    assert list(a.columns) == ["patient_id", "split"]
+    assert a.equals(b)
+    assert a["patient_id"].is_unique and len(a) == 1000
+    assert a["split"].value_counts().to_dict() == {"train": 700, "valid": 200, "test": 100}
+    assert counts["train"] == 700
+    # a different seed gives a different assignment with the same counts
+    other = load_settings({"data": {**settings["data"], "split_seed": 1}})
+    make_splits(other, labels, None, tmp_path / "c.csv")
+    c = read_splits(tmp_path / "c.csv")
+    assert not c["split"].equals(a["split"])
+    assert c["split"].value_counts().to_dict() == a["split"].value_counts().to_dict()
+
+
+def test_only_valid_labels_get_a_split_and_ids_are_canonical(tmp_path, write_text):
+    labels = write_text(
+        "labels.csv",
+        """
+        patient_id,in_hospital_mortality
+        200001.0,1
+         P-17 ,0
+        200003,yes
+        200004,
+        200005,1.0
+        200005,1
+        """,
+    )
+    make_splits(load_settings(), labels, None, tmp_path / "s.csv")
+    assert sorted(read_splits(tmp_path / "s.csv")["patient_id"]) == ["200001", "200005", "P-17"]
+
+
+def test_user_splits_file(tmp_path, write_text):
+    labels = write_text("labels.csv", labels_text(4))
+    splits = write_text(
+        "user_splits.csv",
+        """
+        patient_id,split
+        200001,train
+        200002.0,Validation
+        200003, test
+        200004,val
+        200004,valid
+        999999,train
+        """,
+    )
+    counts = make_splits(load_settings(), labels, splits, tmp_path / "s.csv")
+    result = read_splits(tmp_path / "s.csv")
+    assert result.to_dict("list") == {
+        "patient_id": ["200001", "200002", "200003", "200004"],
+        "split": ["train", "valid", "test", "valid"],
+    }
+    assert counts["splits_file_patients_without_label"] == 1
+    assert counts["splits_file_duplicate_rows"] == 1
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("patient_id,split\n200001,train\n200002,holdout\n", r"rows 2, column 'split': unknown split name\(s\) 'holdout'"),
+        ("patient_id,fold\n200001,train\n", r"missing column 'split' \(data.columns.split\)"),
+        ("id,split\n200001,train\n", r"missing column 'patient_id'"),
+        (
+            "patient_id,split\n200001,train\n200002,test\n200001.0,test\n",
+            r"conflicting splits: patient '200001' \(rows \d and \d\)",
+        ),
+        ("patient_id,split\n200001,train\n", r"2 labelled patient\(s\) have no split, e.g. 200002, 200003"),
+    ],
+)
+def test_bad_user_splits_file(tmp_path, write_text, text, message):
+    labels = write_text("labels.csv", labels_text(3))
+    splits = write_text("user_splits.csv", text)
+    with pytest.raises(InputError, match=message) as error:
+        make_splits(load_settings(), labels, splits, tmp_path / "s.csv")
+    assert str(splits) in str(error.value)
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_cli_reads_data_splits_and_fails_cleanly(tmp_path, write_text, capsys):
+    labels = write_text("labels.csv", labels_text(3))
+    splits = write_text("user.csv", "patient_id,split\n200001,train\n200002,test\n200003,test\n")
+    out = tmp_path / "out" / "splits.csv"
+    settings = json.dumps({"data": {"splits": str(splits)}})
+    assert cli(["splits", "--labels", str(labels), "--out", str(out), "--settings", settings]) == 0
+    assert read_splits(out)["split"].tolist() == ["train", "test", "test"]
+
+    bad = json.dumps({"data": {"split_fractions": {"train": 0.5, "valid": 0.1, "test": 0.1}}})
+    missing = tmp_path / "missing.csv"
+    assert cli(["splits", "--labels", str(labels), "--out", str(missing), "--settings", bad]) == 1
+    assert "data.split_fractions: fractions sum to 0.7" in capsys.readouterr().err
+    assert cli(["splits", "--labels", str(tmp_path / "nope.csv"), "--out", str(missing)]) == 1
+    assert "nope.csv: not found" in capsys.readouterr().err
+    assert not missing.exists()

@@ -1,0 +1,85 @@
+"""stats: train-only statistics and vocabulary (no leakage), std rules, streaming merge."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_shards import random_events, write_events
+
+from seqsetvae.data import stats
+from seqsetvae.errors import InputError
+
+
+def run(tmp_path, events, labels, n_partitions=3):
+    write_events(tmp_path / "events", events, labels, n_partitions)
+    argv = ["--events", str(tmp_path / "events"), "--stats", str(tmp_path / "norm.json"),
+            "--vocab", str(tmp_path / "vocab.json")]  # fmt: skip
+    assert stats.main(argv) == 0
+    return json.loads((tmp_path / "norm.json").read_text()), json.loads((tmp_path / "vocab.json").read_text())
+
+
+def test_train_only_matches_pandas_and_vocab_sorted(tmp_path):
+    events, labels = random_events(60, seed=0)
+    norm, vocab = run(tmp_path, events, labels)
+    train = events[events["split"] == "train"]
+    expected = train.groupby("variable")["value"].agg(["mean", "std", "size"])
+    assert vocab["variables"] == sorted(train["variable"].unique())
+    assert list(norm["variables"]) == vocab["variables"]
+    for name, row in expected.iterrows():
+        got = norm["variables"][name]
+        assert got["count"] == row["size"]
+        assert got["mean"] == pytest.approx(row["mean"], rel=1e-12)
+        assert got["std"] == pytest.approx(row["std"], rel=1e-10)
+
+
+def test_valid_and_test_do_not_move_stats_or_vocabulary(tmp_path):
+    events, labels = random_events(45, seed=1)
+    base, base_vocab = run(tmp_path / "a", events, labels)
+    held_out = events["split"] != "train"
+    moved = events.copy()
+    moved.loc[held_out, "value"] = moved.loc[held_out, "value"] * 1000 + 1e6
+    moved.loc[held_out & (moved.index % 3 == 0), "variable"] = "only_in_held_out"
+    got, got_vocab = run(tmp_path / "b", moved, labels)
+    assert got == base and got_vocab == base_vocab
+    assert "only_in_held_out" not in got_vocab["variables"]
+
+
+def test_std_rules_single_observation_and_constant(tmp_path):
+    rows = [("P1", 1.0, "once", 7.0, "train"), ("P1", 1.0, "flat", 3.0, "train"), ("P2", 2.0, "flat", 3.0, "train"),
+            ("P1", 2.0, "two", 1.0, "train"), ("P2", 3.0, "two", 4.0, "train"),
+            ("P3", 1.0, "once", 100.0, "valid")]  # fmt: skip
+    events = pd.DataFrame(rows, columns=["patient_id", "time", "variable", "value", "split"])
+    norm, vocab = run(tmp_path, events, {"P1": 0, "P2": 1, "P3": 0}, n_partitions=2)
+    v = norm["variables"]
+    assert vocab["variables"] == ["flat", "once", "two"]
+    assert v["once"] == {"mean": 7.0, "std": 1.0, "count": 1}
+    assert v["flat"] == {"mean": 3.0, "std": 1.0, "count": 2}
+    assert v["two"]["mean"] == 2.5 and v["two"]["std"] == pytest.approx(np.sqrt(4.5), rel=1e-15)  # ddof 1
+
+
+def test_partition_merge_is_numerically_sound():
+    # a large offset with a small spread, split unevenly: a naive sum-of-squares in
+    # float64 loses every digit here; Chan's merge of per-part moments keeps them
+    rng = np.random.default_rng(0)
+    values = 1e9 + rng.normal(0, 1e-3, size=10_001)
+    parts = np.split(values, [1, 17, 5000])
+    total = pd.DataFrame({"count": [], "mean": [], "m2": []}, dtype=np.float64)
+    for part in parts:
+        m = part.mean()
+        frame = pd.DataFrame({"count": [len(part)], "mean": [m], "m2": [((part - m) ** 2).sum()]}, index=["x"])
+        total = stats.merge_moments(total, frame)
+    std = np.sqrt(total.loc["x", "m2"] / (len(values) - 1))
+    assert std == pytest.approx(np.std(values - 1e9, ddof=1), rel=1e-6)
+    assert total.loc["x", "mean"] == pytest.approx(values.mean(), rel=1e-15)
+
+
+def test_no_train_events_and_missing_directory_are_input_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        stats.train_statistics(tmp_path / "nope")
+    events = pd.DataFrame([("P1", 1.0, "a", 1.0, "valid")], columns=["patient_id", "time", "variable", "value", "split"])
+    write_events(tmp_path / "events", events, {"P1": 0}, 1)
+    with pytest.raises(InputError, match="the train split has no events"):
+        stats.train_statistics(tmp_path / "events")

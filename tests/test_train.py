@@ -1,0 +1,264 @@
+"""`seqsetvae train` on tiny shards: outputs, determinism, checkpoint/resume equality."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import save_file as save_numpy
+from safetensors.torch import load_file, save_file
+
+from seqsetvae.batching import random_patients
+from seqsetvae.data.ragged import RaggedPatients
+from seqsetvae.errors import InputError
+from seqsetvae.training import train
+from seqsetvae.training.train import resolve_threads, scaled_lr
+
+VOCAB, DIM = 12, 16
+TINY_MODEL = {
+    "reduced_dim": 16, "latent_dim": 16, "levels": 1, "inducing_points": 4, "heads": 2,
+    "transformer_layers": 1, "transformer_heads": 2, "ff_dim": 32,
+    "beta_warmup_steps": 4, "pred_warmup_steps": 4, "recon_decay_steps": 8,
+}  # fmt: skip
+TINY_TRAIN = {"epochs": 2, "lr": 0.003, "checkpoint_every": 3, "log_every": 2, "threads": 1, "device": "cpu", "seed": 3}
+STEP_KEYS = {"kind", "epoch", "step", "loss", "recon", "kl", "ce", "beta", "lr", "recon_weight", "pred_weight",
+             "patients_per_s", "events_per_s", "fill_ratio", "sequence_fill_ratio", "batch_patients",
+             "batch_events", "batch_sets"}  # fmt: skip
+EPOCH_KEYS = {"kind", "epoch", "step", "train_loss", "val_loss", "val_auroc", "val_auprc", "wall_time_s"}
+TIMING = {"patients_per_s", "events_per_s", "wall_time_s"}
+
+
+def _write_split(root: Path, split: str, patients: RaggedPatients) -> None:
+    """One shard file in the documented layout (docs/design.md, "Shards")."""
+    n_events, n_sets = patients.events_per_patient(), patients.sets_per_patient()
+    order = np.lexsort((np.array(patients.patient_ids), n_events))
+    # reorder patients by (n_events, id) with vectorised gathers
+    set_ranges = [np.arange(patients.patient_offsets[i], patients.patient_offsets[i + 1]) for i in order]
+    sets = np.concatenate(set_ranges)
+    sizes = patients.set_sizes()[sets]
+    events = np.concatenate([np.arange(patients.set_offsets[s], patients.set_offsets[s + 1]) for s in sets])
+    ids = [patients.patient_ids[i] for i in order]
+    id_bytes = [i.encode() for i in ids]
+    (root / split).mkdir(parents=True)
+    save_numpy(
+        {
+            "variable_ids": patients.variable_ids[events],
+            "values": patients.values[events],
+            "set_times": patients.set_times[sets],
+            "set_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+            "patient_offsets": np.concatenate([[0], np.cumsum(n_sets[order])]).astype(np.int64),
+            "labels": patients.labels[order],
+            "patient_id_bytes": np.frombuffer(b"".join(id_bytes), dtype=np.uint8).copy(),
+            "patient_id_offsets": np.concatenate([[0], np.cumsum([len(b) for b in id_bytes])]).astype(np.int64),
+        },
+        str(root / split / "shard-00000.safetensors"),
+    )
+    n = len(ids)
+    index = {
+        "split": split, "n_patients": n, "n_sets": int(n_sets.sum()), "n_events": int(n_events.sum()),
+        "shards": [{"file": "shard-00000.safetensors", "n_patients": n, "n_sets": int(n_sets.sum()),
+                    "n_events": int(n_events.sum())}],
+        "patients": {"patient_id": ids, "label": patients.labels[order].tolist(),
+                     "n_events": n_events[order].tolist(), "n_sets": n_sets[order].tolist(),
+                     "shard": [0] * n, "row": list(range(n))},
+    }  # fmt: skip
+    (root / split / "index.json").write_text(json.dumps(index))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, Path]:
+    """(shards dir, embedding file): 22 train and 10 valid tiny patients."""
+    root = tmp_path_factory.mktemp("tiny")
+    shards = root / "shards"
+    common = {"mean_sets": 5, "mean_events": 12, "vocab_size": VOCAB, "max_set_size": 5}
+    _write_split(shards, "train", random_patients(22, seed=1, **common))
+    valid = random_patients(10, seed=2, **common)
+    valid.labels[:] = np.arange(10) % 2  # both classes, so AUROC is defined
+    _write_split(shards, "valid", valid)
+    (shards / "index.json").write_text(json.dumps({"vocab_size": VOCAB}))
+    embedding = root / "embedding.safetensors"
+    save_file({"embedding": torch.randn(VOCAB, DIM, generator=torch.Generator().manual_seed(0))}, str(embedding))
+    return shards, embedding
+
+
+def _run(data, out: Path, batch_size: int = 4, extra: list[str] | None = None, **train_overrides) -> int:
+    shards, embedding = data
+    settings = {"model": TINY_MODEL, "train": {**TINY_TRAIN, **train_overrides}}
+    argv = ["--settings", json.dumps(settings), "--shards", str(shards), "--embedding", str(embedding),
+            "--batch-size", str(batch_size), "--out", str(out), "--threads", "1", *(extra or [])]  # fmt: skip
+    return train.main(argv)
+
+
+def _lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _no_timing(lines: list[dict]) -> list[dict]:
+    return [{k: v for k, v in line.items() if k not in TIMING} for line in lines]
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory) -> Path:
+    """One uninterrupted run at batch size 4 (6 steps per epoch, 2 epochs)."""
+    out = tmp_path_factory.mktemp("runs") / "bs4"
+    assert _run(data, out) == 0
+    return out
+
+
+def test_outputs_and_their_contents(reference):
+    out = reference
+    for name in ("metrics.json", "metrics.jsonl", "best.safetensors", "final.safetensors", "run_config.json"):
+        assert (out / name).is_file(), name
+    lines = _lines(out)
+    steps = [r for r in lines if r["kind"] == "step"]
+    epochs = [r for r in lines if r["kind"] == "epoch"]
+    assert len(steps) == 12 and [r["step"] for r in steps] == list(range(1, 13))  # ceil(22/4) x 2
+    assert [r["epoch"] for r in epochs] == [1, 2] and [r["step"] for r in epochs] == [6, 12]
+    assert all(set(r) == STEP_KEYS for r in steps) and all(set(r) == EPOCH_KEYS for r in epochs)
+    # every patient once per epoch
+    assert [sum(r["batch_patients"] for r in steps if r["epoch"] == e) for e in (1, 2)] == [22, 22]
+    for r in steps:
+        assert np.isfinite(r["loss"]) and r["loss"] > 0 and 0 < r["fill_ratio"] <= 1 and r["batch_patients"] <= 4
+        expected = r["pred_weight"] * r["ce"] + r["recon_weight"] * r["recon"] + r["beta"] * r["kl"]
+        assert r["loss"] == pytest.approx(expected, rel=1e-4)
+    assert steps[0]["beta"] == 0.0 and steps[-1]["beta"] == pytest.approx(0.1)  # warm-up over 4 steps
+    assert steps[0]["lr"] == pytest.approx(0.003)
+    for r in epochs:
+        assert 0 <= r["val_auroc"] <= 1 and 0 < r["val_auprc"] <= 1 and r["val_loss"] > 0
+
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["batch_size"] == 4 and summary["steps"] == 12 and summary["epochs"] == 2
+    assert summary["patients_seen"] == 44 and summary["device"] == "cpu" and summary["threads"] == 1
+    assert summary["patients_per_s"] == pytest.approx(44 / summary["train_time_s"])
+    assert summary["wall_time_s"] >= summary["train_time_s"] > 0
+    assert summary["peak_rss_mb"] > 50 and summary["cuda_max_allocated_mb"] is None
+    assert summary["largest_batch"]["patients"] == 4
+    assert summary["largest_batch"]["events"] == max(r["batch_events"] for r in steps)
+    best = max(epochs, key=lambda r: (r["val_auroc"], -r["val_loss"]))  # ties: lower loss
+    assert summary["best_epoch"] == best["epoch"] and summary["best_val_auroc"] == best["val_auroc"]
+
+    config = json.loads((out / "run_config.json").read_text())
+    assert config["batch_size"] == 4 and config["vocab_size"] == VOCAB and config["embedding_dim"] == DIM
+    assert config["model"]["latent_dim"] == 16 and config["train"]["epochs"] == 2 and config["seed"] == 3
+
+    # weights rebuild the model strictly; best differs from final only if epoch 1 was best
+    from seqsetvae.model import ModelConfig, SeqSetVAE
+
+    model = SeqSetVAE(ModelConfig.from_settings(config["model"]), torch.zeros(VOCAB, DIM))
+    final, best_weights = load_file(str(out / "final.safetensors")), load_file(str(out / "best.safetensors"))
+    model.load_state_dict(final, strict=True)
+    same = all(torch.equal(final[k], best_weights[k]) for k in final)
+    assert same == (summary["best_epoch"] == 2)
+    assert (out / "checkpoints" / "latest.json").is_file()
+
+
+def test_same_seed_same_metrics(data, reference, tmp_path):
+    assert _run(data, tmp_path / "again") == 0
+    assert _no_timing(_lines(tmp_path / "again")) == _no_timing(_lines(reference))
+    a, b = load_file(str(reference / "final.safetensors")), load_file(str(tmp_path / "again" / "final.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _assert_same_run(out: Path, reference: Path) -> None:
+    a, b = load_file(str(reference / "final.safetensors")), load_file(str(out / "final.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    a, b = load_file(str(reference / "best.safetensors")), load_file(str(out / "best.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _no_timing(_lines(out)) == _no_timing(_lines(reference))
+
+
+def test_stop_and_resume_gives_the_same_weights(data, reference, tmp_path):
+    out = tmp_path / "bs4"
+    # stop mid-epoch 2 (step 8: checkpoints at 3, 6, 8)
+    assert _run(data, out, extra=["--stop-after-steps", "8"]) == 0
+    assert not (out / "final.safetensors").exists() and not (out / "metrics.json").exists()
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 8
+    # a kill after the checkpoint leaves log lines the resumed run must not repeat
+    with open(out / "checkpoints" / "metrics.jsonl", "a") as log:
+        log.write('{"kind": "step", "step": 9, "loss": 123.0}\n')
+    assert _run(data, out) == 0
+    _assert_same_run(out, reference)
+
+
+def test_killed_job_resumes_to_the_same_weights(data, reference, tmp_path):
+    """SIGKILL a real `seqsetvae train` process once it has checkpointed, then rerun it."""
+    shards, embedding = data
+    out = tmp_path / "bs4"
+    settings = {"model": TINY_MODEL, "train": {**TINY_TRAIN, "checkpoint_every": 1}}
+    command = [sys.executable, "-m", "seqsetvae.cli", "train", "--settings", json.dumps(settings), "--shards",
+               str(shards), "--embedding", str(embedding), "--batch-size", "4", "--out", str(out)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = out / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if latest.exists() and json.loads(latest.read_text())["step"] >= 4:
+            break
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_at = json.loads(latest.read_text())["step"]
+    assert 4 <= killed_at < 12, killed_at
+    assert not (out / "final.safetensors").exists()
+    assert _run(data, out, checkpoint_every=1) == 0
+    _assert_same_run(out, reference)
+
+
+def test_completed_run_restarted_keeps_its_results(data, tmp_path, capsys):
+    out = tmp_path / "bs4"
+    assert _run(data, out, epochs=1) == 0
+    before = (out / "metrics.jsonl").read_text(), (out / "final.safetensors").read_bytes()
+    (out / "final.safetensors").unlink()  # as Snakemake does before rerunning a job
+    capsys.readouterr()
+    assert _run(data, out, epochs=1) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert ((out / "metrics.jsonl").read_text(), (out / "final.safetensors").read_bytes()) == before
+
+
+def test_changed_configuration_does_not_resume(data, tmp_path, capsys):
+    out = tmp_path / "bs4"
+    assert _run(data, out, epochs=1) == 0
+    capsys.readouterr()
+    assert _run(data, out, epochs=1, lr=0.001) == 0
+    err = capsys.readouterr().err
+    assert "another configuration" in err and "resuming" not in err
+    assert list(tmp_path.glob("bs4/checkpoints.stale-*"))
+    assert _lines(out)[0]["lr"] == pytest.approx(0.001) and len(_lines(out)) == 7
+
+
+def test_batch_size_one_and_token_budget(data, tmp_path):
+    assert _run(data, tmp_path / "bs1", batch_size=1, epochs=1) == 0
+    steps = [r for r in _lines(tmp_path / "bs1") if r["kind"] == "step"]
+    assert len(steps) == 22 and all(r["batch_patients"] == 1 for r in steps)
+
+    assert _run(data, tmp_path / "budget", batch_size=8, epochs=1, max_events_per_batch=40) == 0
+    steps = [r for r in _lines(tmp_path / "budget") if r["kind"] == "step"]
+    assert sum(r["batch_patients"] for r in steps) == 22
+    assert all(r["batch_events"] <= 40 or r["batch_patients"] == 1 for r in steps)
+
+
+def test_embedding_that_does_not_match_the_vocabulary(data, tmp_path):
+    shards, _ = data
+    bad = tmp_path / "embedding.safetensors"
+    save_file({"embedding": torch.zeros(VOCAB + 1, DIM)}, str(bad))
+    with pytest.raises(InputError, match=r"embedding\.safetensors.*13 rows.*vocabulary of 12"):
+        _run((shards, bad), tmp_path / "out")
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_lr_scaling_and_threads():
+    base = {"lr": 0.001, "lr_reference_batch_size": 4}
+    assert scaled_lr({**base, "lr_scaling": "none"}, 16) == 0.001
+    assert scaled_lr({**base, "lr_scaling": "linear"}, 16) == pytest.approx(0.004)
+    assert scaled_lr({**base, "lr_scaling": "sqrt"}, 16) == pytest.approx(0.002)
+    available = len(os.sched_getaffinity(0))
+    assert resolve_threads(None, 1) == 1
+    assert resolve_threads(1000, 1) == available  # capped at the CPUs this process may use
+    assert resolve_threads(None, None) == available
