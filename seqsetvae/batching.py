@@ -44,13 +44,16 @@ class Batch:
     # within-set event pairs (packed)
     pair_query: torch.Tensor  # int64 [P], event index
     pair_key: torch.Tensor  # int64 [P], event index of the same set
+    pairs_per_event: torch.Tensor  # int64 [E], pairs of each query event (its set's size)
     # sets (packed, patient then time order)
     set_sizes: torch.Tensor  # int64 [S]
     set_times: torch.Tensor  # float32 [S], minutes
     set_patient: torch.Tensor  # int64 [S]
     set_position: torch.Tensor  # int64 [S], index of the set in its patient's sequence
+    sets_per_patient: torch.Tensor  # int64 [B]
     # sequences (padded grid for the transformer)
     sequence_mask: torch.Tensor  # bool [B, T_max], True at real sets
+    max_set_size: int  # events in the largest set (a Python int: no device sync to read it)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         moved = {
@@ -151,11 +154,14 @@ def collate(patients: RaggedPatients) -> Batch:
         event_slot=t(event_slot, torch.int64),
         pair_query=t(pair_query, torch.int64),
         pair_key=t(pair_key, torch.int64),
+        pairs_per_event=t(set_sizes[event_set], torch.int64),
         set_sizes=t(set_sizes, torch.int64),
         set_times=t(patients.set_times, torch.float32),
         set_patient=t(set_patient, torch.int64),
         set_position=t(set_position, torch.int64),
+        sets_per_patient=t(sets_per_patient, torch.int64),
         sequence_mask=t(sequence_mask, torch.bool),
+        max_set_size=int(set_sizes.max()),
     )
 
 

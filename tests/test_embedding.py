@@ -48,7 +48,8 @@ def write_table(path, rows, header=None):
 def test_table_rows_in_vocabulary_order(tmp_path):
     csv = tmp_path / "table.csv"
     write_table(csv, [["MAP", 1, 2, 3], ["unused", 9, 9, 9], ["HR", 4.5, 5, -6e-3], [" SpO2 ", 7, 8, 9]])
-    table, meta = build(tmp_path, ["HR", "MAP", "SpO2"], {"embedding": {"method": "table", "table": str(csv), "dim": 3}})
+    settings = {"embedding": {"method": "table", "table": str(csv), "dim": 3}}
+    table, meta = build(tmp_path, ["HR", "MAP", "SpO2"], settings)
     np.testing.assert_array_equal(table, np.float32([[4.5, 5, -6e-3], [1, 2, 3], [7, 8, 9]]))
     assert meta["method"] == "table"
 
@@ -69,6 +70,9 @@ def test_table_bad_cells_and_duplicates_name_rows_and_columns(tmp_path):
     csv = tmp_path / "table.csv"
     write_table(csv, [["HR", 1, 2], ["MAP", "x1", 3], ["SpO2", 4, ""]])
     with pytest.raises(InputError, match=r"row 2 column d0 \('x1'\), row 3 column d1 \(''\)"):
+        build(tmp_path, ["HR"], {"embedding": {"method": "table", "table": str(csv)}})
+    write_table(csv, [["HR", 1, 2], ["MAP", 1, "inf"]])
+    with pytest.raises(InputError, match=r"row 2 column d1 \('inf'\)"):
         build(tmp_path, ["HR"], {"embedding": {"method": "table", "table": str(csv)}})
     write_table(csv, [["HR", 1, 2], ["MAP", 1, 3], ["HR", 4, 5]])
     with pytest.raises(InputError, match=r"column Key: duplicate key\(s\) HR \(rows 1, 3\)"):

@@ -70,10 +70,11 @@ def assert_balanced(qc):
     assert qc["patients_kept"] == sum(s["patients"] for s in qc["by_split"].values())
 
 
-def test_round_trip_partitions_hold_exactly_the_rows(tmp_path, synthetic_raw, monkeypatch):
+@pytest.mark.parametrize("partitions", [4, 100])  # 100: more than the patients, the sorting split
+def test_round_trip_partitions_hold_exactly_the_rows(tmp_path, synthetic_raw, monkeypatch, partitions):
     events_csv, labels_csv, _ = synthetic_raw
     monkeypatch.setattr(ingest_module, "BLOCK_BYTES", 1 << 16)  # many blocks per file
-    settings = load_settings({"data": {"partitions": 4}})
+    settings = load_settings({"data": {"partitions": partitions}})
     make_splits(settings, labels_csv, None, tmp_path / "splits.csv")
     out = tmp_path / "events"
     args = ["ingest", "--events", str(events_csv), "--labels", str(labels_csv), "--splits",
@@ -105,7 +106,7 @@ def test_round_trip_partitions_hold_exactly_the_rows(tmp_path, synthetic_raw, mo
     assert patients["n_events"].to_dict() == got.groupby("patient_id").size().to_dict()
     assert patients["n_sets"].to_dict() == got.groupby("patient_id")["time"].nunique().to_dict()
     assert patients["partition"].to_dict() == got.groupby("patient_id")["part"].first().to_dict()
-    assert qc["partitions"] == 4
+    assert qc["partitions"] == partitions == len(list(out.glob("part-*.arrow")))
 
 
 def test_messy_input_every_row_counted(tmp_path):
@@ -172,13 +173,13 @@ def test_negative_times_are_dropped_not_invalid(tmp_path):
 
 
 def test_hours_and_custom_column_names(tmp_path):
-    events = "stay,charttime_h,item,val,extra\nA,0.5,HR,80,x\nA,1.25,HR,81,y\n"
+    events = "stay,charttime_h,item,val,extra\nA,0.5,HR,80,x\nA,1.25,HR,81,y\nA,0.18333333333333332,HR,82,z\n"
     labels = "stay,died\nA,1\n"
     columns = {"patient_id": "stay", "time": "charttime_h", "variable": "item", "value": "val", "label": "died"}
     qc, got, patients = run(tmp_path, events, labels, data={"time_unit": "hours", "columns": columns},
                             splits="patient_id,split\nA,test\n")
-    assert got["time"].tolist() == [30.0, 75.0]
-    assert got["split"].tolist() == ["test", "test"] and qc["by_split"]["test"]["events"] == 2
+    assert got["time"].tolist() == [11.0, 30.0, 75.0]  # 11/60 h written as a float is 11 minutes
+    assert got["split"].tolist() == ["test"] * 3 and qc["by_split"]["test"]["events"] == 3
     assert patients["label"].tolist() == [1]
 
 
@@ -306,3 +307,23 @@ def test_readme_worked_example(tmp_path):
     assert qc["patients_dropped"]["label_without_events"] == 1 and qc["labels_dropped"]["duplicate_label_row"] == 1
     run(tmp_path / "strict", events, labels, data={"columns": columns},
         expect_error=r"value_not_numeric: 1 rows, column 'value' \(e.g. file .*events0.csv rows 4\)")
+
+
+@pytest.mark.parametrize("key_limit", [2**62, 0])  # 0: the general lexsort path
+def test_deduplicate_matches_pandas(monkeypatch, key_limit):
+    monkeypatch.setattr(ingest_module, "KEY_LIMIT", key_limit)
+    rng = np.random.default_rng(0)
+    n = 5000
+    frame = pd.DataFrame({
+        "patient": rng.integers(0, 30, n).astype(np.int32),
+        "time": rng.integers(0, 20, n) * rng.choice([1.0, 0.5], n),  # non-integral times too
+        "variable": rng.integers(0, 5, n).astype(np.int32),
+        "value": rng.integers(0, 4, n).astype(np.float64),  # many exact duplicates
+    })
+    order, values, n_exact, n_merged = ingest_module.deduplicate(*(frame[c].to_numpy() for c in frame.columns))
+    distinct = frame.drop_duplicates()
+    expected = distinct.groupby(["patient", "time", "variable"], sort=True)["value"].mean().reset_index()
+    got = frame.iloc[order][["patient", "time", "variable"]].reset_index(drop=True)
+    assert got.equals(expected[["patient", "time", "variable"]])
+    assert np.allclose(values, expected["value"].to_numpy())
+    assert n_exact == n - len(distinct) and n_merged == len(distinct) - len(expected)

@@ -76,3 +76,16 @@ def test_shards_target_caching_and_targeted_rerun(tmp_path):
     changed["embedding"] = {"dim": 4}
     (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
     assert planned_jobs(snakemake(tmp_path, "changed.yaml", "-n", "shards")) == {"embedding": 1, "shards": 1}
+
+
+def test_bench_data_runs_and_reports_rates(tmp_path, capsys):
+    from seqsetvae.benchmarks import data as bench
+
+    assert bench.main(["--events", "20000", "--no-snakemake", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "(a) ingest-to-shards, in-process" in out and "events/s" in out
+    result = json.loads(out.strip().splitlines()[-1])[0]
+    assert result["events"] > 15000 and set(result["chain"]["seconds"]) == {
+        "splits", "ingest", "stats", "embedding", "shards", "qc"
+    }  # fmt: skip
+    assert not list(tmp_path.iterdir())  # scratch removed

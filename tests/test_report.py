@@ -19,7 +19,7 @@ from seqsetvae.reports import batch_comparison as report
 BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 
 
-def write_run(results: Path, b: int, *, patients_per_s: float, auroc_shift: float, rss: float, seed: int) -> None:
+def write_run(results: Path, b: int, *, patients_per_s: float, auroc_shift: float, rss: float, seed: int, gpu: float | None = None) -> None:
     """Every file the training, evaluation and benchmark records would hold for batch size b."""
     run = results / "runs" / f"bs{b}"
     run.mkdir(parents=True)
@@ -29,8 +29,8 @@ def write_run(results: Path, b: int, *, patients_per_s: float, auroc_shift: floa
             {
                 "batch_size": b, "patients_per_s": patients_per_s, "events_per_s": patients_per_s * 150.0,
                 "fill_ratio": 1.0 if b == 1 else 0.8, "wall_time_s": 1000.0 / patients_per_s, "train_time_s": 800 / patients_per_s,
-                "epochs": 2, "steps": 2 * steps_per_epoch, "peak_rss_mb": rss, "cuda_max_allocated_mb": None,
-                "cuda_max_reserved_mb": None, "device": "cpu", "threads": 2, "precision": "fp32",
+                "epochs": 2, "steps": 2 * steps_per_epoch, "peak_rss_mb": rss, "cuda_max_allocated_mb": gpu,
+                "cuda_max_reserved_mb": gpu and gpu * 1.5, "device": "cuda" if gpu else "cpu", "threads": 2, "precision": "fp32",
                 "torch_version": "2.13.0+cpu", "best_epoch": 2, "best_val_auroc": 0.7,
                 "largest_batch": {"patients": b, "events": 300 * b, "sets": 100 * b}, "lr": 1e-3,
             }
@@ -61,7 +61,7 @@ def write_run(results: Path, b: int, *, patients_per_s: float, auroc_shift: floa
         "kl": 0.2 + b / 1000,
         "active_units": {"active": 10 + b, "units": 32, "threshold": 0.01, "sets": 999},
         "inference": {"patients_per_s": 4 * patients_per_s, "events_per_s": 1.0, "time_s": 1.0, "batches": 10},
-        "memory": {"peak_rss_mb": rss * 0.8, "cuda_max_allocated_mb": None, "cuda_max_reserved_mb": None},
+        "memory": {"peak_rss_mb": rss * 0.8, "cuda_max_allocated_mb": gpu and gpu / 4, "cuda_max_reserved_mb": gpu and gpu / 2},
         "largest_batch": {"patients": b, "events": 10, "sets": 5},
         "device": "cpu",
     }
@@ -75,12 +75,13 @@ def write_run(results: Path, b: int, *, patients_per_s: float, auroc_shift: floa
     (bench / "evaluate" / f"bs{b}.tsv").write_text(BENCHMARK_HEADER + "2.51\t0:00:02\t-\t-\t-\t-\tNA\tNA\t-\t-\n")
 
 
-def build_results(tmp_path: Path, batch_sizes=(1, 2, 4)) -> Path:
+def build_results(tmp_path: Path, batch_sizes=(1, 2, 4), cuda: bool = False) -> Path:
     results = tmp_path / "results"
     speeds = {1: 10.0, 2: 25.0, 4: 20.0, 8: 30.0}
     shifts = {1: 4.0, 2: 0.2, 4: 3.0, 8: 3.0}  # bs2 far worse: CIs must not overlap with bs1
     for b in batch_sizes:
-        write_run(results, b, patients_per_s=speeds[b], auroc_shift=shifts[b], rss=500.0 + 40 * b, seed=b)
+        gpu = 300.0 * b if cuda else None
+        write_run(results, b, patients_per_s=speeds[b], auroc_shift=shifts[b], rss=500.0 + 40 * b, seed=b, gpu=gpu)
         rc = memory.main(
             [
                 "--batch-size", str(b),
@@ -93,12 +94,13 @@ def build_results(tmp_path: Path, batch_sizes=(1, 2, 4)) -> Path:
         )  # fmt: skip
         assert rc == 0
     (results / "qc.json").write_text(
-        json.dumps({"by_split": {"train": {"patients": 40, "events": 12000, "sets": 4000},
+        json.dumps({"rows_in": 73600, "rows_kept": 73500, "rows_dropped": {"duplicate_row": 60, "negative_time": 40},
+                    "by_split": {"train": {"patients": 40, "events": 12000, "sets": 4000},
                                  "valid": {"patients": 5, "events": 1500, "sets": 500},
                                  "test": {"patients": 200, "events": 60000, "sets": 20000}}})
     )  # fmt: skip
     (results / "shards").mkdir()
-    (results / "shards" / "index.json").write_text("{}")
+    (results / "shards" / "index.json").write_text(json.dumps({"vocab_size": 40}))
     return results
 
 
@@ -257,6 +259,25 @@ def test_summary_when_cis_overlap_and_no_batch_size_1(tmp_path):
     assert speed["relative speed"].tolist() == ["1.00x", "1.50x"]
 
 
+def test_cuda_run_reports_gpu_memory(tmp_path):
+    results = build_results(tmp_path, (1, 4), cuda=True)
+    text = run_report(tmp_path, results, (1, 4))
+    mem = section_table(text, "Memory")
+    for i, b in enumerate((1, 4)):
+        mem_json = json.loads((results / "memory" / f"bs{b}.json").read_text())
+        assert mem_json["train"]["cuda_max_allocated_mb_per_patient"] == pytest.approx(300.0)
+        row = mem.iloc[i]
+        assert number(row["train GPU allocated (MiB)"]) == pytest.approx(mem_json["train"]["cuda_max_allocated_mb"], abs=0.05)
+        assert number(row["GPU increment over batch size 1 (MiB)"]) == pytest.approx(300.0 * (b - 1), abs=0.05)
+        assert number(row["train GPU reserved (MiB)"]) == pytest.approx(mem_json["train"]["cuda_max_reserved_mb"], abs=0.05)
+        assert number(row["eval GPU allocated (MiB)"]) == pytest.approx(mem_json["eval"]["cuda_max_allocated_mb"], abs=0.05)
+    # the GPU's memory is what limits the batch size: summary and claim table use it
+    assert "Peak training memory (GPU allocated) goes from 300 MiB at batch size 1 to 1200 MiB at batch size 4." in text
+    claim = section_table(text, "The original guide's claim")
+    assert claim.loc[1, "measured training peak, GPU allocated (GiB)"] == f"{1200 / 1024:.2f}"
+    assert "device: cuda;" in text
+
+
 def test_environment_section(tmp_path):
     results = build_results(tmp_path, (1, 2))
     text = run_report(tmp_path, results, (1, 2))
@@ -267,6 +288,8 @@ def test_environment_section(tmp_path):
     assert "torch: 2.13.0+cpu" in env
     assert re.search(r"project commit: ([0-9a-f]{40}|unknown)", env)
     assert "test: 200 patients, 20000 sets, 60000 events" in env
+    assert "event rows: 73600 read, 73500 kept, 100 dropped" in env
+    assert "variables (train vocabulary): 40" in env
 
 
 def test_missing_output_names_the_file(tmp_path):
@@ -276,3 +299,16 @@ def test_missing_output_names_the_file(tmp_path):
     with pytest.raises(InputError, match=r"eval/bs2\.json: missing"):
         report.main(["--results", str(results), "--batch-sizes", "1", "2", "--out", str(out)])
     assert not out.exists()
+
+
+def test_single_class_test_split_reports_missing_auroc(tmp_path):
+    results = build_results(tmp_path, (1, 2))
+    path = results / "eval" / "bs2.json"
+    evaluation = json.loads(path.read_text())
+    evaluation.update(auroc=None, auroc_ci=[None, None], auprc=None, auprc_ci=[None, None])
+    path.write_text(json.dumps(evaluation))
+    text = run_report(tmp_path, results, (1, 2))
+    row = section_table(text, "Test-set quality").iloc[1]
+    assert [row["AUROC"], row["AUROC 95% CI"], row["AUPRC"]] == [report.MISSING] * 3
+    summary = text.split("## Summary\n", 1)[1].split("\n## ", 1)[0]
+    assert "Test AUROC" not in summary  # nothing to compare with one batch size left

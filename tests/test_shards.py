@@ -131,6 +131,7 @@ def reference(events: pd.DataFrame, labels: dict, options: dict, normalization: 
         if mode == "last":
             sets = sets[::-1]
         kept, total = [], 0
+        cut = len(sets[0]) > L
         for s in sets:
             if total + len(s) > L:
                 if not kept:  # the first set alone is over budget: cut to L events
@@ -143,6 +144,7 @@ def reference(events: pd.DataFrame, labels: dict, options: dict, normalization: 
         out[pid] = {
             "label": labels[pid],
             "split": rows["split"].iloc[0],
+            "cut": cut,
             "sets": [
                 (
                     float(s["time"].iloc[0]),
@@ -177,6 +179,7 @@ def read_back(shards_dir: Path, split: str) -> dict:
         {"max_sequence_length": 20, "truncate": "last"},
         {"max_sequence_length": 5, "truncate": "last", "max_set_size": 3},
         {"max_sequence_length": 3, "truncate": "first"},  # many first sets over budget
+        {"max_sequence_length": 2, "truncate": "last"},  # many last sets over budget
     ],
 )
 def test_round_trip_equals_reference(tmp_path, options):
@@ -197,8 +200,9 @@ def test_round_trip_equals_reference(tmp_path, options):
             np.testing.assert_array_equal(np.float32(x1), np.float32(x2))
     kept = sum(len(v) for p in expected.values() for _, v, _ in p["sets"])
     assert qc["rows_kept"] == kept
+    assert qc["truncation"]["sets_cut_to_budget"] == sum(p["cut"] for p in expected.values())
     assert qc["rows_in"] == len(events) == kept + sum(qc["rows_dropped"].values())
-    assert all(len(p["sets"][0][1]) <= options["max_sequence_length"] for p in got.values())
+    assert all(sum(len(v) for _, v, _ in p["sets"]) <= options["max_sequence_length"] for p in got.values())
     # rows already in order (as ingest writes them) take the no-sort path: same shards
     presorted, _ = run_stage(tmp_path / "presorted", events, labels, {"shards": options}, shuffle=False)
     for split in ("train", "valid", "test"):
@@ -307,13 +311,13 @@ def test_unseen_variables_error_lists_them_and_writes_nothing(tmp_path):
 
 def test_split_differing_from_patients_file_is_an_input_error(tmp_path):
     events, labels = random_events(10, seed=4)
-    assert (events.loc[events["patient_id"] == "P-7", "split"] == "valid").all()
-    events.loc[events["patient_id"] == "P-7", "split"] = "test"  # its events say test ...
+    assert (events.loc[events["patient_id"] == "P-28", "split"] == "valid").all()
+    events.loc[events["patient_id"] == "P-28", "split"] = "test"  # its events say test ...
     write_events(tmp_path / "events", events, labels, 1)
     patients = pd.read_parquet(tmp_path / "events/patients.parquet")
-    patients.loc[patients["patient_id"] == "P-7", "split"] = "valid"  # ... patients.parquet valid
+    patients.loc[patients["patient_id"] == "P-28", "split"] = "valid"  # ... patients.parquet valid
     patients.to_parquet(tmp_path / "events/patients.parquet")
-    with pytest.raises(InputError, match=r"column split: patient\(s\) whose split differs from patients.parquet: P-7$"):
+    with pytest.raises(InputError, match=r"column split: patient\(s\) whose split differs .*: P-28$"):
         run_stage(tmp_path, events, labels, n_partitions=1, write=False)
 
 
@@ -340,3 +344,12 @@ def test_qc_balance_merges_and_checks(tmp_path):
     with pytest.raises(AssertionError, match="shard files hold"):
         qc_stage.main(args + ["--shards", str(shards_dir), "--out", str(tmp_path / "qc2.json")])
     assert not (tmp_path / "qc2.json").exists()
+
+
+def test_empty_split_has_an_index_and_no_shards(tmp_path):
+    events, labels = random_events(12, seed=6, splits=("train", "test"))
+    shards_dir, qc = run_stage(tmp_path, events, labels)
+    index = json.loads((shards_dir / "valid" / "index.json").read_text())
+    assert index["n_patients"] == 0 and index["shards"] == [] and qc["by_split"]["valid"]["patients"] == 0
+    reader = ShardReader(shards_dir, "valid")
+    assert len(reader) == 0 and reader.take([]).n_events == 0

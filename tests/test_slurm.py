@@ -142,33 +142,33 @@ def runs(slurm_cluster, tmp_path_factory, tiny_pipeline_config):
         workdir.mkdir()
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 
-    # --cores 1: the local jobs run with the threads a cluster job gets (resources.*.threads),
-    # so that both runs compute the same numbers
+    # both at once, to save time; --cores 1: the local jobs run with the threads a cluster
+    # job gets (resources.*.threads), so that both runs compute the same numbers
     started = time.monotonic()
-    run = subprocess.run(
+    logs = {name: open(root / f"{name}.log", "w") for name in ("local", "cluster")}
+    local_run = subprocess.Popen(
         snakemake_command(local, "--profile", str(REPO / "profiles" / "local"), "--cores", "1"),
-        capture_output=True, text=True, timeout=TIMEOUT_S,
+        stdout=logs["local"], stderr=subprocess.STDOUT,
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-5000:]
-    local_s = time.monotonic() - started
-
-    started = time.monotonic()
-    log = open(root / "cluster.log", "w")
     snakemake = subprocess.Popen(
         snakemake_command(cluster, "--profile", str(REPO / "profiles" / "slurm"),
                           "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs"),
-        stdout=log, stderr=subprocess.STDOUT, text=True,
+        stdout=logs["cluster"], stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
         cancelled = cancel_training_after_first_checkpoint(cluster, snakemake)
         returncode = snakemake.wait(timeout=TIMEOUT_S)
+        local_returncode = local_run.wait(timeout=TIMEOUT_S)
     finally:
-        if snakemake.poll() is None:
-            snakemake.kill()
-        log.close()
+        for process in (local_run, snakemake):
+            if process.poll() is None:
+                process.kill()
+        for log in logs.values():
+            log.close()
+    assert local_returncode == 0, (root / "local.log").read_text()[-5000:]
     output = (root / "cluster.log").read_text()
     assert returncode == 0, output[-8000:]
-    print(f"local run {local_s:.0f} s, SLURM run {time.monotonic() - started:.0f} s")
+    print(f"local and SLURM runs: {time.monotonic() - started:.0f} s")
     jobs = [job for job in scontrol_jobs() if job.get("WorkDir") == str(cluster)]
     return {"config": config, "local": local, "cluster": cluster, "cancelled": cancelled, "jobs": jobs,
             "output": output}  # fmt: skip

@@ -119,4 +119,7 @@ def test_cli_reads_data_splits_and_fails_cleanly(tmp_path, write_text, capsys):
     assert "data.split_fractions: fractions sum to 0.7" in capsys.readouterr().err
     assert cli(["splits", "--labels", str(tmp_path / "nope.csv"), "--out", str(missing)]) == 1
     assert "nope.csv: not found" in capsys.readouterr().err
+    no_labels = write_text("no_labels.csv", "patient_id,in_hospital_mortality\n1,yes\n")
+    assert cli(["splits", "--labels", str(no_labels), "--out", str(missing)]) == 1
+    assert "column 'in_hospital_mortality': no patient with a 0/1 label" in capsys.readouterr().err
     assert not missing.exists()

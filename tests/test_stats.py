@@ -66,20 +66,23 @@ def test_partition_merge_is_numerically_sound():
     rng = np.random.default_rng(0)
     values = 1e9 + rng.normal(0, 1e-3, size=10_001)
     parts = np.split(values, [1, 17, 5000])
-    total = pd.DataFrame({"count": [], "mean": [], "m2": []}, dtype=np.float64)
-    for part in parts:
+    moments = stats.Moments()
+    for k, part in enumerate(parts):
         m = part.mean()
-        frame = pd.DataFrame({"count": [len(part)], "mean": [m], "m2": [((part - m) ** 2).sum()]}, index=["x"])
-        total = stats.merge_moments(total, frame)
-    std = np.sqrt(total.loc["x", "m2"] / (len(values) - 1))
+        names = ["x", f"only{k}"]  # variables appear and grow the running arrays
+        moments.merge(names, np.array([len(part), 1.0]), np.array([m, k]), np.array([((part - m) ** 2).sum(), 0]))
+    assert moments.names == ["x", "only0", "only1", "only2", "only3"]
+    assert moments.count.tolist() == [len(values), 1, 1, 1, 1] and moments.mean[1:].tolist() == [0, 1, 2, 3]
+    std = np.sqrt(moments.m2[0] / (len(values) - 1))
     assert std == pytest.approx(np.std(values - 1e9, ddof=1), rel=1e-6)
-    assert total.loc["x", "mean"] == pytest.approx(values.mean(), rel=1e-15)
+    assert moments.mean[0] == pytest.approx(values.mean(), rel=1e-15)
 
 
 def test_no_train_events_and_missing_directory_are_input_errors(tmp_path):
     with pytest.raises(InputError, match="not found"):
         stats.train_statistics(tmp_path / "nope")
-    events = pd.DataFrame([("P1", 1.0, "a", 1.0, "valid")], columns=["patient_id", "time", "variable", "value", "split"])
+    columns = ["patient_id", "time", "variable", "value", "split"]
+    events = pd.DataFrame([("P1", 1.0, "a", 1.0, "valid")], columns=columns)
     write_events(tmp_path / "events", events, {"P1": 0}, 1)
     with pytest.raises(InputError, match="the train split has no events"):
         stats.train_statistics(tmp_path / "events")

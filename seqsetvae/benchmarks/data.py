@@ -31,9 +31,17 @@ MEAN_EVENTS = 300  # per patient, the synthetic default
 
 
 def _run(command: list[str], cwd: Path | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB of the process tree, output) of a command."""
+    """(wall seconds, peak RSS MiB of the process tree, output) of a command.
+
+    This Python's bin directory goes first on PATH, as in an activated virtual
+    environment, so that jobs run the `seqsetvae` script directly and not through a
+    version-manager shim (pyenv's adds ~0.2 s to every job).
+    """
+    env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -72,7 +80,32 @@ def chain(workdir: Path, settings: dict, threads: int) -> dict:
         seconds[name] = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows_in = json.loads((out / "qc.json").read_text())["rows_in"]
-    return {"seconds": seconds, "peak_rss_mb": peak, "rows_in": rows_in}
+    return {"seconds": seconds, "peak_rss_mb": peak, "rows_in": rows_in, "take_us": time_take(out / "shards")}
+
+
+def time_take(shards_dir: Path, batch_size: int = 16, calls: int = 2000) -> dict[str, float]:
+    """Microseconds per `ShardReader.take` of `batch_size` train patients: random
+    patients (many shards) and a run of neighbours (length-grouped batches)."""
+    import numpy as np
+
+    from seqsetvae.data.reader import ShardReader
+
+    reader = ShardReader(shards_dir, "train")
+    batch_size = min(batch_size, len(reader))
+    rng = np.random.default_rng(0)
+    batches = {
+        "random": [rng.choice(len(reader), batch_size, replace=False) for _ in range(calls)],
+        "neighbours": [np.arange(i, i + batch_size) for i in rng.integers(0, len(reader) - batch_size + 1, calls)],
+    }
+    timings = {}
+    for kind, indices in batches.items():
+        for batch in indices[:100]:  # warm: map the files, touch the pages
+            reader.take(batch)
+        start = time.perf_counter()
+        for batch in indices:
+            reader.take(batch)
+        timings[kind] = (time.perf_counter() - start) / calls * 1e6
+    return timings
 
 
 def bench_size(n_events: int, workdir: Path, cores: int, snakemake: bool) -> dict:
@@ -130,15 +163,20 @@ def main(argv: list[str]) -> int:
               f" (generated in {r['generate_s']:.1f}s, not counted)")  # fmt: skip
         print(f"  (a) ingest-to-shards, in-process: {chain_s:.2f}s = {r['events'] / chain_s:,.0f} events/s,"
               f" peak RSS {r['chain']['peak_rss_mb']:.0f} MiB  [{stages}]")  # fmt: skip
+        take = r["chain"]["take_us"]
+        print(f"  reader.take of 16 train patients: {take['random']:.0f} us (random patients),"
+              f" {take['neighbours']:.0f} us (neighbours in length order)")  # fmt: skip
         if "snakemake" in r:
             s = r["snakemake"]
             print(f"  (b) snakemake --cores {args.cores} shards: {s['wall_s']:.2f}s ="
                   f" {r['events'] / s['wall_s']:,.0f} events/s, peak RSS {s['peak_rss_mb']:.0f} MiB")  # fmt: skip
     if len(results) > 1:
         a, b = results[0], results[-1]
-        print(f"\nscaling {b['events'] / a['events']:.1f}x events: peak RSS (a) x"
-              f"{b['chain']['peak_rss_mb'] / a['chain']['peak_rss_mb']:.2f}"
-              + (f", (b) x{b['snakemake']['peak_rss_mb'] / a['snakemake']['peak_rss_mb']:.2f}" if "snakemake" in b else ""))
+        line = f"\nscaling {b['events'] / a['events']:.1f}x events: peak RSS (a) x"
+        line += f"{b['chain']['peak_rss_mb'] / a['chain']['peak_rss_mb']:.2f}"
+        if "snakemake" in b:
+            line += f", (b) x{b['snakemake']['peak_rss_mb'] / a['snakemake']['peak_rss_mb']:.2f}"
+        print(line)
     print("\n" + json.dumps(results))
     return 0
 

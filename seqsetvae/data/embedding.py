@@ -19,13 +19,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from safetensors.numpy import save_file
 
-from seqsetvae.data.csvio import row_examples
-from seqsetvae.data.stats import load_vocabulary
 from seqsetvae.errors import InputError
-from seqsetvae.io import atomic_path
+from seqsetvae.io import atomic_path, read_json
 from seqsetvae.settings import load_settings
 
 KEY_COLUMN = "Key"
@@ -52,6 +49,8 @@ def random_table(variables: list[str], dim: int, seed: int) -> np.ndarray:
 
 def read_table(path: str | Path, variables: list[str]) -> np.ndarray:
     """float32 [V, d]: the rows of the CSV table `path` for `variables`, in order."""
+    import pandas as pd  # here, not at the top: the default (random) path runs without it
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"embedding table {path}: not found")
@@ -68,10 +67,11 @@ def read_table(path: str | Path, variables: list[str]) -> np.ndarray:
     keys = frame[KEY_COLUMN].str.strip()
     duplicated = keys[keys.duplicated(keep=False)]
     if len(duplicated):
-        rows = np.flatnonzero(keys.duplicated(keep=False).to_numpy()) + 1
+        rows = (np.flatnonzero(keys.duplicated(keep=False).to_numpy()) + 1).tolist()
+        listed = ", ".join(map(str, rows[:10])) + (f", ... ({len(rows)} rows)" if len(rows) > 10 else "")
         raise InputError(
             f"embedding table {path}: column {KEY_COLUMN}: duplicate key(s)"
-            f" {', '.join(sorted(set(duplicated))[:10])} (rows {row_examples(rows)})"
+            f" {', '.join(sorted(set(duplicated))[:10])} (rows {listed})"
         )
     position = pd.Index(keys).get_indexer(variables)
     missing = [name for name, at in zip(variables, position) if at < 0]
@@ -93,7 +93,7 @@ def read_table(path: str | Path, variables: list[str]) -> np.ndarray:
     if bad.any():
         rows, columns = np.nonzero(bad)
         examples = ", ".join(
-            f"row {r + 1} column {cells.columns[c]} ({cells.iat[r, c]!r})" for r, c in zip(rows[:5], columns[:5])
+            f"row {r + 1} column {cells.columns[c]} ({str(cells.iat[r, c])!r})" for r, c in zip(rows[:5], columns[:5])
         )
         more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
         raise InputError(f"embedding table {path}: non-numeric or non-finite cells: {examples}{more}")
@@ -107,7 +107,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--settings", default="{}", help="config sections as JSON")
     args = parser.parse_args(argv)
     config = load_settings(args.settings)["embedding"]
-    variables = load_vocabulary(args.vocab)
+    variables = read_json(args.vocab)["variables"]
     if config["method"] == "table":
         if not config["table"]:
             raise InputError("configuration key embedding.table: required when embedding.method is table")

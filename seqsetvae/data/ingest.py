@@ -6,7 +6,8 @@ Two passes, both vectorised and memory-bounded:
    variable, time, value), drop bad rows counted by reason, and append the rest,
    compactly encoded (patient and variable as integer codes), to one Arrow IPC file
    per partition (partition = FNV-1a hash of the canonical patient id modulo the
-   partition count, so a patient's rows all land in one partition).
+   partition count, so a patient's rows all land in one partition). Times in hours
+   become minutes (x 60, rounded to 1e-6 minute).
 2. Per partition: sort by (patient_id, time, variable), drop exact duplicate rows,
    merge conflicting duplicates to their mean, and write `part-NNNNN.arrow` with the
    columns of docs/design.md.
@@ -56,6 +57,7 @@ SPLITS = ("train", "valid", "test")
 BLOCK_BYTES = 16 << 20
 AUTO_PARTITION_BYTES = 64 << 20  # ~2.5M rows of a typical event CSV per partition
 EXAMPLES_PER_REASON = 5
+KEY_LIMIT = 2**62  # (patient, time, variable) packed into one int64 sort key below this
 
 # row drop reasons of the first pass, in priority order, with the column they concern
 ROW_REASONS = {
@@ -190,7 +192,7 @@ class Labels:
         return split
 
 
-class Pass1:
+class FirstPass:
     """Streaming validation of the event files into per-partition raw Arrow files."""
 
     def __init__(self, labels: Labels, columns: dict, data: dict, raw_dir: Path, n_partitions: int):
@@ -240,7 +242,8 @@ class Pass1:
 
         time, time_problem = parse_numbers(batch.column(1))
         value, value_problem = parse_numbers(batch.column(3))
-        time = time * self.time_scale if self.time_scale != 1.0 else time
+        if self.time_scale != 1.0:  # hours: rounded so that 11/60 h is 11 minutes, not 10.999999999999998
+            time = np.round(time * self.time_scale, 6)
 
         # reasons, lowest priority first so that the first reason in ROW_REASONS wins
         reason = np.zeros(n, dtype=np.int8)
@@ -256,7 +259,7 @@ class Pass1:
             reason[dict_empty[id_index]] = _CODE["patient_id_missing"]
 
         if unlabelled_dict.any() and self.data["unlabeled_events"] == "error":
-            rows = np.flatnonzero(reason == _CODE["patient_without_label"])
+            rows = np.flatnonzero(unlabelled_dict[id_index])
             examples = ", ".join(repr(i) for i in id_dict.filter(pa.array(unlabelled_dict))[:5].to_pylist())
             raise InputError(
                 f"events file {path}: rows {row_examples(rows + row_offset + 1)}, column "
@@ -275,7 +278,12 @@ class Pass1:
         if len(self.writers) == 1:
             self._write(0, columns)
             return
-        order = np.argsort(partition.astype(np.int16 if len(self.writers) < 2**15 else np.int32), kind="stable")
+        if len(self.writers) <= 64:  # a few vectorised scans beat a sort
+            for p in np.unique(partition):
+                rows = np.flatnonzero(partition == p)
+                self._write(p, [column[rows] for column in columns])
+            return
+        order = np.argsort(partition, kind="stable")
         bounds = np.searchsorted(partition[order], np.arange(len(self.writers) + 1))
         columns = [column[order] for column in columns]
         for p in np.flatnonzero(np.diff(bounds)):
@@ -312,7 +320,7 @@ def deduplicate(patient, time, variable_rank, value):
         time_rank[time_order] = np.cumsum(np.concatenate([[0], sorted_time[1:] != sorted_time[:-1]]))
     n_times, n_variables = int(time_rank.max(initial=0)) + 1, int(variable_rank.max(initial=0)) + 1
     n_patients = int(patient.max(initial=0)) + 1
-    if n_patients * n_times * n_variables < 2**62:
+    if n_patients * n_times * n_variables < KEY_LIMIT:
         key = (patient.astype(np.int64) * n_times + time_rank) * n_variables + variable_rank
         if np.all(key[1:] >= key[:-1]):  # already sorted, as many exports are
             order = np.arange(n)
@@ -357,42 +365,19 @@ def ingest(settings: dict, event_paths: list[str], labels_path: str, splits_path
     with atomic_path(out, directory=True) as tmp:
         raw_dir = tmp / ".raw"
         raw_dir.mkdir()
-        first = Pass1(labels, columns, data, raw_dir, n_partitions)
+        first_pass = FirstPass(labels, columns, data, raw_dir, n_partitions)
         try:
             for path in paths:
-                first.run(path)
+                first_pass.run(path)
         finally:
-            first.close()
-        counts = dict(zip(ROW_REASONS, (int(c) for c in first.counts[1:])))
-        rows_in = int(first.counts.sum())
-        _check_invalid_share(counts, rows_in, first.examples, required, data["max_invalid_fraction"])
+            first_pass.close()
+        counts = dict(zip(ROW_REASONS, (int(c) for c in first_pass.counts[1:])))
+        rows_in = int(first_pass.counts.sum())
+        _check_invalid_share(counts, rows_in, first_pass.examples, required, data["max_invalid_fraction"])
 
-        variables = np.array(first.variables, dtype=object)
-        variable_rank = np.empty(len(variables), dtype=np.int32)
-        variable_rank[np.argsort(variables.astype(str), kind="stable")] = np.arange(len(variables), dtype=np.int32)
-        sorted_variables = pa.array(variables[np.argsort(variables.astype(str), kind="stable")].tolist(), pa.string())
-        split_names = pa.array(SPLITS)
-        n_events = np.zeros(len(labels), dtype=np.int64)
-        n_sets = np.zeros(len(labels), dtype=np.int64)
-        duplicates = dict.fromkeys(DUPLICATE_REASONS, 0)
-        for p in range(n_partitions):
-            raw_path = raw_dir / f"raw-{p:05d}.arrow"
-            with pa.memory_map(str(raw_path)) as source:
-                raw = pa.ipc.open_file(source).read_all()
-            patient, time = raw["patient"].to_numpy(), raw["time"].to_numpy()
-            rank = variable_rank[raw["variable"].to_numpy()]
-            order, value, n_exact, n_merged = deduplicate(patient, time, rank, raw["value"].to_numpy())
-            del raw
-            raw_path.unlink()
-            duplicates["duplicate_row"] += n_exact
-            duplicates["conflicting_duplicate_merged"] += n_merged
-            patient, time, rank = patient[order], time[order], rank[order]
-            _write_partition(tmp / f"part-{p:05d}.arrow", labels, split_names, sorted_variables, patient, time, rank, value)
-            n_events += np.bincount(patient, minlength=len(labels))
-            new_set = np.concatenate([[True], (patient[1:] != patient[:-1]) | (time[1:] != time[:-1])])[: len(patient)]
-            n_sets += np.bincount(patient[new_set], minlength=len(labels))
+        n_events, n_sets, duplicates = second_pass(raw_dir, tmp, labels, first_pass.variables, n_partitions)
         shutil.rmtree(raw_dir)
-        qc = _qc(labels, first, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data)
+        qc = _qc(labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data)
         if qc["rows_kept"] == 0:
             raise InputError(
                 f"events file(s) {', '.join(map(str, paths))}: no valid event of a labelled patient "
@@ -401,6 +386,38 @@ def ingest(settings: dict, event_paths: list[str], labels_path: str, splits_path
         _write_patients(tmp / "patients.parquet", labels, n_events, n_sets)
         write_json(tmp / "qc.json", qc)
     return qc
+
+
+def second_pass(raw_dir: Path, out_dir: Path, labels: Labels, variables: list[str], n_partitions: int):
+    """Deduplicate and sort each raw partition into `part-NNNNN.arrow`, one at a time
+    (memory bounded by the largest partition). Returns per-patient event and set
+    counts and the duplicate counts."""
+    variable_order = np.argsort(np.array(variables, dtype=str), kind="stable")
+    variable_rank = np.empty(len(variables), dtype=np.int32)
+    variable_rank[variable_order] = np.arange(len(variables), dtype=np.int32)
+    sorted_variables = pa.array([variables[i] for i in variable_order], pa.string())
+    split_names = pa.array(SPLITS)
+    n_events = np.zeros(len(labels), dtype=np.int64)
+    n_sets = np.zeros(len(labels), dtype=np.int64)
+    duplicates = dict.fromkeys(DUPLICATE_REASONS, 0)
+    for p in range(n_partitions):
+        raw_path = raw_dir / f"raw-{p:05d}.arrow"
+        with pa.memory_map(str(raw_path)) as source:
+            raw = pa.ipc.open_file(source).read_all()
+        patient, time = raw["patient"].to_numpy(), raw["time"].to_numpy()
+        rank = variable_rank[raw["variable"].to_numpy()]
+        order, value, n_exact, n_merged = deduplicate(patient, time, rank, raw["value"].to_numpy())
+        del raw
+        raw_path.unlink()
+        duplicates["duplicate_row"] += n_exact
+        duplicates["conflicting_duplicate_merged"] += n_merged
+        patient, time, rank = patient[order], time[order], rank[order]
+        part = out_dir / f"part-{p:05d}.arrow"
+        _write_partition(part, labels, split_names, sorted_variables, patient, time, rank, value)
+        n_events += np.bincount(patient, minlength=len(labels))
+        new_set = np.concatenate([[True], (patient[1:] != patient[:-1]) | (time[1:] != time[:-1])])[: len(patient)]
+        n_sets += np.bincount(patient[new_set], minlength=len(labels))
+    return n_events, n_sets, duplicates
 
 
 def _write_partition(path, labels, split_names, sorted_variables, patient, time, variable_rank, value) -> None:
@@ -457,15 +474,15 @@ def _check_invalid_share(counts: dict, rows_in: int, examples: dict, required: d
     )
 
 
-def _qc(labels, first, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data) -> dict:
+def _qc(labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data) -> dict:
     rows_dropped = {**counts, **duplicates}
     rows_kept = rows_in - sum(rows_dropped.values())
-    assert rows_kept == int(n_events.sum()), "row balance broken"
-    unlabelled = (
-        len(pc.unique(pa.concat_arrays(first.unlabelled_ids).cast(pa.string()))) if first.unlabelled_ids else 0
-    )
+    if rows_kept != int(n_events.sum()):  # a bug, not bad input
+        raise RuntimeError(f"ingest: row balance broken ({rows_kept} != {int(n_events.sum())})")
+    unlabelled_ids = first_pass.unlabelled_ids
+    unlabelled = len(pc.unique(pa.concat_arrays(unlabelled_ids))) if unlabelled_ids else 0
     kept = n_events > 0
-    seen = first.labelled_seen
+    seen = first_pass.labelled_seen
     patients_dropped = {
         "patient_without_label": unlabelled,
         "label_without_events": int((~seen).sum()),
@@ -485,7 +502,7 @@ def _qc(labels, first, counts, duplicates, rows_in, n_events, n_sets, n_partitio
         for code, name in enumerate(SPLITS)
     }
     examples = {
-        reason: [f"{file}:{row}" for file, row in rows] for reason, rows in first.examples.items() if rows
+        reason: [f"{file}:{row}" for file, row in rows] for reason, rows in first_pass.examples.items() if rows
     }
     return {
         "rows_in": rows_in,
@@ -498,7 +515,7 @@ def _qc(labels, first, counts, duplicates, rows_in, n_events, n_sets, n_partitio
         "labels_kept": int(kept.sum()),
         "labels_dropped": labels_dropped,
         "by_split": by_split,
-        "variables": len(first.variables),
+        "variables": len(first_pass.variables),
         "partitions": n_partitions,
         "time_unit": data["time_unit"],
         "events_files": [str(p) for p in paths],

@@ -12,9 +12,10 @@ import argparse
 from pathlib import Path
 
 from seqsetvae.data.reader import map_safetensors
-from seqsetvae.data.stats import SPLITS
 from seqsetvae.errors import InputError
 from seqsetvae.io import read_json, write_json
+
+SPLITS = ("train", "valid", "test")
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -72,7 +73,8 @@ def merge_qc(ingest: dict, shards: dict, stored_events: dict[str, int]) -> dict:
         raise AssertionError(f"qc: the shard files hold {stored_events} events, shards_qc.json says {qc['rows_kept']}")
     for split, events in stored_events.items():
         if qc["by_split"][split]["events"] != events:
-            raise AssertionError(f"qc: {split} shards hold {events} events, shards_qc.json says {qc['by_split'][split]}")
+            said = qc["by_split"][split]["events"]
+            raise AssertionError(f"qc: the {split} shards hold {events} events, shards_qc.json says {said}")
     return qc
 
 

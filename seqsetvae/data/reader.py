@@ -25,12 +25,22 @@ _DTYPES = {"I32": np.int32, "I64": np.int64, "F32": np.float32, "F64": np.float6
 
 
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """int64 indices of the concatenated ranges [starts[i], starts[i] + lengths[i])."""
+    """int64 indices of the concatenated ranges [starts[i], starts[i] + lengths[i]).
+
+    A running sum of steps: 1 inside a range, a jump at each range's first element
+    (two passes over the output, about twice as fast as repeat + arange).
+    """
+    starts = np.asarray(starts, dtype=np.int64)
     lengths = np.asarray(lengths, dtype=np.int64)
+    if not np.all(lengths > 0):
+        starts, lengths = starts[lengths > 0], lengths[lengths > 0]
+    if len(lengths) == 0:
+        return np.zeros(0, dtype=np.int64)
     ends = np.cumsum(lengths)
-    total = int(ends[-1]) if len(ends) else 0
-    shift = np.repeat(np.asarray(starts, dtype=np.int64) - (ends - lengths), lengths)
-    return np.arange(total, dtype=np.int64) + shift
+    steps = np.ones(int(ends[-1]), dtype=np.int64)
+    steps[0] = starts[0]
+    steps[ends[:-1]] = starts[1:] - (starts[:-1] + lengths[:-1] - 1)
+    return np.cumsum(steps, out=steps)
 
 
 def exclusive_cumsum(x: np.ndarray) -> np.ndarray:

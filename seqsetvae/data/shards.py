@@ -28,7 +28,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -83,7 +82,7 @@ def sort_events(patient: np.ndarray, time: np.ndarray, variable: np.ndarray, val
     """
     if is_sorted(patient, time, variable, value):
         return None
-    time_rank, times = pd.factorize(time, sort=True)
+    times, time_rank = np.unique(time, return_inverse=True)
     counts = (int(patient.max()) + 1, len(times), int(variable.max()) + 1)
     widths = [max(count - 1, 1).bit_length() for count in counts]
     if sum(widths) > 63:
@@ -134,7 +133,8 @@ def build_sets(
     counts = {"sets_capped": 0, "events_capped_from_sets": 0}
     if max_set_size is not None:
         over = set_sizes > max_set_size
-        counts = {"sets_capped": int(over.sum()), "events_capped_from_sets": int((set_sizes - max_set_size)[over].sum())}
+        capped = int((set_sizes - max_set_size)[over].sum())
+        counts = {"sets_capped": int(over.sum()), "events_capped_from_sets": capped}
         set_sizes = np.minimum(set_sizes, max_set_size)
     # the budget per patient, on set sizes: events up to / from each set
     first_of_patient = np.ones(len(set_start), dtype=bool)
@@ -179,36 +179,45 @@ def build_sets(
     }
 
 
-def read_patients(events_dir: Path) -> pd.DataFrame:
-    """patients.parquet: label and split per patient id (index)."""
+def read_patients(events_dir: Path) -> dict:
+    """patients.parquet: `ids` (Arrow strings), `label` int64 and `split` (index into
+    SPLITS) numpy arrays, row-aligned."""
     path = events_dir / "patients.parquet"
     if not path.is_file():
         raise InputError(f"validated events directory {events_dir}: no patients.parquet")
-    frame = pq.read_table(path, columns=["patient_id", "label", "split"]).to_pandas()
-    unknown = sorted(set(frame["split"].unique()) - set(SPLITS))
-    if unknown:
+    table = pq.read_table(path, columns=["patient_id", "label", "split"])
+    split = pc.fill_null(pc.index_in(table.column("split"), value_set=pa.array(SPLITS)), -1).to_numpy()
+    if (split < 0).any():
+        unknown = sorted(set(pc.filter(table.column("split"), pa.array(split < 0)).to_pylist()), key=str)
         raise InputError(f"patients file {path}: column split: unknown split(s) {', '.join(map(str, unknown))}")
-    return frame.set_index("patient_id")
+    ids = table.column("patient_id").combine_chunks().cast(pa.string())
+    return {"ids": ids, "label": table.column("label").to_numpy().astype(np.int64), "split": split.astype(np.int8)}
+
+
+def lookup(values: pa.Array, names: pa.Array) -> np.ndarray:
+    """int64 position of each of `values` in `names`, -1 where absent."""
+    return pc.fill_null(pc.index_in(values, value_set=names), -1).to_numpy().astype(np.int64)
 
 
 def process_partition(
-    path: Path, vocabulary: pd.Index, mean: np.ndarray, std: np.ndarray, patients: pd.DataFrame, options: dict
-) -> tuple[dict, pd.DataFrame, dict]:
-    """One partition -> (processed arrays, per-patient metadata, counts)."""
+    path: Path, vocabulary: pa.Array, mean: np.ndarray, std: np.ndarray, patients: dict, options: dict
+) -> tuple[dict, dict, dict]:
+    """One partition -> (processed arrays, per-patient metadata of its kept patients, counts)."""
     table = read_partition(path, ("patient_id", "time", "variable", "value", "split"))
     patient, patient_ids = encode(table.column("patient_id"))
     variable_code, variable_names = encode(table.column("variable"))
     n_patients = len(patient_ids)
 
-    rows = patients.index.get_indexer(patient_ids.to_pandas())
+    rows = lookup(patient_ids, patients["ids"])
     if (rows < 0).any():
         bad = pc.filter(patient_ids, pa.array(rows < 0)).to_pylist()
         raise InputError(f"validated events file {path}: patient(s) missing from patients.parquet: {_names(bad)}")
     # a patient's split is patients.parquet's; its events must say the same (checked on
     # each patient's first row: ingest writes one split per patient)
     first_row = np.flatnonzero(patient > np.maximum.accumulate(np.r_[-1, patient[:-1]]))
-    split = patients["split"].to_numpy()[rows]
-    disagree = np.flatnonzero(table.column("split").take(first_row).to_numpy(zero_copy_only=False) != split)
+    split = patients["split"][rows]
+    stated = table.column("split").take(first_row).to_numpy(zero_copy_only=False)
+    disagree = np.flatnonzero(stated != np.asarray(SPLITS, dtype=object)[split])
     if len(disagree):
         bad = pc.take(patient_ids, pa.array(disagree)).to_pylist()
         raise InputError(
@@ -216,7 +225,7 @@ def process_partition(
             f" patients.parquet: {_names(bad)}"
         )
 
-    vocab_id = vocabulary.get_indexer(variable_names.to_pandas())[variable_code]
+    vocab_id = lookup(variable_names, vocabulary)[variable_code]
     seen = vocab_id >= 0
     unseen_counts = np.bincount(variable_code[~seen], minlength=len(variable_names))
     unseen = {name: int(c) for name, c in zip(variable_names.to_pylist(), unseen_counts.tolist()) if c}
@@ -234,19 +243,18 @@ def process_partition(
 
     n_sets = np.bincount(sets["set_patient"], minlength=n_patients)
     n_events = np.bincount(sets["set_patient"], weights=sets["set_sizes"], minlength=n_patients).astype(np.int64)
-    # scratch arrays are in patient-code order, so starts are running sums
-    metadata = pd.DataFrame(
-        {
-            "patient_id": patient_ids.to_pandas(),
-            "label": patients["label"].to_numpy()[rows].astype(np.int64),
-            "split": split,
-            "n_events": n_events,
-            "n_sets": n_sets,
-            "event_start": exclusive_cumsum(n_events)[:-1],
-            "set_start": exclusive_cumsum(n_sets)[:-1],
-        }
-    )
     kept = n_events > 0
+    # scratch arrays are in patient-code order, so starts are running sums
+    metadata = {
+        "label": patients["label"][rows],
+        "split": split,
+        "n_events": n_events,
+        "n_sets": n_sets,
+        "event_start": exclusive_cumsum(n_events)[:-1],
+        "set_start": exclusive_cumsum(n_sets)[:-1],
+    }
+    metadata = {key: column[kept] for key, column in metadata.items()}
+    metadata["patient_id"] = pc.filter(patient_ids, pa.array(kept)).cast(pa.string())
     counts = dict(sets["counts"])
     counts.update(
         rows_in=int(table.num_rows),
@@ -260,56 +268,65 @@ def process_partition(
         "set_times": sets["set_times"],
         "set_sizes": sets["set_sizes"],
     }
-    return arrays, metadata[kept], {"counts": counts, "unseen": unseen}
+    return arrays, metadata, {"counts": counts, "unseen": unseen}
 
 
 # ----------------------------------------------------------------------------------
 # shards
 
 
-def patient_id_bytes(patient_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def patient_id_bytes(patient_ids: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """UTF-8 bytes of the ids, concatenated, and int64 [P+1] offsets (Arrow's layout)."""
-    array = pa.array(patient_ids, type=pa.large_string())
-    offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[: len(patient_ids) + 1]
-    data = np.frombuffer(array.buffers()[2], dtype=np.uint8) if array.buffers()[2] else np.zeros(0, np.uint8)
+    array = patient_ids.cast(pa.large_string())
+    _, offset_buffer, data_buffer = array.buffers()
+    offsets = np.frombuffer(offset_buffer, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.zeros(0, np.uint8)
     return data[offsets[0] : offsets[-1]].copy(), offsets - offsets[0]
 
 
-def write_split(split: str, patients: pd.DataFrame, scratch: dict, out: Path, shard_size: int) -> dict:
+def select(patients: dict, rows: np.ndarray) -> dict:
+    """Rows of the per-patient metadata (numpy columns, Arrow `patient_id`)."""
+    rows_arrow = pa.array(rows, pa.int64())
+    return {key: column.take(rows_arrow) if key == "patient_id" else column[rows] for key, column in patients.items()}
+
+
+def write_split(split: str, patients: dict, scratch: Path, out: Path, shard_size: int) -> dict:
     """The split's shards (patients sorted by (n_events, patient_id)) and index.json."""
-    patients = patients.sort_values(["n_events", "patient_id"], kind="stable").reset_index(drop=True)
+    keys = pa.table({"n_events": patients["n_events"], "patient_id": patients["patient_id"]})
+    order = pc.sort_indices(keys, sort_keys=[("n_events", "ascending"), ("patient_id", "ascending")]).to_numpy()
+    patients = select(patients, order)
     (out / split).mkdir()
     shards = []
-    for number, begin in enumerate(range(0, len(patients), shard_size)):
-        chunk = patients.iloc[begin : begin + shard_size]
-        n_events, n_sets = chunk["n_events"].to_numpy(), chunk["n_sets"].to_numpy()
-        events = ranges(chunk["event_start"].to_numpy(), n_events)
-        sets = ranges(chunk["set_start"].to_numpy(), n_sets)
-        id_bytes, id_offsets = patient_id_bytes(chunk["patient_id"].tolist())
+    for number, begin in enumerate(range(0, len(order), shard_size)):
+        chunk = slice(begin, begin + shard_size)
+        n_events, n_sets = patients["n_events"][chunk], patients["n_sets"][chunk]
+        events = ranges(patients["event_start"][chunk], n_events)
+        sets = ranges(patients["set_start"][chunk], n_sets)
+        id_bytes, id_offsets = patient_id_bytes(patients["patient_id"].slice(begin, shard_size))
         tensors = {
-            "variable_ids": scratch["variable_ids"][events],
-            "values": scratch["values"][events],
-            "set_times": scratch["set_times"][sets],
-            "set_offsets": exclusive_cumsum(scratch["set_sizes"][sets]),
+            "variable_ids": gather(scratch / "variable_ids.bin", np.int32, events),
+            "values": gather(scratch / "values.bin", np.float32, events),
+            "set_times": gather(scratch / "set_times.bin", np.float32, sets),
+            "set_offsets": exclusive_cumsum(gather(scratch / "set_sizes.bin", np.int32, sets)),
             "patient_offsets": exclusive_cumsum(n_sets),
-            "labels": chunk["label"].to_numpy(dtype=np.int64),
+            "labels": patients["label"][chunk],
             "patient_id_bytes": id_bytes,
             "patient_id_offsets": id_offsets,
         }
         name = f"shard-{number:05d}.safetensors"
         save_file(tensors, str(out / split / name), metadata={"split": split, "format": FORMAT})
         shards.append(
-            {"file": name, "n_patients": len(chunk), "n_sets": int(n_sets.sum()), "n_events": int(n_events.sum())}
+            {"file": name, "n_patients": len(n_events), "n_sets": int(n_sets.sum()), "n_events": int(n_events.sum())}
         )
-    row = np.arange(len(patients))
+    row = np.arange(len(order))
     index = {
         "split": split,
-        "n_patients": len(patients),
+        "n_patients": len(order),
         "n_sets": int(patients["n_sets"].sum()),
         "n_events": int(patients["n_events"].sum()),
         "shards": shards,
         "patients": {
-            "patient_id": patients["patient_id"].tolist(),
+            "patient_id": patients["patient_id"].to_pylist(),
             "label": patients["label"].tolist(),
             "n_events": patients["n_events"].tolist(),
             "n_sets": patients["n_sets"].tolist(),
@@ -321,11 +338,16 @@ def write_split(split: str, patients: pd.DataFrame, scratch: dict, out: Path, sh
     return {key: index[key] for key in ("n_patients", "n_sets", "n_events")} | {"n_shards": len(shards)}
 
 
-def open_scratch(work: Path, dtype, name: str) -> np.ndarray:
-    path = work / f"{name}.bin"
-    if path.stat().st_size == 0:
+def gather(path: Path, dtype, indices: np.ndarray) -> np.ndarray:
+    """scratch[indices] from a scratch file, mapped only for this gather: the mapped
+    pages leave the resident set with the mapping, so memory stays per-shard."""
+    if len(indices) == 0:
         return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r")
+    mapped = np.memmap(path, dtype=dtype, mode="r")
+    try:
+        return mapped[indices].view(np.ndarray)
+    finally:
+        del mapped
 
 
 def make_shards(events_dir: str | Path, stats: str | Path, vocab: str | Path, out: str | Path, config: dict) -> dict:
@@ -335,7 +357,7 @@ def make_shards(events_dir: str | Path, stats: str | Path, vocab: str | Path, ou
     vocabulary = load_vocabulary(vocab)
     mean, std = load_normalization(stats, vocabulary)
     patients_table = read_patients(events_dir)
-    vocab_index = pd.Index(vocabulary)
+    vocab_names = pa.array(vocabulary, pa.string())
     out.parent.mkdir(parents=True, exist_ok=True)
 
     counts: dict[str, int] = {}
@@ -347,13 +369,11 @@ def make_shards(events_dir: str | Path, stats: str | Path, vocab: str | Path, ou
         offsets = {"event": 0, "set": 0}
         try:
             for path in partition_paths(events_dir):
-                arrays, patients, found = process_partition(path, vocab_index, mean, std, patients_table, options)
+                arrays, patients, found = process_partition(path, vocab_names, mean, std, patients_table, options)
                 for name, dtype in SCRATCH.items():
                     np.ascontiguousarray(arrays[name], dtype=dtype).tofile(files[name])
-                patients = patients.assign(
-                    event_start=patients["event_start"] + offsets["event"],
-                    set_start=patients["set_start"] + offsets["set"],
-                )
+                patients["event_start"] += offsets["event"]
+                patients["set_start"] += offsets["set"]
                 offsets["event"] += len(arrays["variable_ids"])
                 offsets["set"] += len(arrays["set_sizes"])
                 metadata.append(patients)
@@ -372,13 +392,15 @@ def make_shards(events_dir: str | Path, stats: str | Path, vocab: str | Path, ou
                 f" absent from the train split (vocabulary {vocab}): {_names(listed)};"
                 " set data.unseen_variables: drop to drop their events"
             )
-        patients = pd.concat(metadata, ignore_index=True)
-        scratch = {name: open_scratch(work, dtype, name) for name, dtype in SCRATCH.items()}
+        patients = {
+            key: (pa.concat_arrays if key == "patient_id" else np.concatenate)([m[key] for m in metadata])
+            for key in metadata[0]
+        }
         with atomic_path(out, directory=True) as tmp:
-            by_split = {
-                split: write_split(split, patients[patients["split"] == split], scratch, tmp, options["shard_size"])
-                for split in SPLITS
-            }
+            by_split = {}
+            for code, split in enumerate(SPLITS):
+                mine = select(patients, np.flatnonzero(patients["split"] == code))
+                by_split[split] = write_split(split, mine, work, tmp, options["shard_size"])
             write_json(
                 tmp / "index.json",
                 {
@@ -388,23 +410,22 @@ def make_shards(events_dir: str | Path, stats: str | Path, vocab: str | Path, ou
                     "settings": {"shards": options, "unseen_variables": config["data"]["unseen_variables"]},
                 },
             )
-        del scratch
+            rows_kept = sum(entry["n_events"] for entry in by_split.values())
+            rows_dropped = {
+                "unseen_variable": counts["unseen_variable"],
+                "truncated_set": counts["events_capped_from_sets"],
+                "truncated_sequence": counts["events_removed"],
+            }
+            if counts["rows_in"] != rows_kept + sum(rows_dropped.values()):  # a bug: no shards then
+                raise AssertionError(f"shards: {counts['rows_in']} rows in, {rows_kept} kept, dropped {rows_dropped}")
 
-    rows_kept = sum(entry["n_events"] for entry in by_split.values())
-    rows_dropped = {
-        "unseen_variable": counts["unseen_variable"],
-        "truncated_set": counts["events_capped_from_sets"],
-        "truncated_sequence": counts["events_removed"],
-    }
-    if counts["rows_in"] != rows_kept + sum(rows_dropped.values()):
-        raise AssertionError(f"shards lost rows: {counts['rows_in']} in, {rows_kept} kept, dropped {rows_dropped}")
     return {
         "rows_in": counts["rows_in"],
         "rows_kept": rows_kept,
         "rows_dropped": rows_dropped,
         "unseen_variables": dict(sorted(unseen.items())),
         "patients_in": counts["patients_in"],
-        "patients_kept": len(patients),
+        "patients_kept": len(patients["patient_id"]),
         "patients_dropped": {"only_unseen_variables": counts["only_unseen_variables"]},
         "truncation": {
             key: counts[key]

@@ -31,6 +31,8 @@ def labelled_patients(labels_path: str, columns: dict) -> np.ndarray:
     valid = parse_labels(table["label"]) >= 0
     ids = canonical_ids(table["patient_id"]).filter(pa.array(valid))
     ids = ids.filter(pc.utf8_length(ids).to_numpy(zero_copy_only=False) > 0)
+    if len(ids) == 0:
+        raise InputError(f"labels file {labels_path}, column {columns['label']!r}: no patient with a 0/1 label")
     return np.unique(ids.to_numpy(zero_copy_only=False).astype(str))
 
 
@@ -67,7 +69,8 @@ def user_split(splits_path: str, columns: dict, patient_ids: np.ndarray) -> tupl
     empty = np.flatnonzero(ids == "")
     if len(empty):
         raise InputError(
-            f"splits file {splits_path}: rows {row_examples(empty + 1)}, column {columns['patient_id']!r}: empty patient id"
+            f"splits file {splits_path}: rows {row_examples(empty + 1)}, column {columns['patient_id']!r}: "
+            "empty patient id"
         )
     # duplicate patients: fine when they agree, an error when they do not
     order = np.lexsort((canonical_split, ids))

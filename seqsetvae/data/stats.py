@@ -20,7 +20,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -74,6 +73,8 @@ def encode(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, pa.Array]:
         column = column.combine_chunks()
     elif pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
+    if pa.types.is_large_string(column.type):
+        column = column.cast(pa.string())
     encoded = pc.dictionary_encode(column)
     codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int32, copy=False)
     return codes, encoded.dictionary
@@ -87,56 +88,63 @@ def as_numpy(column: pa.ChunkedArray, dtype) -> np.ndarray:
 # statistics
 
 
-def partition_moments(table: pa.Table) -> pd.DataFrame:
-    """Per variable of one partition's train rows: count, mean, M2 (index: name)."""
-    train = table.filter(pc.equal(table.column("split"), "train"))
-    if train.num_rows == 0:
-        return pd.DataFrame({"count": [], "mean": [], "m2": []}, dtype=np.float64)
-    codes, names = encode(train.column("variable"))
-    values = as_numpy(train.column("value"), np.float64)
+class Moments:
+    """Running per-variable count, mean and M2 (float64), merged with Chan et al.'s
+    pairwise formula; variables keyed by name, in first-seen order."""
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.position: dict[str, int] = {}
+        self.count = self.mean = self.m2 = np.zeros(0)
+
+    def merge(self, names: list[str], count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> None:
+        at = np.array([self.position.setdefault(name, len(self.position)) for name in names], dtype=np.int64)
+        grow = len(self.position) - len(self.names)
+        self.names += [name for name in names if self.position[name] >= len(self.names)]
+        self.count, self.mean, self.m2 = (np.concatenate([a, np.zeros(grow)]) for a in (self.count, self.mean, self.m2))
+        n_a, n_b = self.count[at], count
+        n = n_a + n_b
+        delta = mean - self.mean[at]
+        self.mean[at] += delta * (n_b / n)
+        self.m2[at] += m2 + delta**2 * (n_a * n_b / n)
+        self.count[at] = n
+
+
+def partition_moments(table: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(names, count, mean, M2) per variable of one partition's train rows (two-pass)."""
+    train = pc.equal(table.column("split"), "train").to_numpy(zero_copy_only=False)
+    codes, names = encode(table.column("variable"))
+    codes = codes[train]
+    values = as_numpy(table.column("value"), np.float64)[train]
     count = np.bincount(codes, minlength=len(names)).astype(np.float64)
-    mean = np.bincount(codes, weights=values, minlength=len(names)) / count
-    m2 = np.bincount(codes, weights=(values - mean[codes]) ** 2, minlength=len(names))
-    return pd.DataFrame({"count": count, "mean": mean, "m2": m2}, index=pd.Index(names.to_pylist()))
-
-
-def merge_moments(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """Chan et al.'s pairwise combination of (count, mean, M2), aligned by variable."""
-    index = a.index.union(b.index)
-    a = a.reindex(index, fill_value=0.0)
-    b = b.reindex(index, fill_value=0.0)
-    n = a["count"] + b["count"]
-    delta = b["mean"] - a["mean"]
-    mean = a["mean"] + delta * (b["count"] / n)
-    m2 = a["m2"] + b["m2"] + delta**2 * (a["count"] * b["count"] / n)
-    return pd.DataFrame({"count": n, "mean": mean, "m2": m2}, index=index)
-
-
-def train_statistics(events_dir: str | Path) -> pd.DataFrame:
-    """count, mean, std (ddof 1; 1 where undefined or 0) of every train variable,
-    sorted by name."""
-    total = pd.DataFrame({"count": [], "mean": [], "m2": []}, dtype=np.float64)
-    for path in partition_paths(events_dir):
-        table = read_partition(path, ("variable", "value", "split"))
-        total = merge_moments(total, partition_moments(table))
-    if total.empty:
-        raise InputError(f"validated events directory {events_dir}: the train split has no events")
-    total = total.sort_index()
+    seen = count > 0  # variables of valid/test rows only are not train variables
     with np.errstate(invalid="ignore", divide="ignore"):
-        std = np.sqrt(total["m2"] / (total["count"] - 1))
-    std = std.where((total["count"] > 1) & (std > 0) & np.isfinite(std), 1.0)
-    return pd.DataFrame({"count": total["count"].astype(np.int64), "mean": total["mean"], "std": std})
+        mean = np.bincount(codes, weights=values, minlength=len(names)) / count
+    m2 = np.bincount(codes, weights=(values - mean[codes]) ** 2, minlength=len(names))
+    return [n for n, s in zip(names.to_pylist(), seen.tolist()) if s], count[seen], mean[seen], m2[seen]
 
 
-def write_statistics(stats: pd.DataFrame, stats_path: str | Path, vocab_path: str | Path) -> None:
-    variables = {
-        name: {"mean": mean, "std": std, "count": count}
-        for name, mean, std, count in zip(
-            stats.index, stats["mean"].tolist(), stats["std"].tolist(), stats["count"].tolist()
-        )
+def train_statistics(events_dir: str | Path) -> dict[str, dict]:
+    """{name: {mean, std, count}} of every train variable, sorted by name; std with
+    ddof 1, and 1 where it is undefined (one observation) or 0."""
+    moments = Moments()
+    for path in partition_paths(events_dir):
+        moments.merge(*partition_moments(read_partition(path, ("variable", "value", "split"))))
+    if not moments.names:
+        raise InputError(f"validated events directory {events_dir}: the train split has no events")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        std = np.sqrt(moments.m2 / (moments.count - 1))
+    std = np.where((moments.count > 1) & (std > 0) & np.isfinite(std), std, 1.0)
+    stats = {
+        name: {"mean": float(moments.mean[i]), "std": float(std[i]), "count": int(moments.count[i])}
+        for i, name in enumerate(moments.names)
     }
-    write_json(stats_path, {"split": "train", "ddof": 1, "variables": variables})
-    write_json(vocab_path, {"variables": list(stats.index)})
+    return dict(sorted(stats.items()))
+
+
+def write_statistics(stats: dict[str, dict], stats_path: str | Path, vocab_path: str | Path) -> None:
+    write_json(stats_path, {"split": "train", "ddof": 1, "variables": stats})
+    write_json(vocab_path, {"variables": list(stats)})
 
 
 def load_normalization(stats_path: str | Path, vocabulary: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -167,5 +175,5 @@ def main(argv: list[str]) -> int:
     load_settings(args.settings)  # validates; the statistics take no options
     stats = train_statistics(args.events)
     write_statistics(stats, args.stats, args.vocab)
-    print(f"stats: {len(stats)} train variables, {int(stats['count'].sum())} train events")
+    print(f"stats: {len(stats)} train variables, {sum(v['count'] for v in stats.values())} train events")
     return 0

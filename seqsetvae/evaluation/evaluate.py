@@ -55,8 +55,9 @@ def checkpoint_step(weights: Path) -> tuple[int | None, int | None]:
             meta = f.metadata() or {}
     except Exception as error:  # safetensors raises several types for a bad file
         raise InputError(f"{weights}: not a readable safetensors file ({error})") from error
-    epoch, step = meta.get("epoch"), meta.get("step")
-    return (json.loads(epoch) if epoch else None), (json.loads(step) if step else None)
+    # `seqsetvae.training.checkpoint.save_weights` stores {"epoch", "step"} as one JSON string
+    training = json.loads(meta["training"]) if "training" in meta else {}
+    return training.get("epoch"), training.get("step")
 
 
 def load_model(run_config: dict, embedding: torch.Tensor, weights: Path, device: torch.device):
@@ -85,7 +86,14 @@ def evaluate_split(model, batches, sampler, device: torch.device, autocast, step
     sets, recon_sum, kl_sum = 0, 0.0, 0.0
     largest = {"patients": 0, "events": 0, "sets": 0}
     seconds, events, n_batches = 0.0, 0, 0
-    for indices in sampler.batches(0):
+    plan = sampler.batches(0)
+    # one untimed pass over the first batch: one-off costs (CUDA context and kernels,
+    # allocator growth, thread pools) are not inference throughput
+    with autocast():
+        model(batches(plan[0]).to(device), step)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    for indices in plan:
         t0 = time.perf_counter()
         batch = batches(indices).to(device)
         with autocast():
@@ -144,13 +152,16 @@ def main(argv: list[str]) -> int:
     if missing:
         raise InputError(f"{run_config_path}: missing key(s) {', '.join(missing)}")
     if run_config["batch_size"] != args.batch_size:
-        raise InputError(f"{run_config_path}: batch_size is {run_config['batch_size']}, but --batch-size is {args.batch_size}")
+        raise InputError(
+            f"{run_config_path}: batch_size is {run_config['batch_size']}, but --batch-size is {args.batch_size}"
+        )
     train = load_settings({"train": run_config["train"]})["train"]
 
     threads = resolve_threads(train["threads"], args.threads)
     torch.set_num_threads(threads)
     device = resolve_device(train["device"])
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if train["precision"] == "bf16" else nullcontext
+    bf16 = train["precision"] == "bf16"
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     torch.manual_seed(train["seed"])  # nothing should be random in eval mode; belt and braces
 
     batches = ShardBatches(str(args.shards), args.split)
@@ -172,6 +183,10 @@ def main(argv: list[str]) -> int:
     allocated, reserved = cuda_peaks_mb(device)
 
     labels = batches.labels
+    bad = np.flatnonzero(~np.isfinite(result["probabilities"]))
+    if len(bad):  # a broken checkpoint, not bad input: stop before writing metrics of it
+        ids = ", ".join(batches.reader.patient_ids[i] for i in bad[:10])
+        raise FloatingPointError(f"{weights}: non-finite predictions for {len(bad)} test patient(s), e.g. {ids}")
     metrics = classification_metrics(labels, result["probabilities"], settings["bootstrap_resamples"], settings["seed"])
     report = {
         "batch_size": args.batch_size,

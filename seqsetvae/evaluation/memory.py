@@ -59,7 +59,8 @@ def memory_report(
     """The `results/memory/bs{B}.json` object from the jobs' own numbers."""
 
     def job(summary: dict, benchmark: dict) -> dict:
-        peaks = {key: _number(summary.get(key)) for key in ("peak_rss_mb", "cuda_max_allocated_mb", "cuda_max_reserved_mb")}
+        keys = ("peak_rss_mb", "cuda_max_allocated_mb", "cuda_max_reserved_mb")
+        peaks = {key: _number(summary.get(key)) for key in keys}
         per_patient = {f"{key}_per_patient": _divide(value, batch_size) for key, value in peaks.items()}
         return {**peaks, **per_patient, "benchmark": benchmark}
 

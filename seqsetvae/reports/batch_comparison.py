@@ -156,6 +156,7 @@ def comparison_frame(runs: list[Run]) -> tuple[pd.DataFrame, int]:
     frame["relative_speed"] = frame.train_patients_per_s / base_row.train_patients_per_s
     # memory a batch size costs beyond the baseline's peak (the fixed process cost cancels)
     frame["train_rss_increment_mb"] = frame.train_peak_rss_mb - base_row.train_peak_rss_mb
+    frame["train_gpu_increment_mb"] = frame.train_cuda_max_allocated_mb - base_row.train_cuda_max_allocated_mb
     return frame, base
 
 
@@ -206,7 +207,12 @@ def memory_table(frame: pd.DataFrame, base: int, cuda: bool) -> str:
         "eval peak RSS (MiB)",
     ]
     if cuda:
-        header += ["train GPU allocated (MiB)", "train GPU reserved (MiB)", "eval GPU allocated (MiB)"]
+        header += [
+            "train GPU allocated (MiB)",
+            f"GPU increment over batch size {base} (MiB)",
+            "train GPU reserved (MiB)",
+            "eval GPU allocated (MiB)",
+        ]
     header += ["largest batch: patients / sets / events"]
     rows = []
     for r in frame.itertuples():
@@ -219,7 +225,12 @@ def memory_table(frame: pd.DataFrame, base: int, cuda: bool) -> str:
             fmt(r.eval_peak_rss_mb, 1),
         ]
         if cuda:
-            row += [fmt(r.train_cuda_max_allocated_mb, 1), fmt(r.train_cuda_max_reserved_mb, 1), fmt(r.eval_cuda_max_allocated_mb, 1)]
+            row += [
+                fmt(r.train_cuda_max_allocated_mb, 1),
+                fmt(r.train_gpu_increment_mb, 1),
+                fmt(r.train_cuda_max_reserved_mb, 1),
+                fmt(r.eval_cuda_max_allocated_mb, 1),
+            ]
         largest = r.largest_batch or {}
         row.append(" / ".join(str(largest.get(k, MISSING)) for k in ("patients", "sets", "events")))
         rows.append(row)
@@ -227,7 +238,8 @@ def memory_table(frame: pd.DataFrame, base: int, cuda: bool) -> str:
 
 
 def quality_table(frame: pd.DataFrame) -> str:
-    header = ["batch size", "AUROC", "AUROC 95% CI", "AUPRC", "AUPRC 95% CI", "accuracy", "Brier", "reconstruction", "KL", "active units"]
+    header = ["batch size", "AUROC", "AUROC 95% CI", "AUPRC", "AUPRC 95% CI", "accuracy", "Brier"]
+    header += ["reconstruction", "KL", "active units"]
     rows = [
         [
             str(r.batch_size),
@@ -246,9 +258,18 @@ def quality_table(frame: pd.DataFrame) -> str:
     return markdown_table(header, rows)
 
 
+def headline_memory(frame: pd.DataFrame) -> tuple[str, str]:
+    """(column, label) of the memory that limits the batch size: GPU allocated on CUDA, else RSS."""
+    if frame.train_cuda_max_allocated_mb.notna().all():
+        return "train_cuda_max_allocated_mb", "GPU allocated"
+    return "train_peak_rss_mb", "RSS"
+
+
 def claim_table(frame: pd.DataFrame, base: int) -> str:
     measured = frame.set_index("batch_size")
-    header = ["batch size", "claimed relative speed", f"measured relative speed (vs {base})", "claimed memory (GB)", "measured train peak RSS (GiB)"]
+    column, label = headline_memory(frame)
+    header = ["batch size", "claimed relative speed", f"measured relative speed (vs {base})"]
+    header += ["claimed memory (GB)", f"measured training peak, {label} (GiB)"]
     rows = []
     for c in CLAIMED.itertuples():
         m = measured.loc[c.batch_size] if c.batch_size in measured.index else None
@@ -258,7 +279,7 @@ def claim_table(frame: pd.DataFrame, base: int) -> str:
                 fmt(c.relative_speed, 1) + "x",
                 (fmt(m.relative_speed, 2) + "x") if m is not None else "not run",
                 fmt(c.memory_gb, 1) if c.memory_gb == c.memory_gb else "-",
-                fmt(m.train_peak_rss_mb / 1024, 2) if m is not None else "not run",
+                fmt(m[column] / 1024, 2) if m is not None else "not run",
             ]
         )
     return markdown_table(header, rows)
@@ -276,7 +297,9 @@ def summary_sentences(frame: pd.DataFrame, base: int, device: str) -> list[str]:
     sentences = []
     fastest = frame.loc[frame.train_patients_per_s.idxmax()]
     if len(frame) == 1:
-        sentences.append(f"Only batch size {fastest.batch_size} was run: {fastest.train_patients_per_s:.2f} patients/s in training.")
+        sentences.append(
+            f"Only batch size {fastest.batch_size} was run: {fastest.train_patients_per_s:.2f} patients/s in training."
+        )
     else:
         claim = CLAIMED.set_index("batch_size").relative_speed.get(int(fastest.batch_size))
         claim_text = f" (the original guide claimed {claim:.1f}x)" if claim is not None and base == 1 else ""
@@ -288,15 +311,18 @@ def summary_sentences(frame: pd.DataFrame, base: int, device: str) -> list[str]:
         if largest.batch_size != fastest.batch_size:
             sentences.append(
                 f"The largest batch size, {largest.batch_size}, reaches {largest.relative_speed:.2f}x: "
-                f"beyond batch size {fastest.batch_size}, larger batches did not train faster in this run (device: {device})."
+                f"beyond batch size {fastest.batch_size}, larger batches did not train faster in this run "
+                f"(device: {device})."
             )
         smallest = frame.loc[frame.batch_size.idxmin()]
+        column, label = headline_memory(frame)
         sentences.append(
-            f"Peak training memory (RSS) goes from {smallest.train_peak_rss_mb:.0f} MiB at batch size {smallest.batch_size} "
-            f"to {largest.train_peak_rss_mb:.0f} MiB at batch size {largest.batch_size}."
+            f"Peak training memory ({label}) goes from {smallest[column]:.0f} MiB at batch size {smallest.batch_size} "
+            f"to {largest[column]:.0f} MiB at batch size {largest.batch_size}."
         )
     for metric, label in (("auroc", "AUROC"), ("auprc", "AUPRC")):
-        ci = {r.batch_size: getattr(r, f"{metric}_ci") for r in frame.itertuples() if _complete(getattr(r, f"{metric}_ci"))}
+        cis = dict(zip(frame.batch_size, frame[f"{metric}_ci"]))
+        ci = {b: interval for b, interval in cis.items() if _complete(interval)}
         value = dict(zip(frame.batch_size, frame[metric]))
         separated = [
             (a, b)
@@ -353,10 +379,12 @@ def settings_digest(settings: dict) -> str:
 
 
 def dataset_lines(results: Path) -> list[str]:
+    """Patients, sets and events per split (qc.json, else the shards' index), rows kept."""
     qc = _read_json(results / "qc.json")
+    index_path = results / "shards" / "index.json"
+    index = _read_json(index_path) if index_path.exists() else {}
     by_split = qc.get("by_split") or {}
     if not by_split:
-        index = _read_json(results / "shards" / "index.json")
         by_split = {
             name: {"patients": s.get("n_patients"), "events": s.get("n_events"), "sets": s.get("n_sets")}
             for name, s in (index.get("splits") or {}).items()
@@ -364,6 +392,11 @@ def dataset_lines(results: Path) -> list[str]:
     if not by_split:
         raise InputError(f"{results / 'qc.json'}: no 'by_split' counts (and none in shards/index.json)")
     lines = []
+    if "rows_in" in qc and "rows_kept" in qc:
+        dropped = sum((qc.get("rows_dropped") or {}).values())
+        lines.append(f"  - event rows: {qc['rows_in']} read, {qc['rows_kept']} kept, {dropped} dropped (reasons in qc.json)")
+    if "vocab_size" in index:
+        lines.append(f"  - variables (train vocabulary): {index['vocab_size']}")
     for split in ("train", "valid", "test"):
         counts = by_split.get(split, {})
         lines.append(

@@ -12,7 +12,7 @@ rule train:
         final=f"{RUN_DIR}/final.safetensors",
         run_config=f"{RUN_DIR}/run_config.json",
     params:
-        settings=settings("model", "train"),
+        settings=train_settings(),
         checkpoints=f"{RUN_DIR}/checkpoints",
     conda:
         CONDA_ENV
