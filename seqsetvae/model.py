@@ -203,10 +203,13 @@ class MAB(nn.Module):
     avoids projecting S x m induced vectors.
     """
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, key_bias: bool = True):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.q, self.v, self.o = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        # a key bias only shifts all of a query's scores equally (no effect after the
+        # softmax); the folded entry points drop it, so blocks that use them have none
+        self.k = nn.Linear(dim, dim, bias=key_bias)
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
@@ -264,8 +267,8 @@ class ISAB(nn.Module):
     def __init__(self, dim: int, heads: int, inducing_points: int):
         super().__init__()
         self.inducing = nn.Parameter(nn.init.xavier_uniform_(torch.empty(inducing_points, dim)))
-        self.induce = MAB(dim, heads)  # inducing points attend to the set's rows
-        self.spread = MAB(dim, heads)  # rows attend to their set's induced vectors
+        self.induce = MAB(dim, heads, key_bias=False)  # inducing points attend to the set's rows
+        self.spread = MAB(dim, heads, key_bias=False)  # rows attend to their set's induced vectors
 
     def forward(self, x: torch.Tensor, set_lengths: torch.Tensor) -> torch.Tensor:
         """x [N, d], rows sorted by set, set s owning the next set_lengths[s] rows -> [N, d]."""

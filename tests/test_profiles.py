@@ -33,21 +33,26 @@ def dry_run(workdir: Path, config: dict, *args: str) -> list[dict]:
     """`snakemake -n` over `config` in `workdir`: one dict per job (rule, wildcards, threads, resources)."""
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-               "--configfile", str(workdir / "config.yaml"), "-n", *args, "all"]  # fmt: skip
+               "--configfile", str(workdir / "config.yaml"), "-n", "all", *args]  # fmt: skip
     run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    jobs = []
+    jobs, group, groups = [], None, 0
     for line in run.stdout.splitlines():
-        header = re.match(r"^(?:local)?rule (\w+):$", line)
+        if re.search(r"\] Group job train_evaluate ", line):
+            group, groups = groups, groups + 1
+        header = re.match(r"^(\s*)(?:local)?rule (\w+):$", line)
         if header:
-            jobs.append({"rule": header.group(1), "wildcards": "", "threads": 1, "resources": {}})
-        elif jobs and line.startswith("    wildcards: "):
-            jobs[-1]["wildcards"] = line.split(": ", 1)[1]
-        elif jobs and line.startswith("    threads: "):
-            jobs[-1]["threads"] = int(line.split(": ", 1)[1])
-        elif jobs and line.startswith("    resources: "):
-            pairs = (item.split("=", 1) for item in line.split(": ", 1)[1].split(", "))
-            jobs[-1]["resources"] = {key: value for key, value in pairs}
+            in_group = group if header.group(1) else None  # group members are indented
+            jobs.append({"rule": header.group(2), "wildcards": "", "threads": 1, "resources": {}, "group": in_group})
+            continue
+        key, _, value = line.strip().partition(": ")
+        if jobs and line.startswith("    ") and key in ("wildcards", "threads", "resources"):
+            if key == "threads":
+                jobs[-1]["threads"] = int(value)
+            elif key == "wildcards":
+                jobs[-1]["wildcards"] = value
+            else:
+                jobs[-1]["resources"] = dict(item.split("=", 1) for item in value.split(", "))
     return jobs
 
 
@@ -139,3 +144,18 @@ def test_local_run_gives_training_every_core(tmp_path, tiny_pipeline_config):
     config["train"]["device"] = "cuda"
     jobs = by_rule(dry_run(tmp_path, config, "--profile", str(LOCAL_PROFILE), "--cores", "3"))
     assert {job["resources"]["gpu"] for job in jobs["train"] + jobs["evaluate"]} == {"1"}
+
+
+@needs_slurm_plugin
+def test_train_and_evaluate_can_share_one_cluster_job(tmp_path, tiny_pipeline_config):
+    """README's optional grouping: one group job per batch size, holding its train and evaluate."""
+    groups = ["--groups", "train=train_evaluate", "evaluate=train_evaluate"]
+    jobs = dry_run(tmp_path, tiny_pipeline_config(), "--profile", str(SLURM_PROFILE), *groups)
+    members = {}
+    for job in jobs:
+        if job["group"] is not None:
+            members.setdefault(job["group"], set()).add((job["rule"], job["wildcards"]))
+    assert sorted(members.values(), key=sorted) == [
+        {("evaluate", f"bs={b}"), ("train", f"bs={b}")} for b in (1, 2)
+    ]
+    assert all(job["group"] is None for job in jobs if job["rule"] not in ("train", "evaluate"))

@@ -5,7 +5,9 @@ Checks that every cluster rule's job went through sbatch with the CPUs, memory a
 time of config.yaml's `resources:`, that the light rules stayed local, that the results
 equal the local run's (CPU training is deterministic), and that a training job
 cancelled with `scancel` mid-run is resubmitted (profile `retries`) and resumes from its
-checkpoint, still ending with the local run's weights.
+checkpoint, still ending with the local run's weights. Training jobs ask for a GPU
+(`train.device: auto`, `resources.train.gpus: 1`): start.sh's node offers a stand-in
+GPU on a machine without one, SLURM allocates it, and training falls back to the CPU.
 
 Needs root and Debian's slurm-wlm + munge (scripts/slurm/install.sh); skips without
 them unless SEQSETVAE_REQUIRE_SLURM=1 (as in .ci/run), where it fails instead.
@@ -136,6 +138,9 @@ def cancel_training_after_first_checkpoint(workdir: Path, snakemake: subprocess.
 def runs(slurm_cluster, tmp_path_factory, tiny_pipeline_config):
     """The same tiny configuration run locally and through SLURM (bs1 training cancelled once)."""
     config = tiny_pipeline_config()
+    # a GPU request all the way to SLURM (--gpus=1); without CUDA, auto trains on the CPU
+    config["train"]["device"] = "auto"
+    config["resources"]["train"]["gpus"] = 1
     root = tmp_path_factory.mktemp("slurm_pipeline")
     local, cluster = root / "local", root / "cluster"
     for workdir in (local, cluster):
@@ -186,6 +191,7 @@ def test_cluster_rules_went_through_sbatch(runs):
         assert job["MinMemoryNode"] == f"{wanted['mem_mb']}M", rule
         assert job["TimeLimit"] == f"00:{wanted['runtime']:02d}:00", rule
         assert job["NumNodes"] == "1" and job["Partition"] == "debug", rule
+        assert job.get("TresPerJob", "") == ("gres:gpu:1" if rule == "train" else ""), rule
     # the light rules ran in the Snakemake process itself: their outputs are there, no SLURM job
     results = runs["cluster"] / "results"
     assert (results / "qc.json").exists() and (runs["cluster"] / "reports" / "batch_comparison.md").exists()
@@ -196,6 +202,7 @@ def test_cluster_rules_went_through_sbatch(runs):
     for b in BATCH_SIZES:
         summary = json.loads((results / "runs" / f"bs{b}" / "metrics.json").read_text())
         assert summary["threads"] == config["resources"]["train"]["threads"]
+        assert summary["device"] == "cpu"  # the stand-in GPU is no CUDA device
 
 
 def test_cluster_results_equal_local_results(runs):

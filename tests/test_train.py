@@ -17,6 +17,7 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
 from seqsetvae.batching import random_patients
+from seqsetvae.benchmarks.train import take
 from seqsetvae.data.ragged import RaggedPatients
 from seqsetvae.errors import InputError
 from seqsetvae.training import train
@@ -38,39 +39,45 @@ TIMING = {"patients_per_s", "events_per_s", "wall_time_s"}
 
 def _write_split(root: Path, split: str, patients: RaggedPatients) -> None:
     """One shard file in the documented layout (docs/design.md, "Shards")."""
-    n_events, n_sets = patients.events_per_patient(), patients.sets_per_patient()
-    order = np.lexsort((np.array(patients.patient_ids), n_events))
-    # reorder patients by (n_events, id) with vectorised gathers
-    set_ranges = [np.arange(patients.patient_offsets[i], patients.patient_offsets[i + 1]) for i in order]
-    sets = np.concatenate(set_ranges)
-    sizes = patients.set_sizes()[sets]
-    events = np.concatenate([np.arange(patients.set_offsets[s], patients.set_offsets[s + 1]) for s in sets])
-    ids = [patients.patient_ids[i] for i in order]
-    id_bytes = [i.encode() for i in ids]
+    order = np.lexsort((np.array(patients.patient_ids), patients.events_per_patient()))
+    p = take(patients, order)  # sorted by (n_events, patient_id), as the shards stage does
+    n_events, n_sets = p.events_per_patient(), p.sets_per_patient()
+    id_bytes = [i.encode() for i in p.patient_ids]
     (root / split).mkdir(parents=True)
     save_numpy(
         {
-            "variable_ids": patients.variable_ids[events],
-            "values": patients.values[events],
-            "set_times": patients.set_times[sets],
-            "set_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-            "patient_offsets": np.concatenate([[0], np.cumsum(n_sets[order])]).astype(np.int64),
-            "labels": patients.labels[order],
+            "variable_ids": p.variable_ids, "values": p.values, "set_times": p.set_times,
+            "set_offsets": p.set_offsets, "patient_offsets": p.patient_offsets, "labels": p.labels,
             "patient_id_bytes": np.frombuffer(b"".join(id_bytes), dtype=np.uint8).copy(),
             "patient_id_offsets": np.concatenate([[0], np.cumsum([len(b) for b in id_bytes])]).astype(np.int64),
         },
         str(root / split / "shard-00000.safetensors"),
-    )
-    n = len(ids)
+    )  # fmt: skip
+    n = p.n_patients
     index = {
         "split": split, "n_patients": n, "n_sets": int(n_sets.sum()), "n_events": int(n_events.sum()),
         "shards": [{"file": "shard-00000.safetensors", "n_patients": n, "n_sets": int(n_sets.sum()),
                     "n_events": int(n_events.sum())}],
-        "patients": {"patient_id": ids, "label": patients.labels[order].tolist(),
-                     "n_events": n_events[order].tolist(), "n_sets": n_sets[order].tolist(),
-                     "shard": [0] * n, "row": list(range(n))},
+        "patients": {"patient_id": p.patient_ids, "label": p.labels.tolist(), "n_events": n_events.tolist(),
+                     "n_sets": n_sets.tolist(), "shard": [0] * n, "row": list(range(n))},
     }  # fmt: skip
     (root / split / "index.json").write_text(json.dumps(index))
+
+
+def test_take_gathers_whole_patients_in_order():
+    patients = random_patients(5, mean_sets=3, mean_events=7, vocab_size=VOCAB, seed=4)
+    picked = take(patients, np.array([3, 0]))
+    picked.validate()
+    assert picked.patient_ids == [patients.patient_ids[3], patients.patient_ids[0]]
+    for new, old in ((0, 3), (1, 0)):
+        sets = slice(patients.patient_offsets[old], patients.patient_offsets[old + 1])
+        events = slice(patients.set_offsets[sets.start], patients.set_offsets[sets.stop])
+        new_sets = slice(picked.patient_offsets[new], picked.patient_offsets[new + 1])
+        new_events = slice(picked.set_offsets[new_sets.start], picked.set_offsets[new_sets.stop])
+        assert np.array_equal(picked.variable_ids[new_events], patients.variable_ids[events])
+        assert np.array_equal(picked.values[new_events], patients.values[events])
+        assert np.array_equal(picked.set_times[new_sets], patients.set_times[sets])
+        assert np.array_equal(picked.set_sizes()[new_sets], patients.set_sizes()[sets])
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +145,7 @@ def test_outputs_and_their_contents(reference):
     assert summary["batch_size"] == 4 and summary["steps"] == 12 and summary["epochs"] == 2
     assert summary["patients_seen"] == 44 and summary["device"] == "cpu" and summary["threads"] == 1
     assert summary["patients_per_s"] == pytest.approx(44 / summary["train_time_s"])
+    assert summary["fill_ratio"] == 1.0 and 0.5 < summary["sequence_fill_ratio"] <= 1  # packed events
     assert summary["wall_time_s"] >= summary["train_time_s"] > 0
     assert summary["peak_rss_mb"] > 50 and summary["cuda_max_allocated_mb"] is None
     assert summary["largest_batch"]["patients"] == 4
@@ -158,6 +166,7 @@ def test_outputs_and_their_contents(reference):
     same = all(torch.equal(final[k], best_weights[k]) for k in final)
     assert same == (summary["best_epoch"] == 2)
     assert (out / "checkpoints" / "latest.json").is_file()
+    assert [p.name for p in (out / "checkpoints").glob("step-*")] == ["step-00000012"]  # only the final one
 
 
 def test_same_seed_same_metrics(data, reference, tmp_path):
@@ -229,7 +238,6 @@ def test_changed_configuration_does_not_resume(data, tmp_path, capsys):
     assert _run(data, out, epochs=1, lr=0.001) == 0
     err = capsys.readouterr().err
     assert "another configuration" in err and "resuming" not in err
-    assert list(tmp_path.glob("bs4/checkpoints.stale-*"))
     assert _lines(out)[0]["lr"] == pytest.approx(0.001) and len(_lines(out)) == 7
 
 

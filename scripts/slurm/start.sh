@@ -4,6 +4,10 @@
 # memory as `slurmd -C` detects them. Needs root and scripts/slurm/install.sh first.
 # Idempotent: returns at once when our cluster is already up. Stop with stop.sh.
 #
+# GPUs: the node offers the machine's /dev/nvidia[0-9]* as GRES "gpu"; on a machine
+# without any it offers one stand-in GPU (File=/dev/null), so that jobs asking for a GPU
+# (--gpus=1) are scheduled and the whole request path can be tested on CPUs.
+#
 # State, logs and the job-completion record live in $SEQSETVAE_SLURM_DIR
 # (default /tmp/seqsetvae-slurm). The configuration goes to /etc/slurm/slurm.conf,
 # where every SLURM command (also `srun` inside a job, whose environment the
@@ -13,6 +17,7 @@ set -euo pipefail
 
 STATE_DIR=${SEQSETVAE_SLURM_DIR:-/tmp/seqsetvae-slurm}
 CONF=/etc/slurm/slurm.conf
+GRES_CONF=/etc/slurm/gres.conf
 MARKER="# written by seqsetvae scripts/slurm/start.sh"
 
 die() { echo "error: $*" >&2; exit 1; }
@@ -21,13 +26,28 @@ die() { echo "error: $*" >&2; exit 1; }
 for tool in munged slurmctld slurmd sinfo sbatch; do
     command -v "$tool" >/dev/null || die "'$tool' not found: run scripts/slurm/install.sh first"
 done
-if [ -e "$CONF" ] && ! grep -qF "$MARKER" "$CONF"; then
-    die "$CONF exists and was not written by this script; refusing to replace a real cluster's configuration"
-fi
+for file in "$CONF" "$GRES_CONF"; do
+    if [ -e "$file" ] && ! grep -qF "$MARKER" "$file"; then
+        die "$file exists and was not written by this script; refusing to replace a real cluster's configuration"
+    fi
+done
 
 node_state() { sinfo --noheader --Node --format=%t 2>/dev/null | head -n1; }
 
-if [ -e "$CONF" ] && [ "$(node_state)" = idle ]; then
+wait_for_node() {  # until the node takes jobs (idle, or busy with some), at most 60 s
+    for _ in $(seq 120); do
+        case "$(node_state)" in idle | mix | alloc) return 0 ;; esac
+        sleep 0.5
+    done
+    return 1
+}
+
+# already up (controller answers): make sure the node takes jobs, and leave it running
+if [ -e "$CONF" ] && sinfo >/dev/null 2>&1; then
+    case "$(node_state)" in
+        down* | drain* | drng*) scontrol update NodeName="$(hostname -s)" State=RESUME || true ;;
+    esac
+    wait_for_node || die "slurm is running but its node is '$(node_state)'; see scripts/slurm/stop.sh"
     echo "slurm already running: $(sinfo --noheader --Node --format='%N %t %c CPUs %m MB')"
     exit 0
 fi
@@ -60,7 +80,14 @@ case "$node_line" in
     *) die "unexpected 'slurmd -C' output: $node_line" ;;
 esac
 
+gpu_files=(/dev/nvidia[0-9]*)
+[ -e "${gpu_files[0]}" ] || gpu_files=(/dev/null)
+
 mkdir -p "$(dirname "$CONF")"
+{
+    echo "$MARKER"
+    for file in "${gpu_files[@]}"; do echo "NodeName=$node_name Name=gpu File=$file"; done
+} >"$GRES_CONF"
 cat >"$CONF" <<CONF
 $MARKER
 # A single-node test cluster: controller and node on 127.0.0.1, no accounting
@@ -82,6 +109,7 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$STATE_DIR/jobcomp.log
 MinJobAge=3600
+GresTypes=gpu
 ReturnToService=2
 KillWait=5
 InactiveLimit=0
@@ -93,21 +121,17 @@ SlurmctldLogFile=$STATE_DIR/slurmctld.log
 SlurmdLogFile=$STATE_DIR/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
-${node_line/NodeName=* CPUs=/NodeName=$node_name NodeAddr=127.0.0.1 CPUs=} State=UNKNOWN
+${node_line/NodeName=* CPUs=/NodeName=$node_name NodeAddr=127.0.0.1 CPUs=} Gres=gpu:${#gpu_files[@]} State=UNKNOWN
 PartitionName=debug Nodes=$node_name Default=YES MaxTime=INFINITE State=UP
 CONF
 
 # -c: start from a clean controller state (job ids from 1, no jobs of an earlier run)
 slurmctld -c
 slurmd
-for _ in $(seq 120); do
-    [ "$(node_state)" = idle ] && break
-    sleep 0.5
-done
-if [ "$(node_state)" != idle ]; then
+if ! wait_for_node; then
     echo "--- sinfo" >&2; sinfo >&2 || true
     echo "--- slurmctld.log" >&2; tail -n 30 "$STATE_DIR/slurmctld.log" >&2 || true
     echo "--- slurmd.log" >&2; tail -n 30 "$STATE_DIR/slurmd.log" >&2 || true
     die "the SLURM node did not become idle within 60 s"
 fi
-echo "slurm running: $(sinfo --noheader --Node --format='%N %t %c CPUs %m MB'), state in $STATE_DIR"
+echo "slurm running: $(sinfo --noheader --Node --format='%N %t %c CPUs %m MB %G'), state in $STATE_DIR"

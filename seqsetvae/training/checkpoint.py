@@ -134,10 +134,16 @@ def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module, st
         save_file(tensors, str(tmp / "state.safetensors"))
         (tmp / "state.json").write_text(json.dumps(body, allow_nan=True) + "\n")
     write_json(directory / "latest.json", {"checkpoint": name, "step": step})
-    old = sorted(p for p in directory.glob("step-*") if p.is_dir() and p.name != name)
-    for stale in old[: max(0, len(old) - (KEEP - 1))]:
-        shutil.rmtree(stale, ignore_errors=True)
+    prune(directory, KEEP)
     return directory / name
+
+
+def prune(directory: str | Path, keep: int) -> None:
+    """Delete all but the `keep` newest checkpoints (never the one latest.json names)."""
+    latest = latest_checkpoint(directory)
+    old = sorted(p for p in Path(directory).glob("step-*") if p.is_dir() and p != latest)
+    for stale in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:

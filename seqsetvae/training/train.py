@@ -8,7 +8,7 @@ per epoch), best.safetensors (weights of the best validation AUROC), final.safet
 run_config.json, and checkpoints/ (see `seqsetvae.training.checkpoint`). A job killed and
 started again resumes from its last checkpoint and, on CPU, ends with the same weights as
 an uninterrupted run. Checkpoints of a different configuration (see `fingerprint`) are
-set aside, never resumed.
+deleted, never resumed.
 """
 
 from __future__ import annotations
@@ -190,6 +190,8 @@ def _fresh_state() -> dict:
         "patients": 0,
         "events": 0,
         "event_slots": 0.0,  # event slots the set encoder and decoder processed
+        "sets": 0,
+        "sequence_slots": 0,  # slots of the [B, T_max] grids of the sequence transformer
         "largest_batch": {"patients": 0, "events": 0, "sets": 0},
         "epoch_loss_sum": 0.0,
         "epoch_patients": 0,
@@ -266,9 +268,8 @@ class Trainer:
                 self.state = saved["run"]
                 _log(f"resuming from {latest} (step {self.state['step']}, epoch {self.sampler.epoch + 1})")
             else:
-                stale = self.checkpoints.with_name(f"checkpoints.stale-{int(time.time())}")
-                _log(f"checkpoints in {self.checkpoints} were written under another configuration: moved to {stale}")
-                shutil.move(str(self.checkpoints), str(stale))
+                _log(f"checkpoints in {self.checkpoints} were written under another configuration: deleted")
+                shutil.rmtree(self.checkpoints)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         # the working metrics log is cut back to the checkpoint's length, so that steps
         # redone after a resume are not logged twice
@@ -324,6 +325,8 @@ class Trainer:
         state["patients"] += size["patients"]
         state["events"] += size["events"]
         state["event_slots"] += size["events"] / batch.fill_ratio
+        state["sets"] += size["sets"]
+        state["sequence_slots"] += int(batch.sequence_mask.numel())
         state["epoch_loss_sum"] += terms["loss"] * size["patients"]
         state["epoch_patients"] += size["patients"]
         for key, value in size.items():
@@ -402,6 +405,7 @@ class Trainer:
         with atomic_path(out / "best.safetensors") as tmp:
             shutil.copyfile(self.checkpoints / "best.safetensors", tmp)
         ckpt.save_weights(self.model, out / "final.safetensors", {"epoch": self.sampler.epoch, "step": state["step"]})
+        ckpt.prune(self.checkpoints, keep=1)  # the final one: a restarted finished run resumes it
         write_json(
             out / "run_config.json",
             {
@@ -423,6 +427,7 @@ class Trainer:
                 "patients_per_s": state["patients"] / seconds,
                 "events_per_s": state["events"] / seconds,
                 "fill_ratio": state["events"] / state["event_slots"],
+                "sequence_fill_ratio": state["sets"] / state["sequence_slots"],
                 "wall_time_s": self.wall_time(),
                 "train_time_s": seconds,
                 "epochs": train["epochs"],
