@@ -417,7 +417,7 @@ def chamfer_per_set(recon: torch.Tensor, target: torch.Tensor, batch: Batch, eps
         ],
         dim=-1,
     )  # [P, 3]
-    E, S = batch.n_events, batch.n_sets
+    E = batch.n_events
     nearest = segment_min(pair_terms, ri, E) + segment_min(pair_terms, tj, E)  # [E, 3], both directions
     per_set = segment_sum(nearest, batch.set_sizes) / (2.0 * batch.set_sizes.unsqueeze(-1))  # [S, 3]
     return per_set @ per_set.new_tensor([1.0, 1.0, 3.0])

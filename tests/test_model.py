@@ -47,24 +47,6 @@ def small_model(seed=0, config=SMALL) -> SeqSetVAE:
     return SeqSetVAE(config, torch.randn(VOCAB, EMB_DIM)).double().eval()
 
 
-def take(patients: RaggedPatients, indices) -> RaggedPatients:
-    """The patients `indices` (in that order) as one RaggedPatients."""
-    indices = np.asarray(indices)
-    set_ranges = [np.arange(patients.patient_offsets[i], patients.patient_offsets[i + 1]) for i in indices]
-    sets = np.concatenate(set_ranges)
-    events = np.concatenate([np.arange(patients.set_offsets[s], patients.set_offsets[s + 1]) for s in sets])
-    sizes = np.diff(patients.set_offsets)[sets]
-    return RaggedPatients(
-        patient_ids=[patients.patient_ids[i] for i in indices],
-        labels=patients.labels[indices],
-        variable_ids=patients.variable_ids[events],
-        values=patients.values[events],
-        set_times=patients.set_times[sets],
-        set_offsets=np.concatenate([[0], np.cumsum(sizes)]),
-        patient_offsets=np.concatenate([[0], np.cumsum([len(r) for r in set_ranges])]),
-    )
-
-
 def concat(*groups: RaggedPatients) -> RaggedPatients:
     return RaggedPatients(
         patient_ids=[p for g in groups for p in g.patient_ids],
@@ -107,10 +89,10 @@ def test_patient_outputs_do_not_depend_on_batch_mates_or_order():
     with torch.no_grad():
         alone = []
         for i in range(patients.n_patients):
-            batch = collate(take(patients, [i]))
+            batch = collate(patients.take([i]))
             alone.append(per_patient(model(batch, 5), batch, 0))
         order = np.random.default_rng(0).permutation(patients.n_patients)
-        batch = collate(take(patients, order))
+        batch = collate(patients.take(order))
         together = model(batch, 5)
     for position, i in enumerate(order):
         got = per_patient(together, batch, position)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from test_shards import random_events, run_stage
 
-from seqsetvae.data.reader import ShardReader, map_safetensors, ranges
+from seqsetvae.data.ragged import ranges
+from seqsetvae.data.reader import ShardReader, map_safetensors
 
 
 @pytest.fixture(scope="module")

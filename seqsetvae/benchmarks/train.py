@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,26 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one batch size, in-process
     return parser
-
-
-def take(patients, indices: np.ndarray):
-    """The patients `indices` of an in-memory RaggedPatients (vectorised, like ShardReader.take)."""
-    from seqsetvae.data.ragged import RaggedPatients
-    from seqsetvae.data.reader import exclusive_cumsum, ranges
-
-    n_sets = patients.sets_per_patient()[indices]
-    sets = ranges(patients.patient_offsets[indices], n_sets)
-    set_sizes = patients.set_sizes()[sets]
-    events = ranges(patients.set_offsets[sets], set_sizes)
-    return RaggedPatients(
-        patient_ids=[patients.patient_ids[i] for i in indices],
-        labels=patients.labels[indices],
-        variable_ids=patients.variable_ids[events],
-        values=patients.values[events],
-        set_times=patients.set_times[sets],
-        set_offsets=exclusive_cumsum(set_sizes),
-        patient_offsets=exclusive_cumsum(n_sets),
-    )
 
 
 def matmul_flops_per_s(device, dtype, seconds: float = 1.0) -> float:
@@ -112,7 +91,7 @@ def worker(args) -> dict:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step(indices, index: int):
-        batch = collate(take(patients, indices)).to(device)
+        batch = collate(patients.take(indices)).to(device)
         with autocast:
             out = model(batch, index)
         optimizer.zero_grad(set_to_none=True)

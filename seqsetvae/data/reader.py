@@ -18,35 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from seqsetvae.data.ragged import RaggedPatients
+from seqsetvae.data.ragged import RaggedPatients, exclusive_cumsum, ranges
 from seqsetvae.errors import InputError
 
 _DTYPES = {"I32": np.int32, "I64": np.int64, "F32": np.float32, "F64": np.float64, "U8": np.uint8}
-
-
-def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """int64 indices of the concatenated ranges [starts[i], starts[i] + lengths[i]).
-
-    A running sum of steps: 1 inside a range, a jump at each range's first element
-    (two passes over the output, about twice as fast as repeat + arange).
-    """
-    starts = np.asarray(starts, dtype=np.int64)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    if not np.all(lengths > 0):
-        starts, lengths = starts[lengths > 0], lengths[lengths > 0]
-    if len(lengths) == 0:
-        return np.zeros(0, dtype=np.int64)
-    ends = np.cumsum(lengths)
-    steps = np.ones(int(ends[-1]), dtype=np.int64)
-    steps[0] = starts[0]
-    steps[ends[:-1]] = starts[1:] - (starts[:-1] + lengths[:-1] - 1)
-    return np.cumsum(steps, out=steps)
-
-
-def exclusive_cumsum(x: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(x) + 1, dtype=np.int64)
-    np.cumsum(x, out=out[1:])
-    return out
 
 
 def map_safetensors(path: str | Path) -> dict[str, np.ndarray]:

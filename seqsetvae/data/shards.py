@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from safetensors.numpy import save_file
 
-from seqsetvae.data.reader import exclusive_cumsum, ranges
+from seqsetvae.data.ragged import exclusive_cumsum, ranges
 from seqsetvae.data.stats import (
     SPLITS,
     as_numpy,
