@@ -17,7 +17,6 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file, save_file
 
 from seqsetvae.batching import random_patients
-from seqsetvae.benchmarks.train import take
 from seqsetvae.data.ragged import RaggedPatients
 from seqsetvae.errors import InputError
 from seqsetvae.training import train
@@ -40,7 +39,7 @@ TIMING = {"patients_per_s", "events_per_s", "wall_time_s"}
 def _write_split(root: Path, split: str, patients: RaggedPatients) -> None:
     """One shard file in the documented layout (docs/design.md, "Shards")."""
     order = np.lexsort((np.array(patients.patient_ids), patients.events_per_patient()))
-    p = take(patients, order)  # sorted by (n_events, patient_id), as the shards stage does
+    p = patients.take(order)  # sorted by (n_events, patient_id), as the shards stage does
     n_events, n_sets = p.events_per_patient(), p.sets_per_patient()
     id_bytes = [i.encode() for i in p.patient_ids]
     (root / split).mkdir(parents=True)
@@ -66,7 +65,7 @@ def _write_split(root: Path, split: str, patients: RaggedPatients) -> None:
 
 def test_take_gathers_whole_patients_in_order():
     patients = random_patients(5, mean_sets=3, mean_events=7, vocab_size=VOCAB, seed=4)
-    picked = take(patients, np.array([3, 0]))
+    picked = patients.take(np.array([3, 0]))
     picked.validate()
     assert picked.patient_ids == [patients.patient_ids[3], patients.patient_ids[0]]
     for new, old in ((0, 3), (1, 0)):

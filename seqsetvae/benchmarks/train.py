@@ -1,13 +1,15 @@
 """`seqsetvae bench train`: training throughput, memory and FLOP/s per batch size.
 
-    seqsetvae bench train [--batch-sizes 1 4 8 16] [--steps 8] [--warmup 2]
+    seqsetvae bench train [--batch-sizes 1 4 8 16] [--patients 64] [--epochs 1] [--warmup 2]
                           [--threads 2] [--device cpu|cuda] [--precision fp32|bf16]
 
 Each batch size runs in a fresh subprocess (so the peak RSS is that batch size's own) on
 in-memory synthetic patients shaped like the default data (about 110 sets and 300 events
-per patient, 40 variables, a 768-wide embedding) with the default model sizes. A step
+per patient, 40 variables, a 768-wide embedding) with the default model sizes. Every
+batch size trains on the same patients (whole epochs of the length-grouped sampler), so
+the comparison is not skewed by which patients a few sampled steps happen to hold. A step
 is what training does: gather the length-grouped batch, collate, forward, backward,
-clip, AdamW. Printed per batch size: patients/s and events/s over the timed steps, fill
+clip, AdamW. Printed per batch size: patients/s and events/s over the timed epochs, fill
 ratios, peak memory, and the achieved model FLOP/s (FLOPs of one step counted with
 `torch.utils.flop_counter.FlopCounterMode`, scaled per event to the timed steps) next to
 the FLOP/s of a plain matmul measured in the same process, i.e. the fraction of what
@@ -27,9 +29,10 @@ import time
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqsetvae bench train", description=__doc__.split("\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per batch size")
+    parser.add_argument("--epochs", type=int, default=1, help="timed epochs over the patients, per batch size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--patients", type=int, default=512, help="synthetic patients to batch from")
+    parser.add_argument("--patients", type=int, default=64,
+                        help="synthetic patients; every batch size trains on exactly these")  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
@@ -87,7 +90,7 @@ def worker(args) -> dict:
         max_events_per_batch=train["max_events_per_batch"],
         seed=0,
     )
-    batches = (b for _ in range(10**6) for b in sampler)
+    warmup_batches = (b for epoch in range(10**6) for b in sampler.batches(epoch))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step(indices, index: int):
@@ -103,13 +106,15 @@ def worker(args) -> dict:
         return batch
 
     for i in range(args.warmup):
-        step(next(batches), i)
+        step(next(warmup_batches), i)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    # whole epochs over the same patients for every batch size: a sample of a few steps
+    # would compare batch sizes on patients of different lengths
+    timed = [b for epoch in range(args.epochs) for b in sampler.batches(10**6 + epoch)]
     seconds = patients_done = events_done = sets_done = slots = seq_slots = 0
-    for i in range(args.steps):
-        indices = next(batches)
+    for i, indices in enumerate(timed):
         start = time.perf_counter()
         batch = step(indices, args.warmup + i)
         seconds += time.perf_counter() - start
@@ -122,18 +127,17 @@ def worker(args) -> dict:
     rss = peak_rss_mb()
 
     # FLOPs of one more (untimed) step, per event, applied to the timed events
-    indices = next(batches)
     with FlopCounterMode(display=False) as counter:
-        batch = step(indices, args.warmup + args.steps)
+        batch = step(next(warmup_batches), args.warmup + len(timed))
     flops_per_event = counter.get_total_flops() / batch.n_events
     model_flops = flops_per_event * events_done / seconds
     matmul = matmul_flops_per_s(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
     return {
         "batch_size": batch_size,
-        "steps": args.steps,
+        "steps": len(timed),
         "patients_per_s": patients_done / seconds,
         "events_per_s": events_done / seconds,
-        "seconds_per_step": seconds / args.steps,
+        "seconds_per_step": seconds / len(timed),
         "fill_ratio": events_done / slots,
         "sequence_fill_ratio": sets_done / seq_slots,
         "peak_rss_mb": rss,
@@ -179,7 +183,7 @@ def main(argv: list[str]) -> int:
     results = []
     for batch_size in args.batch_sizes:
         command = [sys.executable, "-m", "seqsetvae.benchmarks.train", "--worker", str(batch_size)]
-        for name in ("steps", "warmup", "patients", "threads", "device", "precision", "settings"):
+        for name in ("epochs", "warmup", "patients", "threads", "device", "precision", "settings"):
             command += [f"--{name}", str(getattr(args, name))]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
@@ -189,7 +193,8 @@ def main(argv: list[str]) -> int:
         print(f"batch size {batch_size}: {results[-1]['patients_per_s']:.2f} patients/s", file=sys.stderr, flush=True)
     first = results[0]
     print(
-        f"bench train: {args.steps} timed steps after {args.warmup} warm-up steps per batch size, "
+        f"bench train: {args.epochs} timed epoch(s) over the same {args.patients} patients after "
+        f"{args.warmup} warm-up steps per batch size, "
         f"{first['device']}, {args.threads} threads, {args.precision}, torch {first['torch_version']}"
     )
     print(_table(results))
