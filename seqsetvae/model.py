@@ -10,7 +10,7 @@ API (the contract of docs/design.md):
 
 `ModelOutput`: `logits [B, C]`, `loss`, `recon`, `kl`, `ce` (scalars), `beta`,
 `recon_weight`, `pred_weight` (floats), `mu [S, latent]` and `h [S, latent]` (real sets,
-in the batch's set order), and per-item terms `recon_per_set [S]`, `kl_per_set [S]`,
+in the batch's set order), and per-item terms `recon_per_set [S]`, `kl_per_set [S]` (free bits applied), `kl_raw_per_set [S]`,
 `ce_per_patient [B]`.
 
 The variable embedding is a frozen buffer registered with `persistent=False`: it is not
@@ -94,7 +94,8 @@ class ModelOutput:
     mu: torch.Tensor  # [S, latent]: posterior means of the real sets, batch set order
     h: torch.Tensor  # [S, latent]: sequence states of the real sets
     recon_per_set: torch.Tensor  # [S]
-    kl_per_set: torch.Tensor  # [S] (free bits applied)
+    kl_per_set: torch.Tensor  # [S] (free bits applied: what the loss sees)
+    kl_raw_per_set: torch.Tensor  # [S] (the posterior's KL, for reporting)
     ce_per_patient: torch.Tensor  # [B]
 
 
@@ -464,7 +465,8 @@ class SeqSetVAE(nn.Module):
         # deviation: the target is detached; letting the loss move W through the target
         # would reward collapsing all variables onto one direction.
         recon_per_set = chamfer_per_set(recon, tokens.detach(), batch)
-        kl_set = kl_per_set(mu, logvar, c.free_bits)
+        kl_raw = kl_per_set(mu, logvar, free_bits=0.0)
+        kl_set = kl_raw.clamp(min=c.free_bits * mu.shape[-1])
         ce_per_patient = F.cross_entropy(at_least_float32(logits), batch.labels, label_smoothing=c.label_smoothing, reduction="none")
         recon_loss, kl, ce = recon_per_set.mean(), kl_set.mean(), ce_per_patient.mean()
         beta, recon_w, pred_w = loss_weights(c, step, self.training)
@@ -481,6 +483,7 @@ class SeqSetVAE(nn.Module):
             h=h,
             recon_per_set=recon_per_set,
             kl_per_set=kl_set,
+            kl_raw_per_set=kl_raw,
             ce_per_patient=ce_per_patient,
         )
 

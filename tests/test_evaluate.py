@@ -155,7 +155,7 @@ def test_predictions_and_loss_terms_do_not_depend_on_the_batch_size(trained):
     one, p1 = run_evaluate(trained, 1, "bs1")
     seven, p7 = run_evaluate(trained, 7, "bs7")
     np.testing.assert_allclose(p1.probability, p7.probability, rtol=0, atol=1e-5)
-    for key in ("recon", "kl"):
+    for key in ("recon", "kl", "kl_free_bits"):
         assert one[key] == pytest.approx(seven[key], rel=1e-5)
     assert one["active_units"] == seven["active_units"]
 
@@ -170,7 +170,8 @@ def test_predictions_and_loss_terms_do_not_depend_on_the_batch_size(trained):
         out = model(collate(reader.take(np.arange(len(reader)))), 12)
     np.testing.assert_allclose(torch.softmax(out.logits, -1)[:, 1].numpy(), p1.probability, atol=1e-5)
     assert one["recon"] == pytest.approx(float(out.recon_per_set.mean()), rel=1e-5)
-    assert one["kl"] == pytest.approx(float(out.kl_per_set.mean()), rel=1e-5)
+    assert one["kl"] == pytest.approx(float(out.kl_raw_per_set.mean()), rel=1e-5)
+    assert one["kl_free_bits"] == pytest.approx(float(out.kl_per_set.mean()), rel=1e-5)
     variance = out.mu.double().var(dim=0, unbiased=False).numpy()
     assert one["active_units"]["units"] == MODEL["latent_dim"]
     assert one["active_units"]["sets"] == int(reader.n_sets.sum())

@@ -83,7 +83,7 @@ def evaluate_split(model, batches, sampler, device: torch.device, autocast, step
     n = len(batches)
     probabilities = np.full(n, np.nan)
     active = ActiveUnits()
-    sets, recon_sum, kl_sum = 0, 0.0, 0.0
+    sets, recon_sum, kl_sum, kl_free_bits_sum = 0, 0.0, 0.0, 0.0
     largest = {"patients": 0, "events": 0, "sets": 0}
     seconds, events, n_batches = 0.0, 0, 0
     plan = sampler.batches(0)
@@ -102,7 +102,8 @@ def evaluate_split(model, batches, sampler, device: torch.device, autocast, step
         seconds += time.perf_counter() - t0
         probabilities[indices] = probability
         recon_sum += float(out.recon_per_set.float().sum())
-        kl_sum += float(out.kl_per_set.float().sum())
+        kl_sum += float(out.kl_raw_per_set.float().sum())
+        kl_free_bits_sum += float(out.kl_per_set.float().sum())
         sets += batch.n_sets
         active.update(out.mu.float().cpu().numpy())
         events += batch.n_events
@@ -113,6 +114,7 @@ def evaluate_split(model, batches, sampler, device: torch.device, autocast, step
         "probabilities": probabilities,
         "recon": recon_sum / sets,
         "kl": kl_sum / sets,
+        "kl_free_bits": kl_free_bits_sum / sets,
         "active_units": active.summary(),
         "inference": {
             "patients_per_s": n / seconds,
@@ -196,6 +198,7 @@ def main(argv: list[str]) -> int:
         **metrics,
         "recon": result["recon"],
         "kl": result["kl"],
+        "kl_free_bits": result["kl_free_bits"],
         "active_units": result["active_units"],
         "inference": result["inference"],
         "memory": {"peak_rss_mb": peak_rss_mb(), "cuda_max_allocated_mb": allocated, "cuda_max_reserved_mb": reserved},

@@ -477,7 +477,7 @@ def render(runs: list[Run], frame: pd.DataFrame, base: int, settings: dict, resu
         "## Test-set quality",
         "",
         "Best checkpoint (by validation AUROC) of each run, on the test split. Reconstruction and KL "
-        "are means per set (KL before the beta weight); active units: latent units whose posterior "
+        "are means per set (KL: the posterior's KL to the prior, before free bits and the beta weight); active units: latent units whose posterior "
         "mean varies across test sets with variance above the threshold in the evaluation JSON.",
         "",
         quality_table(frame),

@@ -42,14 +42,18 @@ def settings(*sections):
 def train_settings():
     """The model and train sections without train.batch_sizes, for one training job:
     adding a batch size to the list must not retrain those already trained."""
-    train = {key: value for key, value in config["train"].items() if key != "batch_sizes"}
+    train = {
+        key: value for key, value in config["train"].items() if key != "batch_sizes"
+    }
     return json.dumps({"model": config["model"], "train": train}, sort_keys=True)
 
 
 def _expand_inputs(path):
     """A CSV file, a directory of CSVs or a glob, as a sorted list of files."""
     if path is None:
-        raise ValueError("data.source is 'files' but data.events or data.labels is not set")
+        raise ValueError(
+            "data.source is 'files' but data.events or data.labels is not set"
+        )
     if os.path.isdir(path):
         return sorted(glob.glob(os.path.join(path, "*.csv")))
     matches = sorted(glob.glob(path))

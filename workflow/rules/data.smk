@@ -6,18 +6,18 @@ rule synthetic_data:
     output:
         events=RAW_EVENTS,
         labels=RAW_LABELS,
-    params:
-        settings=settings("synthetic", "data"),
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/synthetic_data.log",
     benchmark:
         f"{BENCHMARKS}/synthetic_data.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         mem_mb=config["resources"]["data"]["mem_mb"],
         runtime=config["resources"]["data"]["runtime"],
+    params:
+        settings=settings("synthetic", "data"),
     shell:
         "seqsetvae synthetic --settings {params.settings:q}"
         " --events {output.events:q} --labels {output.labels:q} > {log:q} 2>&1"
@@ -29,13 +29,13 @@ rule splits:
         splits=splits_file(),
     output:
         SPLITS,
-    params:
-        settings=settings("data"),
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/splits.log",
+    conda:
+        CONDA_ENV
     threads: 1
+    params:
+        settings=settings("data"),
     shell:
         "seqsetvae splits --settings {params.settings:q} --labels {input.labels:q}"
         " --out {output:q} > {log:q} 2>&1"
@@ -48,18 +48,18 @@ rule ingest:
         splits=SPLITS,
     output:
         directory(EVENTS_DIR),
-    params:
-        settings=settings("data"),
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/ingest.log",
     benchmark:
         f"{BENCHMARKS}/ingest.tsv"
+    conda:
+        CONDA_ENV
     threads: config["resources"]["data"]["threads"]
     resources:
         mem_mb=config["resources"]["data"]["mem_mb"],
         runtime=config["resources"]["data"]["runtime"],
+    params:
+        settings=settings("data"),
     shell:
         "seqsetvae ingest --settings {params.settings:q} --events {input.events:q}"
         " --labels {input.labels:q} --splits {input.splits:q} --out {output:q}"
@@ -72,18 +72,18 @@ rule stats:
     output:
         stats=STATS,
         vocab=VOCAB,
-    params:
-        settings=settings("data"),
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/stats.log",
     benchmark:
         f"{BENCHMARKS}/stats.tsv"
+    conda:
+        CONDA_ENV
     threads: config["resources"]["data"]["threads"]
     resources:
         mem_mb=config["resources"]["data"]["mem_mb"],
         runtime=config["resources"]["data"]["runtime"],
+    params:
+        settings=settings("data"),
     shell:
         "seqsetvae stats --settings {params.settings:q} --events {input:q}"
         " --stats {output.stats:q} --vocab {output.vocab:q} > {log:q} 2>&1"
@@ -92,16 +92,20 @@ rule stats:
 rule embedding:
     input:
         vocab=VOCAB,
-        table=[config["embedding"]["table"]] if config["embedding"]["method"] == "table" else [],
+        table=(
+            [config["embedding"]["table"]]
+            if config["embedding"]["method"] == "table"
+            else []
+        ),
     output:
         EMBEDDING,
-    params:
-        settings=settings("embedding"),
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/embedding.log",
+    conda:
+        CONDA_ENV
     threads: 1
+    params:
+        settings=settings("embedding"),
     shell:
         "seqsetvae embedding --settings {params.settings:q} --vocab {input.vocab:q}"
         " --out {output:q} > {log:q} 2>&1"
@@ -115,18 +119,18 @@ rule make_shards:
     output:
         shards=directory(SHARDS_DIR),
         qc=f"{RESULTS}/shards_qc.json",
-    params:
-        settings=settings("data", "shards"),
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/shards.log",
     benchmark:
         f"{BENCHMARKS}/shards.tsv"
+    conda:
+        CONDA_ENV
     threads: config["resources"]["data"]["threads"]
     resources:
         mem_mb=config["resources"]["data"]["mem_mb"],
         runtime=config["resources"]["data"]["runtime"],
+    params:
+        settings=settings("data", "shards"),
     shell:
         "seqsetvae shards --settings {params.settings:q} --events {input.events:q}"
         " --stats {input.stats:q} --vocab {input.vocab:q} --out {output.shards:q}"
@@ -140,10 +144,10 @@ rule qc:
         shards=SHARDS_DIR,
     output:
         QC,
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/qc.log",
+    conda:
+        CONDA_ENV
     shell:
         "seqsetvae qc --events {input.events:q} --shards-qc {input.shards_qc:q}"
         " --shards {input.shards:q} --out {output:q} > {log:q} 2>&1"

@@ -10,19 +10,19 @@ rule evaluate:
     output:
         metrics=f"{RESULTS}/eval/bs{{bs}}.json",
         predictions=f"{RESULTS}/eval/bs{{bs}}_predictions.parquet",
-    params:
-        settings=settings("evaluate"),
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/evaluate/bs{{bs}}.log",
     benchmark:
         f"{BENCHMARKS}/evaluate/bs{{bs}}.tsv"
+    conda:
+        CONDA_ENV
     threads: job_threads("evaluate")
     resources:
         mem_mb=config["resources"]["evaluate"]["mem_mb"],
         runtime=config["resources"]["evaluate"]["runtime"],
         gpu=job_gpus("evaluate"),
+    params:
+        settings=settings("evaluate"),
     shell:
         "seqsetvae evaluate --settings {params.settings:q} --shards {input.shards:q}"
         " --embedding {input.embedding:q} --weights {input.best:q}"
@@ -39,10 +39,10 @@ rule memory:
         eval_benchmark=f"{BENCHMARKS}/evaluate/bs{{bs}}.tsv",
     output:
         f"{RESULTS}/memory/bs{{bs}}.json",
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/memory/bs{{bs}}.log",
+    conda:
+        CONDA_ENV
     shell:
         "seqsetvae memory --batch-size {wildcards.bs} --train-summary {input.train_summary:q}"
         " --train-benchmark {input.train_benchmark:q} --eval-metrics {input.eval_metrics:q}"

@@ -11,20 +11,20 @@ rule train:
         best=f"{RUN_DIR}/best.safetensors",
         final=f"{RUN_DIR}/final.safetensors",
         run_config=f"{RUN_DIR}/run_config.json",
-    params:
-        settings=train_settings(),
-        checkpoints=f"{RUN_DIR}/checkpoints",
-    conda:
-        CONDA_ENV
     log:
         f"{LOGS}/train/bs{{bs}}.log",
     benchmark:
         f"{BENCHMARKS}/train/bs{{bs}}.tsv"
+    conda:
+        CONDA_ENV
     threads: job_threads("train")
     resources:
         mem_mb=config["resources"]["train"]["mem_mb"],
         runtime=config["resources"]["train"]["runtime"],
         gpu=job_gpus("train"),
+    params:
+        settings=train_settings(),
+        checkpoints=f"{RUN_DIR}/checkpoints",
     shell:
         "seqsetvae train --settings {params.settings:q} --shards {input.shards:q}"
         " --embedding {input.embedding:q} --batch-size {wildcards.bs}"
