@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "qc": ("seqsetvae.data.qc", "merge the stages' row and patient counts into qc.json"),
     "train": ("seqsetvae.training.train", "train SeqSetVAE at one batch size"),
     "evaluate": ("seqsetvae.evaluation.evaluate", "test-split metrics of one trained run"),
+    "baseline": ("seqsetvae.evaluation.baseline", "scikit-learn baselines on per-patient summaries"),
     "memory": ("seqsetvae.evaluation.memory", "memory report of one batch size"),
     "report": ("seqsetvae.reports.batch_comparison", "reports/batch_comparison.md"),
     "bench": ("seqsetvae.benchmarks", "benchmarks: `bench data` and `bench train`"),

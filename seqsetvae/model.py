@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from seqsetvae.batching import Batch
 from seqsetvae.errors import InputError
+from seqsetvae.training.schedule import LossWeights
 
 # -- configuration ----------------------------------------------------------------------
 
@@ -60,11 +61,6 @@ class ModelConfig:
     dropout: float = 0.1
     num_classes: int = 2
     free_bits: float = 0.1
-    max_beta: float = 0.1
-    beta_warmup_steps: int = 5000
-    pred_weight: float = 1.0
-    pred_warmup_steps: int = 5000
-    recon_decay_steps: int = 10000
     label_smoothing: float = 0.1
     time_encoding: str = "log1p_minutes"  # log1p_minutes | hours
 
@@ -84,36 +80,17 @@ class ModelConfig:
 @dataclass
 class ModelOutput:
     logits: torch.Tensor  # [B, C]
-    loss: torch.Tensor  # scalar: pred_weight * ce + recon_weight * recon + beta * kl
+    loss: torch.Tensor  # scalar: weights.pred * ce + weights.recon * recon + weights.beta * kl
     recon: torch.Tensor  # scalar: Chamfer loss, mean over real sets
     kl: torch.Tensor  # scalar: free-bits KL, mean over real sets (before beta)
     ce: torch.Tensor  # scalar: label-smoothed cross-entropy, mean over patients
-    beta: float
-    recon_weight: float
-    pred_weight: float
+    weights: LossWeights
     mu: torch.Tensor  # [S, latent]: posterior means of the real sets, batch set order
     h: torch.Tensor  # [S, latent]: sequence states of the real sets
     recon_per_set: torch.Tensor  # [S]
     kl_per_set: torch.Tensor  # [S] (free bits applied: what the loss sees)
     kl_raw_per_set: torch.Tensor  # [S] (the posterior's KL, for reporting)
     ce_per_patient: torch.Tensor  # [B]
-
-
-# -- schedules ----------------------------------------------------------------------------
-
-
-def loss_weights(config: ModelConfig, step: int, training: bool) -> tuple[float, float, float]:
-    """(beta, recon_weight, pred_weight) at `step`; evaluation uses recon 0.5, pred w.
-
-    Beta follows its warm-up in both modes (as the original's validation did), so an
-    evaluation loss is comparable with the training loss of the same step.
-    """
-    beta = config.max_beta * (min(1.0, step / config.beta_warmup_steps) if config.beta_warmup_steps else 1.0)
-    if not training:
-        return beta, 0.5, config.pred_weight
-    recon_w = max(0.5, 1.0 - step / config.recon_decay_steps) if config.recon_decay_steps else 0.5
-    pred_w = min(config.pred_weight, step / config.pred_warmup_steps) if config.pred_warmup_steps else config.pred_weight
-    return beta, recon_w, pred_w
 
 
 # -- segment operations (packed rows, each segment a run of consecutive rows) ------------
@@ -286,14 +263,19 @@ class SetEncoder(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
         d = c.latent_dim
-        self.embed = nn.Sequential(nn.Linear(c.reduced_dim, d), nn.LayerNorm(d), nn.GELU())
+        # deviation: the input is [token, the variable's unit direction]. A token is
+        # direction x z-value, so a measurement at the train mean (z = 0) would be a zero
+        # vector, indistinguishable from any other variable at its mean: which variables
+        # were measured, and how often, would be lost (on PhysioNet 2019 that alone gives a
+        # logistic regression most of its AUROC)
+        self.embed = nn.Sequential(nn.Linear(2 * c.reduced_dim, d), nn.LayerNorm(d), nn.GELU())
         self.levels = nn.ModuleList(ISAB(d, c.heads, c.inducing_points) for _ in range(c.levels))
         self.posterior = nn.Sequential(
             nn.Linear(d, 2 * d), nn.LayerNorm(2 * d), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(2 * d, 2 * d)
         )
 
-    def forward(self, tokens: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.embed(tokens)  # [E, d]
+    def forward(self, tokens: torch.Tensor, directions: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.embed(torch.cat([tokens, directions], dim=-1))  # [E, d]
         for isab in self.levels:
             x = x + isab(x, batch.set_sizes)
         # deviation: only the deepest level's posterior is computed; the shallower
@@ -366,6 +348,11 @@ class SetDecoder(nn.Module):
         self.isabs = nn.ModuleList(ISAB(d, c.heads, c.inducing_points) for _ in range(c.levels))
         self.expansions = nn.ModuleList(PMA(d, c.heads, c.dropout) for _ in range(c.levels))
         self.out = nn.Linear(d, c.reduced_dim)
+        # zero-initialised, so reconstructions start at the origin: the first Chamfer loss is
+        # the targets' own scale (a few units per set) instead of the ~1,400 of a random
+        # projection, and the first steps are not spent shrinking it
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, h: torch.Tensor, batch: Batch) -> torch.Tensor:
         # level 1: the set is one row, h_t; each event's seed attends to it (one pair each)
@@ -380,12 +367,13 @@ class SetDecoder(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Attention pooling over the sequence (softmax over t of h_t . z_t), then an MLP."""
+    """Attention pooling over the sequence (softmax over t of h_t . z_t) beside the last
+    state h_T, then an MLP."""
 
     def __init__(self, c: ModelConfig):
         super().__init__()
         d = c.latent_dim
-        self.mlp = nn.Sequential(nn.Linear(d, d // 2), nn.ReLU(), nn.Dropout(c.dropout), nn.Linear(d // 2, c.num_classes))
+        self.mlp = nn.Sequential(nn.Linear(2 * d, d // 2), nn.ReLU(), nn.Dropout(c.dropout), nn.Linear(d // 2, c.num_classes))
 
     def forward(self, h: torch.Tensor, z: torch.Tensor, batch: Batch) -> torch.Tensor:
         # deviation: scores scaled by 1/sqrt(latent) (scaled dot product) so the softmax
@@ -393,7 +381,11 @@ class Classifier(nn.Module):
         scores = (h * z).sum(-1) / math.sqrt(h.shape[-1])  # [S]
         weights = segment_softmax(scores, batch.sets_per_patient).to(h.dtype)  # over each patient's sets
         pooled = segment_sum(weights.unsqueeze(-1) * h, batch.sets_per_patient)  # [B, d]
-        return self.mlp(pooled)
+        # deviation: the last state joins the pooled one. A softmax pooling is a weighted
+        # mean, whose patient-to-patient spread shrinks with the number of sets; h_T has
+        # attended to the whole stay and carries its length (the position code at T)
+        last = h.index_select(0, torch.cumsum(batch.sets_per_patient, 0) - 1)  # [B, d]
+        return self.mlp(torch.cat([pooled, last], dim=-1))
 
 
 # -- losses -------------------------------------------------------------------------------------
@@ -435,32 +427,42 @@ def kl_per_set(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float) -> torc
 
 
 class SeqSetVAE(nn.Module):
-    def __init__(self, config: ModelConfig, embedding: torch.Tensor):
+    def __init__(self, config: ModelConfig, embedding: torch.Tensor, class_weights: tuple[float, ...] | None = None):
         super().__init__()
         if embedding.dim() != 2:
             raise InputError(f"SeqSetVAE: the embedding must be a [V, D] tensor, got shape {tuple(embedding.shape)}")
         self.config = config
         # frozen input, not a parameter; not saved with the weights (persistent=False)
         self.register_buffer("embedding", embedding.detach().float().clone(), persistent=False)
+        # cross-entropy weight of each class (train.class_weights); a training choice, not saved
+        weights = torch.ones(config.num_classes) if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", weights, persistent=False)
         self.reduce = nn.Linear(embedding.shape[1], config.reduced_dim)  # W: input_dim -> reduced_dim
         self.encoder = SetEncoder(config)
         self.sequence = SequenceModel(config)
         self.decoder = SetDecoder(config)
         self.classifier = Classifier(config)
 
-    def tokens(self, batch: Batch) -> torch.Tensor:
-        """[E, reduced]: normalize(W emb[variable]) * value, projecting each variable once."""
+    def tokens(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """([E, reduced] tokens normalize(W emb[variable]) * value, [E, reduced] the unit
+        directions normalize(W emb[variable])), projecting each variable of the batch once."""
         table = F.normalize(self.reduce(self.embedding.index_select(0, batch.batch_variables)), dim=-1)  # [U, r]
-        return table.index_select(0, batch.event_variable) * batch.values.unsqueeze(-1).to(table.dtype)
+        directions = table.index_select(0, batch.event_variable)  # [E, r]
+        return directions * batch.values.unsqueeze(-1).to(table.dtype), directions
 
-    def forward(self, batch: Batch, step: int) -> ModelOutput:
+    def forward(self, batch: Batch, weights: LossWeights) -> ModelOutput:
         c = self.config
-        tokens = self.tokens(batch)  # [E, r]
-        mu, logvar = self.encoder(tokens, batch)  # [S, d] each
+        tokens, directions = self.tokens(batch)  # [E, r] each
+        mu, logvar = self.encoder(tokens, directions, batch)  # [S, d] each
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
         h = self.sequence(z, batch)  # [S, d]
         recon = self.decoder(h, batch)  # [E, r]
-        logits = self.classifier(h, z, batch)  # [B, C]
+        # deviation: the classifier reads the sequence of posterior means, in training as in
+        # evaluation. Through the sampled z it learnt from noise that evaluation never shows
+        # (the samples' noise drowns the patient-to-patient signal), so its evaluation
+        # predictions were nearly constant and could rank worse than chance
+        h_pred = self.sequence(mu, batch) if self.training else h  # [S, d]
+        logits = self.classifier(h_pred, mu, batch)  # [B, C]
 
         # deviation: the target is detached; letting the loss move W through the target
         # would reward collapsing all variables onto one direction.
@@ -468,17 +470,17 @@ class SeqSetVAE(nn.Module):
         kl_raw = kl_per_set(mu, logvar, free_bits=0.0)
         kl_set = kl_raw.clamp(min=c.free_bits * mu.shape[-1])
         ce_per_patient = F.cross_entropy(at_least_float32(logits), batch.labels, label_smoothing=c.label_smoothing, reduction="none")
+        # a patient's CE times its class's weight; the mean over patients is not renormalised
+        # by the batch's weights, so the loss of a batch is the mean of its patients' losses
+        ce_per_patient = ce_per_patient * self.class_weights.index_select(0, batch.labels)
         recon_loss, kl, ce = recon_per_set.mean(), kl_set.mean(), ce_per_patient.mean()
-        beta, recon_w, pred_w = loss_weights(c, step, self.training)
         return ModelOutput(
             logits=logits,
-            loss=pred_w * ce + recon_w * recon_loss + beta * kl,
+            loss=weights.pred * ce + weights.recon * recon_loss + weights.beta * kl,
             recon=recon_loss,
             kl=kl,
             ce=ce,
-            beta=beta,
-            recon_weight=recon_w,
-            pred_weight=pred_w,
+            weights=weights,
             mu=mu,
             h=h,
             recon_per_set=recon_per_set,

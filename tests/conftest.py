@@ -19,9 +19,9 @@ TINY_PIPELINE_CONFIG = {
     "model": {
         "reduced_dim": 16, "latent_dim": 32, "levels": 1, "inducing_points": 4, "heads": 2,
         "transformer_layers": 1, "transformer_heads": 2, "ff_dim": 32,
-        "beta_warmup_steps": 20, "pred_warmup_steps": 10, "recon_decay_steps": 40,
     },
-    "train": {"batch_sizes": [1, 2], "epochs": 1, "lr": 0.001, "checkpoint_every": 5, "log_every": 5, "device": "cpu"},
+    "train": {"batch_sizes": [1, 2], "seeds": [0], "epochs": 1, "lr": 0.001, "checkpoint_every": 5, "log_every": 5,
+              "device": "cpu", "validations_per_epoch": 2},
     "evaluate": {"bootstrap_resamples": 200, "seed": 0},
     "resources": {
         "data": {"mem_mb": 500, "runtime": 10, "threads": 1},
@@ -63,3 +63,33 @@ def synthetic_raw(tmp_path_factory):
     settings = load_settings({"synthetic": {"patients": 80, "seed": 1}})
     write_csvs(settings, root / "events.csv", root / "labels.csv")
     return root / "events.csv", root / "labels.csv", settings
+
+
+@pytest.fixture(scope="session")
+def small_shards(tmp_path_factory):
+    """A folder with the data stages' outputs for 80 synthetic patients (test split 40%):
+    `shards/`, `embedding.safetensors`, `vocab.json`, ... built by the stages' own commands."""
+    import json
+
+    from seqsetvae import cli
+
+    r = tmp_path_factory.mktemp("small_shards")
+    settings = json.dumps(
+        {
+            "synthetic": {"patients": 80, "variables": 10, "mean_sets": 6, "mean_events": 18, "seed": 3},
+            "data": {"split_fractions": {"train": 0.5, "valid": 0.1, "test": 0.4}},
+            "embedding": {"dim": 16},
+        }
+    )
+    for argv in (
+        ["synthetic", "--events", f"{r}/events.csv", "--labels", f"{r}/labels.csv"],
+        ["splits", "--labels", f"{r}/labels.csv", "--out", f"{r}/splits.csv"],
+        ["ingest", "--events", f"{r}/events.csv", "--labels", f"{r}/labels.csv", "--splits", f"{r}/splits.csv",
+         "--out", f"{r}/events", "--threads", "1"],
+        ["stats", "--events", f"{r}/events", "--stats", f"{r}/stats.json", "--vocab", f"{r}/vocab.json"],
+        ["embedding", "--vocab", f"{r}/vocab.json", "--out", f"{r}/embedding.safetensors"],
+        ["shards", "--events", f"{r}/events", "--stats", f"{r}/stats.json", "--vocab", f"{r}/vocab.json",
+         "--out", f"{r}/shards", "--qc", f"{r}/shards_qc.json"],
+    ):  # fmt: skip
+        assert cli.main([argv[0], "--settings", settings, *argv[1:]]) == 0, argv
+    return r

@@ -10,10 +10,11 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, average_precision_score, brier_score_loss, roc_auc_score
 
-from seqsetvae import cli
 from seqsetvae.errors import InputError
 from seqsetvae.evaluation import evaluate
 from seqsetvae.evaluation.metrics import ActiveUnits, auprc_rows, auroc_rows, bootstrap_ci, classification_metrics
+from seqsetvae.settings import load_settings
+from seqsetvae.training.schedule import evaluation_weights
 
 MODEL = {"reduced_dim": 16, "latent_dim": 16, "levels": 1, "inducing_points": 4, "heads": 2,
          "transformer_layers": 1, "transformer_heads": 2, "ff_dim": 32}  # fmt: skip
@@ -72,32 +73,12 @@ def test_active_units_constructed_case():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(small_shards):
     """Shards of 80 synthetic patients and an untrained small model's run files."""
     from seqsetvae.model import ModelConfig, SeqSetVAE
     from seqsetvae.training.checkpoint import save_weights
 
-    root = tmp_path_factory.mktemp("evaluate")
-    settings = json.dumps(
-        {
-            "synthetic": {"patients": 80, "variables": 10, "mean_sets": 6, "mean_events": 18, "seed": 3},
-            "data": {"split_fractions": {"train": 0.5, "valid": 0.1, "test": 0.4}},
-            "embedding": {"dim": 16},
-        }
-    )
-    r = root
-    for argv in (
-        ["synthetic", "--events", f"{r}/events.csv", "--labels", f"{r}/labels.csv"],
-        ["splits", "--labels", f"{r}/labels.csv", "--out", f"{r}/splits.csv"],
-        ["ingest", "--events", f"{r}/events.csv", "--labels", f"{r}/labels.csv", "--splits", f"{r}/splits.csv",
-         "--out", f"{r}/events", "--threads", "1"],
-        ["stats", "--events", f"{r}/events", "--stats", f"{r}/stats.json", "--vocab", f"{r}/vocab.json"],
-        ["embedding", "--vocab", f"{r}/vocab.json", "--out", f"{r}/embedding.safetensors"],
-        ["shards", "--events", f"{r}/events", "--stats", f"{r}/stats.json", "--vocab", f"{r}/vocab.json",
-         "--out", f"{r}/shards", "--qc", f"{r}/shards_qc.json"],
-    ):  # fmt: skip
-        assert cli.main([argv[0], "--settings", settings, *argv[1:]]) == 0, argv
-
+    r = small_shards
     from safetensors.torch import load_file
 
     embedding = load_file(f"{r}/embedding.safetensors")["embedding"]
@@ -167,7 +148,7 @@ def test_predictions_and_loss_terms_do_not_depend_on_the_batch_size(trained):
     model = evaluate.load_model(run_config, embedding, trained / "best.safetensors", torch.device("cpu"))
     reader = ShardReader(str(trained / "shards"), "test")
     with torch.no_grad():
-        out = model(collate(reader.take(np.arange(len(reader)))), 12)
+        out = model(collate(reader.take(np.arange(len(reader)))), evaluation_weights(load_settings({})["model"]))
     np.testing.assert_allclose(torch.softmax(out.logits, -1)[:, 1].numpy(), p1.probability, atol=1e-5)
     assert one["recon"] == pytest.approx(float(out.recon_per_set.mean()), rel=1e-5)
     assert one["kl"] == pytest.approx(float(out.kl_raw_per_set.mean()), rel=1e-5)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from seqsetvae.batching import collate, random_patients
 from seqsetvae.data.ragged import RaggedPatients
 from seqsetvae.errors import InputError
-from seqsetvae.model import ModelConfig, SeqSetVAE, chamfer_per_set, kl_per_set, loss_weights
+from seqsetvae.model import ModelConfig, SeqSetVAE, chamfer_per_set, kl_per_set
+from seqsetvae.training.schedule import LossWeights
 
 SMALL = ModelConfig(
     reduced_dim=16,
@@ -26,10 +27,8 @@ SMALL = ModelConfig(
     transformer_layers=2,
     transformer_heads=2,
     ff_dim=64,
-    beta_warmup_steps=10,
-    pred_warmup_steps=10,
-    recon_decay_steps=20,
 )
+W = LossWeights(beta=0.05, recon=0.5, pred=1.0)  # loss weights of a forward (the schedule's job)
 VOCAB, EMB_DIM = 30, 24
 
 
@@ -90,10 +89,10 @@ def test_patient_outputs_do_not_depend_on_batch_mates_or_order():
         alone = []
         for i in range(patients.n_patients):
             batch = collate(patients.take([i]))
-            alone.append(per_patient(model(batch, 5), batch, 0))
+            alone.append(per_patient(model(batch, W), batch, 0))
         order = np.random.default_rng(0).permutation(patients.n_patients)
         batch = collate(patients.take(order))
-        together = model(batch, 5)
+        together = model(batch, W)
     for position, i in enumerate(order):
         got = per_patient(together, batch, position)
         for key, expected in alone[i].items():
@@ -108,7 +107,7 @@ def test_no_gradient_crosses_patients_and_single_event_sets_are_finite():
     model = small_model()
     batch = collate(patients)
     batch.values = batch.values.double().requires_grad_(True)
-    out = model(batch, 5)
+    out = model(batch, W)
     assert all(torch.isfinite(t).all() for t in (out.loss, out.logits, out.mu, out.h, out.recon_per_set))
     target = 2  # the patient of one set of one event
     mine = batch.set_patient == target
@@ -125,7 +124,7 @@ def test_padded_sequence_slots_get_zero_gradient_and_change_nothing():
     padded = ~batch.sequence_mask
     assert padded.any()
     with torch.no_grad():
-        reference = model(batch, 5)
+        reference = model(batch, W)
     captured = {}
 
     def fill_padding_with_garbage(module, args, kwargs):
@@ -136,7 +135,7 @@ def test_padded_sequence_slots_get_zero_gradient_and_change_nothing():
 
     handle = model.sequence.transformer.register_forward_pre_hook(fill_padding_with_garbage, with_kwargs=True)
     try:
-        out = model(batch, 5)
+        out = model(batch, W)
     finally:
         handle.remove()
     torch.testing.assert_close(out.h, reference.h, rtol=1e-10, atol=1e-10)
@@ -150,7 +149,7 @@ def test_every_set_of_one_event_trains_without_nan():
     model.train()
     batch = collate(random_patients(3, mean_sets=10, mean_events=10, vocab_size=VOCAB, seed=4))
     assert int(batch.set_sizes.max()) == 1
-    out = model(batch, 3)
+    out = model(batch, W)
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -169,7 +168,7 @@ def test_event_order_inside_a_set_does_not_change_its_encoding():
                               patients.values[mirrored], patients.set_times, patients.set_offsets,
                               patients.patient_offsets)
     with torch.no_grad():
-        a, b = model(collate(patients), 5), model(collate(shuffled), 5)
+        a, b = model(collate(patients), W), model(collate(shuffled), W)
     for key in ("mu", "h", "logits", "recon_per_set", "kl_per_set"):
         torch.testing.assert_close(getattr(a, key), getattr(b, key), rtol=1e-6, atol=1e-6, msg=key)
 
@@ -184,7 +183,7 @@ def test_changing_a_later_set_leaves_earlier_states_unchanged():
     changed.values[patients.set_offsets[t] : patients.set_offsets[t + 1]] += 3.0
     changed.set_times[t] += 1.0
     with torch.no_grad():
-        a, b = model(collate(patients), 5), model(collate(changed), 5)
+        a, b = model(collate(patients), W), model(collate(changed), W)
     torch.testing.assert_close(a.h[:t], b.h[:t], rtol=0, atol=0)
     assert (a.h[t:patients.patient_offsets[1]] - b.h[t:patients.patient_offsets[1]]).abs().amax(-1).min() > 1e-6
     torch.testing.assert_close(a.h[patients.patient_offsets[1]:], b.h[patients.patient_offsets[1]:], rtol=0, atol=0)
@@ -195,9 +194,9 @@ def test_decoder_is_deterministic_in_eval():
     batch = collate(random_patients(2, mean_sets=6, mean_events=20, vocab_size=VOCAB, seed=7))
     with torch.no_grad():
         torch.manual_seed(1)
-        a = model(batch, 5)
+        a = model(batch, W)
         torch.manual_seed(2)
-        b = model(batch, 5)
+        b = model(batch, W)
     assert torch.equal(a.recon_per_set, b.recon_per_set) and torch.equal(a.logits, b.logits)
 
 
@@ -273,22 +272,15 @@ def test_chamfer_and_kl_match_loop_references():
     assert got[0].item() == pytest.approx(0.8)
 
 
-def test_total_loss_and_schedules():
-    config = ModelConfig(max_beta=0.2, beta_warmup_steps=100, pred_weight=2.0, pred_warmup_steps=50, recon_decay_steps=200)
-    assert loss_weights(config, 0, training=True) == (0.0, 1.0, 0.0)
-    assert loss_weights(config, 25, training=True) == pytest.approx((0.05, 0.875, 0.5))
-    assert loss_weights(config, 150, training=True) == pytest.approx((0.2, 0.5, 2.0))
-    assert loss_weights(config, 10, training=False) == pytest.approx((0.02, 0.5, 2.0))
-    assert loss_weights(ModelConfig(beta_warmup_steps=0, pred_warmup_steps=0, recon_decay_steps=0), 0, True) == (0.1, 0.5, 1.0)
-
+def test_total_loss_weighs_the_terms():
     model = small_model()
     batch = collate(random_patients(3, mean_sets=5, mean_events=15, vocab_size=VOCAB, seed=9))
     with torch.no_grad():
-        out = model(batch, 7)
-    assert (out.beta, out.recon_weight, out.pred_weight) == pytest.approx((0.07, 0.5, 1.0))
+        out = model(batch, W)
+    assert out.weights == W
     ce = F.cross_entropy(out.logits, batch.labels, label_smoothing=0.1)
     torch.testing.assert_close(out.ce, ce)
-    torch.testing.assert_close(out.loss, out.pred_weight * ce + 0.5 * out.recon + out.beta * out.kl)
+    torch.testing.assert_close(out.loss, W.pred * ce + W.recon * out.recon + W.beta * out.kl)
     torch.testing.assert_close(out.kl, out.kl_per_set.mean())
     assert out.mu.shape == out.h.shape == (batch.n_sets, SMALL.latent_dim)
     assert out.logits.shape == (3, 2)
@@ -314,7 +306,6 @@ def test_embedding_is_a_frozen_buffer_and_groups_split_the_set_encoder():
 def test_config_from_settings_fills_defaults_and_checks_heads():
     config = ModelConfig.from_settings({"latent_dim": 64})
     assert (config.latent_dim, config.reduced_dim, config.inducing_points, config.time_encoding) == (64, 256, 16, "log1p_minutes")
-    assert config.beta_warmup_steps == 5000
     with pytest.raises(InputError, match="model.heads"):
         ModelConfig.from_settings({"latent_dim": 30, "heads": 4})
     with pytest.raises(InputError, match="model.time_encoding"):
@@ -328,7 +319,7 @@ def test_encoder_and_decoder_process_exactly_the_real_events():
     model.encoder.embed.register_forward_hook(lambda m, a, o: rows.__setitem__("encoder", a[0].shape[0]))
     model.decoder.out.register_forward_hook(lambda m, a, o: rows.__setitem__("decoder", a[0].shape[0]))
     with torch.no_grad():
-        model(batch, 0)
+        model(batch, W)
     assert rows == {"encoder": batch.n_events, "decoder": batch.n_events}
     assert batch.n_events / rows["encoder"] >= 0.85
 
@@ -338,7 +329,7 @@ def test_bf16_autocast_forward_and_backward_are_finite():
     model = SeqSetVAE(SMALL, torch.randn(VOCAB, EMB_DIM)).train()
     batch = collate(random_patients(2, mean_sets=10, mean_events=30, vocab_size=VOCAB, seed=11))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(batch, 5)
+        out = model(batch, W)
     out.loss.backward()
     assert torch.isfinite(out.loss) and out.loss.dtype == torch.float32
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -358,13 +349,13 @@ def test_overfits_a_tiny_separable_dataset():
     optimizer = torch.optim.AdamW(model.parameter_groups(lr=3e-3, setvae_lr_factor=1.0))
     first = None
     for step in range(150):
-        out = model(batch, step + 1000)  # schedules fully warmed up
+        out = model(batch, W)  # schedules fully warmed up
         optimizer.zero_grad()
         out.loss.backward()
         optimizer.step()
         first = out.ce.item() if first is None else first
     model.eval()
     with torch.no_grad():
-        out = model(batch, 2000)
+        out = model(batch, W)
     assert first > 0.6 and out.ce.item() < 0.3  # label smoothing 0.1 floors the CE near 0.2
     assert torch.equal(out.logits.argmax(-1), batch.labels)

@@ -10,25 +10,26 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_report import section_table, shown
+from test_pipeline_data import planned_jobs
+from test_report import shown, table
 
 REPO = Path(__file__).resolve().parents[1]
-BATCH_SIZES = [1, 2]
+BATCH_SIZES, SEEDS = [1, 2], [0, 1]
 CONFIG = {
     "synthetic": {"patients": 60, "variables": 12, "mean_sets": 8, "mean_events": 24, "seed": 0},
     "data": {"split_fractions": {"train": 0.6, "valid": 0.2, "test": 0.2}},
     "embedding": {"dim": 16},
     "model": {"reduced_dim": 16, "latent_dim": 32, "levels": 1, "inducing_points": 4, "heads": 2,
-              "transformer_layers": 1, "transformer_heads": 2, "ff_dim": 32,
-              "beta_warmup_steps": 20, "pred_warmup_steps": 10, "recon_decay_steps": 40},
-    "train": {"batch_sizes": BATCH_SIZES, "epochs": 1, "lr": 0.001, "device": "cpu"},
+              "transformer_layers": 1, "transformer_heads": 2, "ff_dim": 32},
+    "train": {"batch_sizes": BATCH_SIZES, "seeds": SEEDS, "epochs": 1, "lr": 0.001, "device": "cpu",
+              "validations_per_epoch": 3, "noise_scale": {"per_epoch": 2, "patients": 4}},
     "evaluate": {"bootstrap_resamples": 200, "seed": 0},
 }  # fmt: skip
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, config: str = "config.yaml") -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]  # fmt: skip
+               "--configfile", str(workdir / config), "--cores", "2", *args]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
@@ -39,43 +40,49 @@ def test_pipeline_end_to_end(tmp_path):
     assert run.returncode == 0, run.stderr[-5000:]
     results = tmp_path / "results"
     text = (tmp_path / "reports" / "batch_comparison.md").read_text()
+    study = json.loads((tmp_path / "reports" / "batch_comparison.json").read_text())
 
-    speed = section_table(text, "Training speed")
-    quality = section_table(text, "Test-set quality")
-    memory = section_table(text, "Memory")
-    for table in (speed, quality, memory):
-        assert table["batch size"].astype(int).tolist() == BATCH_SIZES
-
-    base = json.loads((results / "runs" / "bs1" / "metrics.json").read_text())
+    # one run directory per (batch size, seed), all scored on the same test patients
+    assert [e["batch_size"] for e in study["batch_sizes"]] == BATCH_SIZES
+    quality = table(text, "## Test-set quality")
+    test_ids = None
     for i, b in enumerate(BATCH_SIZES):
-        train = json.loads((results / "runs" / f"bs{b}" / "metrics.json").read_text())
-        evaluation = json.loads((results / "eval" / f"bs{b}.json").read_text())
-        mem = json.loads((results / "memory" / f"bs{b}.json").read_text())
-        assert train["batch_size"] == evaluation["batch_size"] == mem["batch_size"] == b
-        row = speed.iloc[i]
-        assert shown(row["patients/s"], train["patients_per_s"])
-        assert shown(row["relative speed"], train["patients_per_s"] / base["patients_per_s"])
-        assert shown(row["event-slot fill"], train["fill_ratio"])
-        assert int(row["epochs"]) == 1 and int(row["steps"]) == train["steps"]
-        row = quality.iloc[i]
-        predictions = pd.read_parquet(results / "eval" / f"bs{b}_predictions.parquet")
-        assert len(predictions) == evaluation["n_patients"] > 0
-        if evaluation["auroc"] is not None:  # a test split of one class has no AUROC
-            assert shown(row["AUROC"], evaluation["auroc"])
-            assert shown(row["AUROC 95% CI"], evaluation["auroc_ci"])
-        assert shown(row["Brier"], evaluation["brier"])
-        assert shown(row["reconstruction"], evaluation["recon"])
-        assert shown(row["KL"], evaluation["kl"])
-        assert row["active units"] == f"{evaluation['active_units']['active']} / 32"
-        row = memory.iloc[i]
-        assert shown(row["train peak RSS (MiB)"], mem["train"]["peak_rss_mb"])
-        assert mem["train"]["peak_rss_mb"] == train["peak_rss_mb"]
-        assert mem["eval"]["peak_rss_mb"] == evaluation["memory"]["peak_rss_mb"]
+        entry = study["batch_sizes"][i]
+        assert entry["seeds"] == SEEDS
+        for s in SEEDS:
+            train = json.loads((results / "runs" / f"bs{b}" / f"seed{s}" / "metrics.json").read_text())
+            evaluation = json.loads((results / "eval" / f"bs{b}" / f"seed{s}.json").read_text())
+            assert train["batch_size"] == evaluation["batch_size"] == b and train["seed"] == evaluation["seed"] == s
+            assert train["validations"] == 3 and train["noise_scale"]["measurements"] == 2
+            predictions = pd.read_parquet(results / "eval" / f"bs{b}" / f"seed{s}_predictions.parquet")
+            ids = sorted(predictions.patient_id)
+            assert test_ids is None or ids == test_ids
+            test_ids = ids
+        assert shown(quality.iloc[i]["test AUROC (mean)"], entry["test_auroc"]["mean"])
+        assert entry["validation_points"] == 3
+    assert study["test_split"]["patients"] == len(test_ids)
+    assert [b["name"] for b in study["baselines"]] == ["logistic_regression", "gradient_boosting"]
+    baseline = pd.read_parquet(results / "baselines" / "logistic_regression_predictions.parquet")
+    assert sorted(baseline.patient_id) == test_ids
+    assert study["summary"] == [line[2:] for line in text.split("## Summary\n", 1)[1].split("\n## ", 1)[0].strip().splitlines()]
 
-    for name in ("throughput_memory", "training_curves", "roc_curves"):
+    for name in ("validation_curves", "training_loss", "throughput_memory"):
         assert f"](figures/{name}.png)" in text
         assert (tmp_path / "reports" / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
     # everything is up to date afterwards: a second run has nothing to do
     again = snakemake(tmp_path, "-n", "reports/batch_comparison.md")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    # a new seed trains only its own runs (and re-reports); nothing else reruns
+    CONFIG["train"]["seeds"] = SEEDS + [2]
+    (tmp_path / "more.yaml").write_text(yaml.safe_dump(CONFIG))
+    dry = snakemake(tmp_path, "-n", "all", config="more.yaml")
+    CONFIG["train"]["seeds"] = SEEDS
+    assert planned_jobs(dry.stdout + dry.stderr) == {"train": 2, "evaluate": 2, "memory": 2, "report": 1, "all": 1}
+
+    # the browsable Snakemake report holds the report() outputs with their captions
+    html = snakemake(tmp_path, "--report", str(tmp_path / "report.html"))
+    assert html.returncode == 0, html.stderr[-3000:]
+    page = (tmp_path / "report.html").read_text(errors="replace")
+    assert "Batch-size study" in page and "validation_curves.png" in page

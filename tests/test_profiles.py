@@ -20,7 +20,7 @@ SLURM_PROFILE = REPO / "profiles" / "slurm"
 LOCAL_PROFILE = REPO / "profiles" / "local"
 # rules whose jobs run inside the Snakemake process, never as cluster jobs
 LOCAL_RULES = {"all", "shards", "train_all", "splits", "embedding", "qc", "memory", "report"}
-CLUSTER_RULES = {"synthetic_data", "ingest", "stats", "make_shards", "train", "evaluate"}
+CLUSTER_RULES = {"synthetic_data", "ingest", "stats", "make_shards", "train", "evaluate", "baseline"}
 DATA_RULES = {"synthetic_data", "ingest", "stats", "make_shards"}
 
 needs_slurm_plugin = pytest.mark.skipif(
@@ -119,7 +119,7 @@ def test_slurm_dry_run_jobs_and_resources(tmp_path, tiny_pipeline_config):
     counts = {rule: len(found) for rule, found in jobs.items()}
     assert counts == {**{rule: 1 for rule in (LOCAL_RULES | CLUSTER_RULES) - {"shards", "train_all"}},
                       "train": 2, "evaluate": 2, "memory": 2}  # fmt: skip
-    assert sorted(job["wildcards"] for job in jobs["train"]) == ["bs=1", "bs=2"]
+    assert sorted(job["wildcards"] for job in jobs["train"]) == ["bs=1, seed=0", "bs=2, seed=0"]
     for rule in DATA_RULES:
         (job,) = jobs[rule]
         assert (job["resources"]["mem_mb"], job["resources"]["runtime"]) == ("1500", "15"), rule
@@ -148,7 +148,7 @@ def test_local_run_gives_training_every_core(tmp_path, tiny_pipeline_config):
 
 @needs_slurm_plugin
 def test_train_and_evaluate_can_share_one_cluster_job(tmp_path, tiny_pipeline_config):
-    """README's optional grouping: one group job per batch size, holding its train and evaluate."""
+    """README's optional grouping: one group job per run, holding its train and evaluate."""
     groups = ["--groups", "train=train_evaluate", "evaluate=train_evaluate"]
     jobs = dry_run(tmp_path, tiny_pipeline_config(), "--profile", str(SLURM_PROFILE), *groups)
     members = {}
@@ -156,6 +156,6 @@ def test_train_and_evaluate_can_share_one_cluster_job(tmp_path, tiny_pipeline_co
         if job["group"] is not None:
             members.setdefault(job["group"], set()).add((job["rule"], job["wildcards"]))
     assert sorted(members.values(), key=sorted) == [
-        {("evaluate", f"bs={b}"), ("train", f"bs={b}")} for b in (1, 2)
+        {("evaluate", f"bs={b}, seed=0"), ("train", f"bs={b}, seed=0")} for b in (1, 2)
     ]
     assert all(job["group"] is None for job in jobs if job["rule"] not in ("train", "evaluate"))

@@ -14,129 +14,129 @@ from seqsetvae.errors import InputError
 from seqsetvae.evaluation import memory
 from seqsetvae.evaluation.evaluate import write_predictions
 from seqsetvae.evaluation.metrics import classification_metrics
+from seqsetvae.evaluation.paired import paired_differences
 from seqsetvae.reports import batch_comparison as report
 
 BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+N_TEST, N_TRAIN = 200, 40
+LABELS = np.tile([0, 1, 0, 0], N_TEST // 4)
+IDS = [f"P{i:03d}" for i in range(N_TEST)]
+SETTINGS = {"train": {"epochs": 2, "lr": 1e-3, "lr_scaling": "sqrt", "lr_reference_batch_size": 1, "lr_schedule": "cosine",
+                      "lr_warmup_epochs": 0.1, "validations_per_epoch": 2},
+            "model": {"beta_warmup_epochs": 1.0, "pred_warmup_epochs": 0.0, "recon_decay_epochs": 1.0},
+            "evaluate": {"bootstrap_resamples": 200, "seed": 0}, "report": {"reference_batch_size": 1, "target_share": 0.95}}  # fmt: skip
 
 
-def write_run(results: Path, b: int, *, patients_per_s: float, auroc_shift: float, rss: float, seed: int, gpu: float | None = None) -> None:
-    """Every file the training, evaluation and benchmark records would hold for batch size b."""
-    run = results / "runs" / f"bs{b}"
+def probabilities(signal: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return 1 / (1 + np.exp(-(signal * (LABELS - 0.5) + rng.standard_normal(N_TEST))))
+
+
+def write_run(results: Path, b: int, seed: int, *, speed: float, signal: float, rss: float, gpu: float | None = None) -> None:
+    """Every file the training, evaluation and benchmark records would hold for one run."""
+    name = f"bs{b}/seed{seed}"
+    run = results / "runs" / name
     run.mkdir(parents=True)
-    steps_per_epoch = 40 // b
-    (run / "metrics.json").write_text(
-        json.dumps(
-            {
-                "batch_size": b, "patients_per_s": patients_per_s, "events_per_s": patients_per_s * 150.0,
-                "fill_ratio": 1.0 if b == 1 else 0.8, "wall_time_s": 1000.0 / patients_per_s, "train_time_s": 800 / patients_per_s,
-                "epochs": 2, "steps": 2 * steps_per_epoch, "peak_rss_mb": rss, "cuda_max_allocated_mb": gpu,
-                "cuda_max_reserved_mb": gpu and gpu * 1.5, "device": "cuda" if gpu else "cpu", "threads": 2, "precision": "fp32",
-                "torch_version": "2.13.0+cpu", "best_epoch": 2, "best_val_auroc": 0.7,
-                "largest_batch": {"patients": b, "events": 300 * b, "sets": 100 * b}, "lr": 1e-3,
-            }
-        )
-    )  # fmt: skip
-    lines = []
-    for epoch in (1, 2):
-        for s in range(1, steps_per_epoch + 1):
-            step = (epoch - 1) * steps_per_epoch + s
-            lines.append({"kind": "step", "epoch": epoch, "step": step, "loss": 3.0 / step, "recon": 1.0, "kl": 0.1,
-                          "ce": 0.6, "beta": 0.0, "lr": 1e-3, "recon_weight": 1.0, "pred_weight": 0.1,
-                          "patients_per_s": patients_per_s, "events_per_s": 1.0, "fill_ratio": 1.0,
-                          "batch_patients": b, "batch_events": 300 * b})  # fmt: skip
-        lines.append({"kind": "epoch", "epoch": epoch, "step": epoch * steps_per_epoch, "train_loss": 1.0,
-                      "val_loss": 1.1, "val_auroc": 0.6 + 0.05 * epoch, "val_auprc": 0.5, "wall_time_s": 10.0 * epoch})  # fmt: skip
+    steps_per_epoch = -(-N_TRAIN // b)
+    patients_per_s = speed * (1 + 0.1 * seed)
+    (run / "metrics.json").write_text(json.dumps({
+        "batch_size": b, "seed": seed, "patients_per_s": patients_per_s, "events_per_s": patients_per_s * 150.0,
+        "fill_ratio": 1.0, "wall_time_s": 100.0 / patients_per_s, "train_time_s": 80 / patients_per_s, "epochs": 2,
+        "steps": 2 * steps_per_epoch, "train_patients": N_TRAIN, "peak_rss_mb": rss + seed, "cuda_max_allocated_mb": gpu,
+        "cuda_max_reserved_mb": gpu and gpu * 1.5, "device": "cuda" if gpu else "cpu", "threads": 2, "precision": "fp32",
+        "torch_version": "2.13.0+cpu", "largest_batch": {"patients": b, "events": 300 * b, "sets": 100 * b}, "lr": 1e-3 * b**0.5,
+    }))  # fmt: skip
+    lines, samples, step, k = [], 0, 0, 0
+    batches = [min(b, N_TRAIN - start) for _ in range(2) for start in range(0, N_TRAIN, b)]  # an epoch's last batch is short
+    for size in batches:
+        samples, step = samples + size, step + 1
+        lines.append({"kind": "step", "step": step, "samples": samples, "loss": 3.0 / step})
+        if step == 2:
+            lines.append({"kind": "noise_scale", "step": step, "epochs": samples / N_TRAIN, "gradient_sq": 2.0, "trace_sigma": 8.0 * b})
+        if samples >= (k + 1) * N_TRAIN // 2:  # validations_per_epoch 2
+            k += 1
+            lines.append({"kind": "validation", "validation": k, "step": step, "samples": samples, "val_auroc": 0.5 + 0.1 * k - 0.01 * b,
+                          "val_loss": 1.0, "train_time_s": step / patients_per_s, "wall_time_s": 2 * step / patients_per_s})  # fmt: skip
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
 
-    rng = np.random.default_rng(seed)
-    labels = np.tile([0, 1], 100)
-    probabilities = 1 / (1 + np.exp(-(auroc_shift * (labels - 0.5) + rng.standard_normal(200))))
-    ids = [f"P{i}" for i in range(200)]
-    (results / "eval").mkdir(exist_ok=True)
-    write_predictions(results / "eval" / f"bs{b}_predictions.parquet", ids, labels, probabilities)
-    evaluation = {
-        "batch_size": b,
-        **classification_metrics(labels, probabilities, 200, 0),
-        "recon": 0.5 + b / 100,
-        "kl": 0.2 + b / 1000,
-        "active_units": {"active": 10 + b, "units": 32, "threshold": 0.01, "sets": 999},
-        "inference": {"patients_per_s": 4 * patients_per_s, "events_per_s": 1.0, "time_s": 1.0, "batches": 10},
-        "memory": {"peak_rss_mb": rss * 0.8, "cuda_max_allocated_mb": gpu and gpu / 4, "cuda_max_reserved_mb": gpu and gpu / 2},
-        "largest_batch": {"patients": b, "events": 10, "sets": 5},
-        "device": "cpu",
-    }
-    (results / "eval" / f"bs{b}.json").write_text(json.dumps(evaluation))
-
-    bench = results / "benchmarks"
-    (bench / "train").mkdir(parents=True, exist_ok=True)
-    (bench / "evaluate").mkdir(parents=True, exist_ok=True)
-    # training record complete; evaluation record without memory samples (short job)
-    (bench / "train" / f"bs{b}.tsv").write_text(BENCHMARK_HEADER + f"{1000.0 / patients_per_s:.2f}\t0:00:10\t{rss + 5:.2f}\t1\t1\t1\t0\t0\t90\t10\n")
-    (bench / "evaluate" / f"bs{b}.tsv").write_text(BENCHMARK_HEADER + "2.51\t0:00:02\t-\t-\t-\t-\tNA\tNA\t-\t-\n")
+    p = probabilities(signal, seed=100 * b + seed)
+    (results / "eval" / f"bs{b}").mkdir(parents=True, exist_ok=True)
+    write_predictions(results / "eval" / f"{name}_predictions.parquet", IDS, LABELS, p)
+    evaluation = {"batch_size": b, "seed": seed, **classification_metrics(LABELS, p, 200, 0), "recon": 0.5 + b / 100, "kl": 0.2,
+                  "active_units": {"active": 10 + b, "units": 32}, "inference": {"patients_per_s": 4 * speed},
+                  "memory": {"peak_rss_mb": rss * 0.8, "cuda_max_allocated_mb": gpu and gpu / 4, "cuda_max_reserved_mb": gpu and gpu / 2},
+                  "largest_batch": {"patients": b, "events": 10, "sets": 5}}  # fmt: skip
+    (results / "eval" / f"{name}.json").write_text(json.dumps(evaluation))
+    for job in ("train", "evaluate"):
+        (results / "benchmarks" / job / f"bs{b}").mkdir(parents=True, exist_ok=True)
+        (results / "benchmarks" / job / f"{name}.tsv").write_text(BENCHMARK_HEADER + f"10.0\t0:00:10\t{rss + 5:.2f}\t1\t1\t1\t0\t0\t90\t10\n")
+    rc = memory.main(["--batch-size", str(b), "--train-summary", str(run / "metrics.json"),
+                      "--train-benchmark", str(results / "benchmarks" / "train" / f"{name}.tsv"),
+                      "--eval-metrics", str(results / "eval" / f"{name}.json"),
+                      "--eval-benchmark", str(results / "benchmarks" / "evaluate" / f"{name}.tsv"),
+                      "--out", str(results / "memory" / f"{name}.json")])  # fmt: skip
+    assert rc == 0
 
 
-def build_results(tmp_path: Path, batch_sizes=(1, 2, 4), cuda: bool = False) -> Path:
+def write_baseline(results: Path, name: str, signal: float, val_auroc: float) -> None:
+    p = probabilities(signal, seed=len(name))
+    (results / "baselines").mkdir(parents=True, exist_ok=True)
+    write_predictions(results / "baselines" / f"{name}_predictions.parquet", IDS, LABELS, p)
+    summary = {"name": name, "split": "test", "chosen_on_valid": {"val_auroc": val_auroc}, **classification_metrics(LABELS, p, 200, 0)}
+    (results / "baselines" / f"{name}.json").write_text(json.dumps(summary))
+
+
+def build_results(tmp_path: Path, batch_sizes=(1, 4, 16), seeds=(0, 1), signals=None, cuda: bool = False) -> Path:
     results = tmp_path / "results"
-    speeds = {1: 10.0, 2: 25.0, 4: 20.0, 8: 30.0}
-    shifts = {1: 4.0, 2: 0.2, 4: 3.0, 8: 3.0}  # bs2 far worse: CIs must not overlap with bs1
+    speeds = {1: 10.0, 2: 12.0, 4: 25.0, 8: 22.0, 16: 20.0}
+    signals = signals or {1: 3.0, 2: 3.0, 4: 3.0, 8: 3.0, 16: 3.0}
     for b in batch_sizes:
-        gpu = 300.0 * b if cuda else None
-        write_run(results, b, patients_per_s=speeds[b], auroc_shift=shifts[b], rss=500.0 + 40 * b, seed=b, gpu=gpu)
-        rc = memory.main(
-            [
-                "--batch-size", str(b),
-                "--train-summary", str(results / "runs" / f"bs{b}" / "metrics.json"),
-                "--train-benchmark", str(results / "benchmarks" / "train" / f"bs{b}.tsv"),
-                "--eval-metrics", str(results / "eval" / f"bs{b}.json"),
-                "--eval-benchmark", str(results / "benchmarks" / "evaluate" / f"bs{b}.tsv"),
-                "--out", str(results / "memory" / f"bs{b}.json"),
-            ]
-        )  # fmt: skip
-        assert rc == 0
-    (results / "qc.json").write_text(
-        json.dumps({"rows_in": 73600, "rows_kept": 73500, "rows_dropped": {"duplicate_row": 60, "negative_time": 40},
-                    "by_split": {"train": {"patients": 40, "events": 12000, "sets": 4000},
-                                 "valid": {"patients": 5, "events": 1500, "sets": 500},
-                                 "test": {"patients": 200, "events": 60000, "sets": 20000}}})
-    )  # fmt: skip
+        for s in seeds:
+            write_run(results, b, s, speed=speeds[b], signal=signals[b], rss=500.0 + 40 * b, gpu=300.0 * b if cuda else None)
+    write_baseline(results, "logistic_regression", 2.0, 0.80)
+    write_baseline(results, "gradient_boosting", 4.0, 0.85)
+    (results / "qc.json").write_text(json.dumps({
+        "rows_in": 73600, "rows_kept": 73500, "rows_dropped": {"duplicate_row": 60, "negative_time": 40},
+        "by_split": {"train": {"patients": N_TRAIN, "events": 12000, "sets": 4000}, "valid": {"patients": 5, "events": 1500, "sets": 500},
+                     "test": {"patients": N_TEST, "events": 60000, "sets": 20000}}}))  # fmt: skip
     (results / "shards").mkdir()
     (results / "shards" / "index.json").write_text(json.dumps({"vocab_size": 40}))
     return results
 
 
-def run_report(tmp_path: Path, results: Path, batch_sizes) -> str:
+def run_report(tmp_path: Path, results: Path, batch_sizes=(1, 4, 16), seeds=(0, 1), settings=SETTINGS) -> tuple[str, dict]:
     out = tmp_path / "reports" / "batch_comparison.md"
-    settings = json.dumps({"train": {"batch_sizes": list(batch_sizes)}, "evaluate": {"bootstrap_resamples": 200, "seed": 0}})
-    rc = report.main(["--settings", settings, "--results", str(results), "--batch-sizes", *map(str, batch_sizes), "--out", str(out)])
-    assert rc == 0
-    return out.read_text()
+    argv = ["--settings", json.dumps(settings), "--results", str(results), "--batch-sizes", *map(str, batch_sizes),
+            "--seeds", *map(str, seeds), "--baselines", "logistic_regression", "gradient_boosting", "--out", str(out)]  # fmt: skip
+    assert report.main(argv) == 0
+    return out.read_text(), json.loads(out.with_suffix(".json").read_text())
 
 
-def section_table(text: str, heading: str) -> pd.DataFrame:
-    """The first Markdown table under `## heading`, as strings."""
-    body = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
-    lines = [line for line in body.splitlines() if line.startswith("|")]
+def section(text: str, heading: str) -> str:
+    return text.split(f"{heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def table(text: str, heading: str) -> pd.DataFrame:
+    """The first Markdown table under `heading`, as strings."""
+    lines = [line for line in section(text, heading).splitlines() if line.startswith("|")]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-    return pd.DataFrame(cells[2:], columns=cells[0])
+    width = len(cells[0])
+    body = [row for row in cells[2:] if len(row) == width]
+    return pd.DataFrame(body[: next((i for i, r in enumerate(body) if r == cells[0]), len(body))], columns=cells[0])
 
 
-def ci(cell: str) -> list[float]:
-    match = re.fullmatch(r"\[(-?[\d.]+), (-?[\d.]+)\]", cell)
-    assert match, cell
-    return [float(match.group(1)), float(match.group(2))]
-
-
-def shown(cell: str, value) -> bool:
+def shown(cell: str, value, signed: bool = False) -> bool:
     """Whether a report cell is `value` (a number or a [low, high] CI) as the report rounds it.
 
     Compares against the value formatted to the cell's own decimals, so a value that lands
     on a rounding boundary cannot make the check flaky the way a tolerance can.
     """
     if isinstance(value, (list, tuple)):
-        return ci(cell) == [float(f"{v:.3f}") for v in value]
+        match = re.fullmatch(r"\[(-?[\d.]+), (-?[\d.]+)\]", cell)
+        return bool(match) and [match.group(1), match.group(2)] == [f"{v:.3f}" for v in value]
     text = cell.rstrip("x")
     decimals = len(text.split(".")[1]) if "." in text else 0
-    return text == f"{value:.{decimals}f}"
+    return text == (f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}")
 
 
 # -- memory ---------------------------------------------------------------------------
@@ -158,84 +158,123 @@ def test_benchmark_tsv_without_columns_is_an_input_error(tmp_path):
 
 
 def test_memory_report_fields(tmp_path):
-    results = build_results(tmp_path, (1, 4))
-    mem = json.loads((results / "memory" / "bs4.json").read_text())
-    train = json.loads((results / "runs" / "bs4" / "metrics.json").read_text())
+    results = build_results(tmp_path, (1, 4), seeds=(0,))
+    mem = json.loads((results / "memory" / "bs4" / "seed0.json").read_text())
     assert mem["batch_size"] == 4 and mem["device"] == "cpu"
-    assert mem["train"]["peak_rss_mb"] == train["peak_rss_mb"] == 660.0
-    assert mem["train"]["peak_rss_mb_per_patient"] == pytest.approx(660.0 / 4)
-    assert mem["train"]["benchmark"] == {"max_rss_mb": 665.0, "wall_s": 50.0, "records": 1}
+    assert mem["train"]["peak_rss_mb"] == 660.0 and mem["train"]["peak_rss_mb_per_patient"] == pytest.approx(660.0 / 4)
+    assert mem["train"]["benchmark"] == {"max_rss_mb": 665.0, "wall_s": 10.0, "records": 1}
     assert mem["eval"]["peak_rss_mb"] == pytest.approx(660.0 * 0.8)
-    assert mem["eval"]["benchmark"]["max_rss_mb"] is None and mem["eval"]["benchmark"]["wall_s"] == 2.51
     assert mem["train"]["cuda_max_allocated_mb"] is None and mem["train"]["cuda_max_allocated_mb_per_patient"] is None
     assert mem["largest_batch"]["train"] == {"patients": 4, "events": 1200, "sets": 400}
 
 
-def test_memory_rejects_mismatched_batch_size(tmp_path):
-    results = build_results(tmp_path, (1, 2))
-    with pytest.raises(InputError, match=r"bs2.*metrics\.json.*batch_size is 2, expected 1"):
-        memory.main(
-            ["--batch-size", "1", "--train-summary", str(results / "runs" / "bs2" / "metrics.json"),
-             "--train-benchmark", str(results / "benchmarks" / "train" / "bs1.tsv"),
-             "--eval-metrics", str(results / "eval" / "bs1.json"),
-             "--eval-benchmark", str(results / "benchmarks" / "evaluate" / "bs1.tsv"), "--out", str(tmp_path / "m.json")]
-        )  # fmt: skip
-    assert not (tmp_path / "m.json").exists()
+# -- the study's JSON -------------------------------------------------------------------
 
 
-# -- the report -------------------------------------------------------------------------
+def test_json_holds_the_issue_fields_and_paired_statistics(tmp_path):
+    results = build_results(tmp_path)
+    _, study = run_report(tmp_path, results)
+    assert study["reference_batch_size"] == 1 and study["test_split"] == {"patients": N_TEST, "positives": N_TEST // 4}
+    assert study["protocol"]["epochs"] == 2 and study["protocol"]["samples"] == 2 * N_TRAIN and study["protocol"]["seeds"] == [0, 1]
+    assert study["protocol"]["lr_scaling"] == "sqrt" and study["protocol"]["schedules"]["beta_warmup"] == {"epochs": 1.0}
+    assert [e["batch_size"] for e in study["batch_sizes"]] == [1, 4, 16]
+    groups = {f"bs{b}": np.vstack([pd.read_parquet(results / "eval" / f"bs{b}" / f"seed{s}_predictions.parquet").sort_values("patient_id")
+                                   .probability.to_numpy() for s in (0, 1)]) for b in (1, 4, 16)}  # fmt: skip
+    expected = paired_differences(LABELS, groups, [("bs4", "bs1"), ("bs16", "bs1")], 200, 0)
+    for e in study["batch_sizes"]:
+        runs = [json.loads((results / "runs" / f"bs{e['batch_size']}" / f"seed{s}" / "metrics.json").read_text()) for s in (0, 1)]
+        speeds = [r["patients_per_s"] for r in runs]
+        assert e["seeds"] == [0, 1] and e["patients_per_s"] == pytest.approx({"mean": np.mean(speeds), "min": min(speeds), "max": max(speeds)})
+        assert e["train_peak_memory_mb"] == max(r["peak_rss_mb"] for r in runs)
+        per_seed = [json.loads((results / "eval" / f"bs{e['batch_size']}" / f"seed{s}.json").read_text())["auroc"] for s in (0, 1)]
+        assert [s["estimate"] for s in e["test_auroc"]["per_seed"]] == per_seed
+        assert e["test_auroc"]["mean"] == pytest.approx(np.mean(per_seed), abs=1e-12)
+        assert e["validation_points"] == 4 and len(e["validation_curve"]) == 4
+        if e["batch_size"] == 1:
+            assert e["delta_auroc_vs_reference"] is None and e["delta_auprc_vs_reference"] is None
+        else:
+            d = expected[[4, 16].index(e["batch_size"])]
+            for metric in ("auroc", "auprc"):
+                got = e[f"delta_{metric}_vs_reference"]
+                assert got == {k: d[metric][k] for k in ("estimate", "ci", "p", "p_adjusted")}
+    # baselines: a list with estimates and CIs; the best is chosen on validation, not test
+    assert [b["name"] for b in study["baselines"]] == ["logistic_regression", "gradient_boosting"]
+    assert set(study["baselines"][0]["test_auroc"]) == {"estimate", "ci"} and study["best_baseline"] == "gradient_boosting"
+    # time to target: 95% of the best seed-mean validation curve (bs1 ends at 0.89)
+    assert study["target"]["best_mean"] == pytest.approx(0.89) and study["target"]["value"] == pytest.approx(0.95 * 0.89)
+    bs1 = study["batch_sizes"][0]
+    assert bs1["samples_to_target"] == 80 and bs1["steps_to_target"] == 80  # only the last point (0.89) reaches 0.8455
+    assert study["batch_sizes"][2]["samples_to_target"] is None  # bs16's curve tops out at 0.74
+    # noise scale: trace / |G|^2 pooled over every measurement (one per run: 8b / 2)
+    assert study["gradient_noise_scale"]["b_simple"] == pytest.approx(np.mean([8.0 * b for b in (1, 1, 4, 4, 16, 16)]) / 2.0)
+    assert study["batch_sizes"][1]["gradient_noise_scale"]["b_simple"] == pytest.approx(16.0)
 
 
-def test_report_rows_equal_json_outputs(tmp_path):
-    sizes = (1, 2, 4)
-    results = build_results(tmp_path, sizes)
-    text = run_report(tmp_path, results, sizes)
+def test_summary_claims_only_what_the_adjusted_test_supports(tmp_path):
+    # bs4 and bs16 as good as bs1 (same signal): no claim; then bs16 made far worse: claimed
+    results = build_results(tmp_path)
+    text, study = run_report(tmp_path, results)
+    summary = study["summary"]
+    assert not any("higher than batch size 1" in s or "lower than batch size 1" in s for s in summary if "AUROC" in s)
+    assert any("indistinguishable from batch size 1" in s and "AUROC" in s for s in summary)
+    assert summary == [line[2:] for line in section(text, "## Summary").strip().splitlines()]
 
-    speed = section_table(text, "Training speed")
-    quality = section_table(text, "Test-set quality")
-    mem = section_table(text, "Memory")
-    for table in (speed, quality, mem):
-        assert table["batch size"].astype(int).tolist() == list(sizes)  # one row per batch size, in order
+    worse = build_results(tmp_path / "worse", signals={1: 3.0, 4: 3.0, 16: 0.2})
+    _, study = run_report(tmp_path / "worse", worse)
+    bs16 = study["batch_sizes"][2]["delta_auroc_vs_reference"]
+    assert bs16["p_adjusted"] < 0.05 and bs16["estimate"] < 0
+    assert any(s.startswith("Batch size 16's mean test AUROC is lower than batch size 1's") for s in study["summary"])
+    # the gradient-boosting baseline (signal 4) is better than every VAE run: said plainly
+    assert any(s.startswith("The VAE is worse than the gradient boosting baseline") for s in study["summary"])
 
-    base = json.loads((results / "runs" / "bs1" / "metrics.json").read_text())
-    for i, b in enumerate(sizes):
-        train = json.loads((results / "runs" / f"bs{b}" / "metrics.json").read_text())
-        evaluation = json.loads((results / "eval" / f"bs{b}.json").read_text())
-        mem_json = json.loads((results / "memory" / f"bs{b}.json").read_text())
-        row = speed.iloc[i]
-        assert shown(row["patients/s"], train["patients_per_s"])
-        assert shown(row["events/s"], train["events_per_s"])
-        assert shown(row["relative speed"], train["patients_per_s"] / base["patients_per_s"])
-        assert shown(row["event-slot fill"], train["fill_ratio"])
-        assert shown(row["wall time (s)"], train["wall_time_s"])
-        assert int(row["epochs"]) == train["epochs"] and int(row["steps"]) == train["steps"]
+
+def test_report_numbers_equal_the_json(tmp_path):
+    results = build_results(tmp_path)
+    text, study = run_report(tmp_path, results)
+    quality = table(text, "## Test-set quality")
+    assert quality["model"].tolist() == ["batch size 1", "batch size 4", "batch size 16", "baseline: logistic_regression",
+                                         "baseline: gradient_boosting"]  # fmt: skip
+    deltas = table(text, "### Paired differences against batch size 1")
+    against_baseline = table(text, "### Paired differences against the best baseline (gradient_boosting, chosen on the validation split)")
+    speed = table(text, "## Speed and memory")
+    target = table(text, "## Time to target")
+    for i, e in enumerate(study["batch_sizes"]):
         row = quality.iloc[i]
-        assert shown(row["AUROC"], evaluation["auroc"])
-        assert shown(row["AUROC 95% CI"], evaluation["auroc_ci"])
-        assert shown(row["AUPRC"], evaluation["auprc"])
-        assert shown(row["AUPRC 95% CI"], evaluation["auprc_ci"])
-        assert shown(row["Brier"], evaluation["brier"])
-        assert shown(row["reconstruction"], evaluation["recon"])
-        assert shown(row["KL"], evaluation["kl"])
-        assert row["active units"] == f"{evaluation['active_units']['active']} / 32"
-        row = mem.iloc[i]
-        assert shown(row["train peak RSS (MiB)"], mem_json["train"]["peak_rss_mb"])
-        assert shown(row["increment over batch size 1 (MiB)"], 40.0 * (b - 1))
-        assert shown(row["per patient (MiB)"], mem_json["train"]["peak_rss_mb_per_patient"])
-        assert shown(row["Snakemake max_rss (MiB)"], mem_json["train"]["benchmark"]["max_rss_mb"])
-        assert row["largest batch: patients / sets / events"] == f"{b} / {100 * b} / {300 * b}"
-    assert "GPU allocated" not in text  # a CPU run has no GPU columns
-
-    claim = section_table(text, "The original guide's claim")
-    assert claim["batch size"].tolist() == ["1", "4", "8", "16"]
+        assert shown(row["test AUROC (mean)"], e["test_auroc"]["mean"]) and shown(row["test AUPRC (mean)"], e["test_auprc"]["mean"])
+        seeds = row.iloc[3].split("; ")
+        for cell, s in zip(seeds, e["test_auroc"]["per_seed"]):
+            value, ci = cell.split(" ", 1)
+            assert shown(value, s["estimate"]) and shown(ci, s["ci"])
+        for frame, key in ((deltas, "reference"), (against_baseline, "best_baseline")):
+            row, d = frame.iloc[i], e[f"delta_auroc_vs_{key}"]
+            if d is None:
+                assert row["Δ AUROC"] == "(reference)"
+            else:
+                assert shown(row["Δ AUROC"], d["estimate"], signed=True) and shown(row.iloc[2], d["ci"])
+                assert row.iloc[3] == report.fmt_p(d["p_adjusted"])
+        row = speed.iloc[i]
+        assert shown(row["patients/s (mean)"], e["patients_per_s"]["mean"]) and shown(row["relative speed"], e["relative_speed"])
+        assert shown(row["train peak RSS (MiB)"], e["train_peak_memory_mb"])
+        row = target.iloc[i]
+        assert row["samples to target"] == report.fmt(e["samples_to_target"], 0)
+        assert int(row["validation points"]) == e["validation_points"]
+    for j, b in enumerate(study["baselines"]):
+        row = quality.iloc[3 + j]
+        assert shown(row["test AUROC (mean)"], b["test_auroc"]["estimate"]) and shown(row.iloc[3], b["test_auroc"]["ci"])
+    assert "GPU allocated" not in text  # a CPU run's memory is RSS
+    claim = table(text, "## The original guide's claim")
     assert claim["claimed relative speed"].tolist() == ["1.0x", "2.5x", "4.0x", "6.0x"]
-    assert claim.loc[1, "measured relative speed (vs 1)"] == "2.00x"
-    assert claim.loc[2, "measured relative speed (vs 1)"] == "not run"
+    assert claim.loc[3, "measured (vs batch size 1)"] == report.fmt(study["batch_sizes"][2]["relative_speed"], 2) + "x"
+    assert claim.loc[2, "measured (vs batch size 1)"] == "not run"
+    # protocol in two sentences at the top, and what was held equal
+    top = text.split("## Summary", 1)[0]
+    assert "same budget of 2 epochs (80 samples of 40 train patients) with 2 seed(s) each" in top
+    assert "same 200 test patients (50 positive)" in top and "How to read this" in top
 
 
 def test_report_figures_exist_and_are_linked(tmp_path):
-    results = build_results(tmp_path, (1, 2))
-    text = run_report(tmp_path, results, (1, 2))
+    results = build_results(tmp_path, (1, 4), seeds=(0,))
+    text, _ = run_report(tmp_path, results, (1, 4), (0,))
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert sorted(links) == sorted(f"figures/{name}" for name in report.FIGURES.values())
     for link in links:
@@ -243,81 +282,45 @@ def test_report_figures_exist_and_are_linked(tmp_path):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
 
-def test_summary_reflects_the_numbers(tmp_path):
-    results = build_results(tmp_path, (1, 2, 4))
-    text = run_report(tmp_path, results, (1, 2, 4))
-    summary = text.split("## Summary\n", 1)[1].split("\n## ", 1)[0]
-    # bs2 is fastest (25 vs 10 patients/s): 2.50x; the guide claimed nothing for 2
-    assert "Fastest training: batch size 2 at 25.00 patients/s, 2.50x batch size 1." in summary
-    assert "The largest batch size, 4, reaches 2.00x" in summary
-    e1, e2 = (json.loads((results / "eval" / f"bs{b}.json").read_text()) for b in (1, 2))
-    assert e1["auroc_ci"][0] > e2["auroc_ci"][1]  # the fixture separates them
-    assert f"Test AUROC of batch size 1 ({e1['auroc']:.3f}, CI" in summary
-    assert "than that of batch size 2" in summary
-    assert "batch size(s) 2." in summary  # bs2's CI includes chance
-
-
-def test_summary_when_cis_overlap_and_no_batch_size_1(tmp_path):
-    results = build_results(tmp_path, (4, 8))
-    text = run_report(tmp_path, results, (4, 8))
-    summary = text.split("## Summary\n", 1)[1].split("\n## ", 1)[0]
-    assert "Fastest training: batch size 8 at 30.00 patients/s, 1.50x batch size 4." in summary
-    assert "Test AUROC: the 95% confidence intervals of all batch sizes overlap" in summary
-    assert "Batch size 1 was not run: relative speed is against the smallest batch size, 4." in text
-    speed = section_table(text, "Training speed")
-    assert speed["relative speed"].tolist() == ["1.00x", "1.50x"]
-
-
 def test_cuda_run_reports_gpu_memory(tmp_path):
-    results = build_results(tmp_path, (1, 4), cuda=True)
-    text = run_report(tmp_path, results, (1, 4))
-    mem = section_table(text, "Memory")
-    for i, b in enumerate((1, 4)):
-        mem_json = json.loads((results / "memory" / f"bs{b}.json").read_text())
-        assert mem_json["train"]["cuda_max_allocated_mb_per_patient"] == pytest.approx(300.0)
-        row = mem.iloc[i]
-        assert shown(row["train GPU allocated (MiB)"], mem_json["train"]["cuda_max_allocated_mb"])
-        assert shown(row["GPU increment over batch size 1 (MiB)"], 300.0 * (b - 1))
-        assert shown(row["train GPU reserved (MiB)"], mem_json["train"]["cuda_max_reserved_mb"])
-        assert shown(row["eval GPU allocated (MiB)"], mem_json["eval"]["cuda_max_allocated_mb"])
-    # the GPU's memory is what limits the batch size: summary and claim table use it
-    assert "Peak training memory (GPU allocated) goes from 300 MiB at batch size 1 to 1200 MiB at batch size 4." in text
-    claim = section_table(text, "The original guide's claim")
+    results = build_results(tmp_path, (1, 4), seeds=(0,), cuda=True)
+    text, study = run_report(tmp_path, results, (1, 4), (0,))
+    assert [e["train_peak_gpu_memory_mb"] for e in study["batch_sizes"]] == [300.0, 1200.0]
+    claim = table(text, "## The original guide's claim")
     assert claim.loc[1, "measured training peak, GPU allocated (GiB)"] == f"{1200 / 1024:.2f}"
     assert "device: cuda;" in text
 
 
+def test_no_batch_size_1_uses_the_smallest_as_reference(tmp_path):
+    results = build_results(tmp_path, (4, 16), seeds=(0,))
+    _, study = run_report(tmp_path, results, (4, 16), (0,))
+    assert study["reference_batch_size"] == 4 and study["batch_sizes"][0]["relative_speed"] == 1.0
+
+
 def test_environment_section(tmp_path):
-    results = build_results(tmp_path, (1, 2))
-    text = run_report(tmp_path, results, (1, 2))
-    env = text.split("## Environment\n", 1)[1]
-    settings = {"train": {"batch_sizes": [1, 2]}, "evaluate": {"bootstrap_resamples": 200, "seed": 0}}
-    assert report.settings_digest(settings) in env
-    assert "device: cpu; CPU threads: 2; precision: fp32" in env
-    assert "torch: 2.13.0+cpu" in env
+    results = build_results(tmp_path, (1, 4), seeds=(0,))
+    text, _ = run_report(tmp_path, results, (1, 4), (0,))
+    env = section(text, "## Environment")
+    assert report.settings_digest(SETTINGS) in env
+    assert "device: cpu; torch 2.13.0+cpu; CPU threads: 2; precision: fp32" in env
     assert re.search(r"project commit: ([0-9a-f]{40}|unknown)", env)
     assert "test: 200 patients, 20000 sets, 60000 events" in env
-    assert "event rows: 73600 read, 73500 kept, 100 dropped" in env
-    assert "variables (train vocabulary): 40" in env
+    assert "event rows: 73600 read, 73500 kept, 100 dropped" in env and "variables (train vocabulary): 40" in env
 
 
 def test_missing_output_names_the_file(tmp_path):
-    results = build_results(tmp_path, (1, 2))
-    (results / "eval" / "bs2.json").unlink()
+    results = build_results(tmp_path, (1, 4), seeds=(0,))
+    (results / "eval" / "bs4" / "seed0.json").unlink()
     out = tmp_path / "reports" / "batch_comparison.md"
-    with pytest.raises(InputError, match=r"eval/bs2\.json: missing"):
-        report.main(["--results", str(results), "--batch-sizes", "1", "2", "--out", str(out)])
-    assert not out.exists()
+    with pytest.raises(InputError, match=r"eval/bs4/seed0\.json: missing"):
+        report.main(["--results", str(results), "--batch-sizes", "1", "4", "--seeds", "0", "--out", str(out)])
+    assert not out.exists() and not out.with_suffix(".json").exists()
 
 
-def test_single_class_test_split_reports_missing_auroc(tmp_path):
-    results = build_results(tmp_path, (1, 2))
-    path = results / "eval" / "bs2.json"
-    evaluation = json.loads(path.read_text())
-    evaluation.update(auroc=None, auroc_ci=[None, None], auprc=None, auprc_ci=[None, None])
-    path.write_text(json.dumps(evaluation))
-    text = run_report(tmp_path, results, (1, 2))
-    row = section_table(text, "Test-set quality").iloc[1]
-    assert [row["AUROC"], row["AUROC 95% CI"], row["AUPRC"]] == [report.MISSING] * 3
-    summary = text.split("## Summary\n", 1)[1].split("\n## ", 1)[0]
-    assert "Test AUROC" not in summary  # nothing to compare with one batch size left
+def test_predictions_of_different_patients_are_an_input_error(tmp_path):
+    results = build_results(tmp_path, (1, 4), seeds=(0,))
+    path = results / "eval" / "bs4" / "seed0_predictions.parquet"
+    frame = pd.read_parquet(path)
+    write_predictions(path, ["X"] + IDS[1:], frame.label.to_numpy(), frame.probability.to_numpy())
+    with pytest.raises(InputError, match=r"test predictions of bs4/seed0 and bs1/seed0 are not of the same patients"):
+        run_report(tmp_path, results, (1, 4), (0,))

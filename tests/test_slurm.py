@@ -42,12 +42,12 @@ TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scanc
 BATCH_SIZES = [1, 2]
 # (rule, wildcards) of every job that must run as a SLURM job; all others stay local
 CLUSTER_JOBS = Counter(
-    [("synthetic_data", ""), ("ingest", ""), ("stats", ""), ("make_shards", "")]
-    + [(rule, str(b)) for rule in ("train", "evaluate") for b in BATCH_SIZES]
+    [("synthetic_data", ""), ("ingest", ""), ("stats", ""), ("make_shards", ""), ("baseline", "")]
+    + [(rule, f"{b}_0") for rule in ("train", "evaluate") for b in BATCH_SIZES]  # wildcards bs, seed
 )
 RESOURCE_KIND = {"synthetic_data": "data", "ingest": "data", "stats": "data", "make_shards": "data",
-                 "train": "train", "evaluate": "evaluate"}  # fmt: skip
-TIMING = {"patients_per_s", "events_per_s", "wall_time_s"}
+                 "train": "train", "evaluate": "evaluate", "baseline": "evaluate"}  # fmt: skip
+TIMING = {"patients_per_s", "events_per_s", "wall_time_s", "train_time_s"}
 TIMEOUT_S = 900
 
 
@@ -116,7 +116,7 @@ def rule_of(job: dict) -> tuple[str, str]:
 
 def cancel_training_after_first_checkpoint(workdir: Path, snakemake: subprocess.Popen) -> dict:
     """scancel the running bs1 training job once it has written a checkpoint; what was cancelled."""
-    run_dir = workdir / "results" / "runs" / "bs1"
+    run_dir = workdir / "results" / "runs" / "bs1" / "seed0"
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline and snakemake.poll() is None:
         if (run_dir / "checkpoints" / "latest.json").exists():
@@ -124,7 +124,7 @@ def cancel_training_after_first_checkpoint(workdir: Path, snakemake: subprocess.
                 ["squeue", "--noheader", "--format=%i|%k|%T"], capture_output=True, text=True, check=True
             )
             running = [line.split("|")[0] for line in queue.stdout.split()
-                       if line.split("|")[1:] == ["rule_train_wildcards_1", "RUNNING"]]  # fmt: skip
+                       if line.split("|")[1:] == ["rule_train_wildcards_1_0", "RUNNING"]]  # fmt: skip
             assert len(running) == 1, f"no running bs1 training job to cancel: {queue.stdout}"
             assert not (run_dir / "metrics.json").exists(), "bs1 training ended before it could be cancelled"
             checkpoint = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
@@ -183,7 +183,7 @@ def test_cluster_rules_went_through_sbatch(runs):
     config, jobs = runs["config"], runs["jobs"]
     completed = Counter(rule_of(job) for job in jobs if job["JobState"] == "COMPLETED")
     assert completed == CLUSTER_JOBS
-    assert [rule_of(job) for job in jobs if job["JobState"] != "COMPLETED"] == [("train", "1")]  # the cancelled one
+    assert [rule_of(job) for job in jobs if job["JobState"] != "COMPLETED"] == [("train", "1_0")]  # the cancelled one
     for job in jobs:
         rule, _ = rule_of(job)
         wanted = config["resources"][RESOURCE_KIND[rule]]
@@ -195,12 +195,12 @@ def test_cluster_rules_went_through_sbatch(runs):
     # the light rules ran in the Snakemake process itself: their outputs are there, no SLURM job
     results = runs["cluster"] / "results"
     assert (results / "qc.json").exists() and (runs["cluster"] / "reports" / "batch_comparison.md").exists()
-    assert all((results / "memory" / f"bs{b}.json").exists() for b in BATCH_SIZES)
+    assert all((results / "memory" / f"bs{b}" / "seed0.json").exists() for b in BATCH_SIZES)
     for rule in ("splits", "embedding", "qc", "memory", "report", "all"):
         assert re.search(rf"^localrule {rule}:$", runs["output"], re.MULTILINE), rule
     # each cluster job got the threads of resources.<kind>.threads, not the node's CPUs
     for b in BATCH_SIZES:
-        summary = json.loads((results / "runs" / f"bs{b}" / "metrics.json").read_text())
+        summary = json.loads((results / "runs" / f"bs{b}" / "seed0" / "metrics.json").read_text())
         assert summary["threads"] == config["resources"]["train"]["threads"]
         assert summary["device"] == "cpu"  # the stand-in GPU is no CUDA device
 
@@ -211,20 +211,20 @@ def test_cluster_results_equal_local_results(runs):
         assert json.loads((local / name).read_text()) == json.loads((cluster / name).read_text()), name
     for b in BATCH_SIZES:
         for name in ("best.safetensors", "final.safetensors"):
-            ours, theirs = load_file(local / "runs" / f"bs{b}" / name), load_file(cluster / "runs" / f"bs{b}" / name)
+            ours, theirs = (load_file(d / "runs" / f"bs{b}" / "seed0" / name) for d in (local, cluster))
             assert ours.keys() == theirs.keys()
             for key in ours:
                 assert np.array_equal(ours[key], theirs[key]), f"bs{b}/{name}: {key}"
         records = [
             [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
-            for path in (local / "runs" / f"bs{b}" / "metrics.jsonl", cluster / "runs" / f"bs{b}" / "metrics.jsonl")
+            for path in (d / "runs" / f"bs{b}" / "seed0" / "metrics.jsonl" for d in (local, cluster))
         ]
         assert records[0] == records[1] and len(records[0]) > 0
         pd.testing.assert_frame_equal(
-            pd.read_parquet(local / "eval" / f"bs{b}_predictions.parquet"),
-            pd.read_parquet(cluster / "eval" / f"bs{b}_predictions.parquet"),
+            pd.read_parquet(local / "eval" / f"bs{b}" / "seed0_predictions.parquet"),
+            pd.read_parquet(cluster / "eval" / f"bs{b}" / "seed0_predictions.parquet"),
         )
-        ours, theirs = (json.loads((d / "eval" / f"bs{b}.json").read_text()) for d in (local, cluster))
+        ours, theirs = (json.loads((d / "eval" / f"bs{b}" / "seed0.json").read_text()) for d in (local, cluster))
         for key in ("n_patients", "auroc", "auroc_ci", "auprc", "brier", "accuracy", "recon", "kl"):
             assert ours[key] == theirs[key], f"eval bs{b}: {key}"
 
@@ -232,14 +232,14 @@ def test_cluster_results_equal_local_results(runs):
 def test_cancelled_training_resumed_from_its_checkpoint(runs):
     cancelled, cluster = runs["cancelled"], runs["cluster"]
     (job,) = [job for job in runs["jobs"] if job["JobId"] == cancelled["job_id"]]
-    assert job["JobState"] == "CANCELLED" and rule_of(job) == ("train", "1")
-    steps = json.loads((cluster / "results" / "runs" / "bs1" / "metrics.json").read_text())["steps"]
+    assert job["JobState"] == "CANCELLED" and rule_of(job) == ("train", "1_0")
+    steps = json.loads((cluster / "results" / "runs" / "bs1" / "seed0" / "metrics.json").read_text())["steps"]
     # the resubmitted job's log (the first attempt's was overwritten)
-    log = (cluster / "results" / "logs" / "train" / "bs1.log").read_text()
+    log = (cluster / "results" / "logs" / "train" / "bs1" / "seed0.log").read_text()
     resumed = re.search(r"resuming from (\S+) \(step (\d+), epoch 1\)", log)
     assert resumed, log
     assert runs["config"]["train"]["checkpoint_every"] <= int(resumed.group(2)) < steps
-    assert "resuming" not in (runs["local"] / "results" / "logs" / "train" / "bs1.log").read_text()
+    assert "resuming" not in (runs["local"] / "results" / "logs" / "train" / "bs1" / "seed0.log").read_text()
     # the cancelled job's SLURM log is kept by the plugin (failed jobs' logs are never deleted)
-    slurm_logs = cluster / ".snakemake" / "slurm_logs" / "rule_train" / "1"
+    slurm_logs = cluster / ".snakemake" / "slurm_logs" / "rule_train" / "1_0"
     assert (slurm_logs / f"{cancelled['job_id']}.log").exists()

@@ -69,6 +69,7 @@ def worker(args) -> dict:
     from seqsetvae.settings import load_settings
     from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
     from seqsetvae.training.sampler import LengthGroupedBatchSampler
+    from seqsetvae.training.schedule import evaluation_weights
     from seqsetvae.training.train import build_optimizer
 
     batch_size = args.worker
@@ -82,7 +83,8 @@ def worker(args) -> dict:
     patients = random_patients(args.patients, mean_sets=110, mean_events=300, vocab_size=40, seed=0)
     embedding = torch.randn(40, 768, generator=torch.Generator().manual_seed(0))
     model = SeqSetVAE(ModelConfig.from_settings(settings["model"]), embedding).to(device)
-    optimizer, scheduler = build_optimizer(model, train, train["lr"])
+    optimizer = build_optimizer(model, train, train["lr"])
+    weights = evaluation_weights(settings["model"])  # every term active, as in most of a run
     sampler = LengthGroupedBatchSampler(
         patients.events_per_patient(),
         batch_size,
@@ -96,12 +98,11 @@ def worker(args) -> dict:
     def step(indices, index: int):
         batch = collate(patients.take(indices)).to(device)
         with autocast:
-            out = model(batch, index)
+            out = model(batch, weights)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
         optimizer.step()
-        scheduler.step()
         sync()
         return batch
 

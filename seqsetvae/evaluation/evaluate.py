@@ -29,6 +29,7 @@ from seqsetvae.evaluation.metrics import ActiveUnits, classification_metrics
 from seqsetvae.io import atomic_path, read_json, write_json
 from seqsetvae.settings import load_settings
 from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
+from seqsetvae.training.schedule import evaluation_weights
 
 SPLIT = "test"
 
@@ -74,7 +75,7 @@ def load_model(run_config: dict, embedding: torch.Tensor, weights: Path, device:
 
 
 @torch.no_grad()
-def evaluate_split(model, batches, sampler, device: torch.device, autocast, step: int) -> dict:
+def evaluate_split(model, batches, sampler, device: torch.device, autocast, weights) -> dict:
     """Run the model over every batch of `sampler`; return predictions and loss terms.
 
     Reconstruction and KL are means over every real set of the split (not means of
@@ -90,14 +91,14 @@ def evaluate_split(model, batches, sampler, device: torch.device, autocast, step
     # one untimed pass over the first batch: one-off costs (CUDA context and kernels,
     # allocator growth, thread pools) are not inference throughput
     with autocast():
-        model(batches(plan[0]).to(device), step)
+        model(batches(plan[0]).to(device), weights)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     for indices in plan:
         t0 = time.perf_counter()
         batch = batches(indices).to(device)
         with autocast():
-            out = model(batch, step)
+            out = model(batch, weights)
         probability = torch.softmax(out.logits.float(), dim=-1)[:, 1].cpu().numpy()  # waits for the device
         seconds += time.perf_counter() - t0
         probabilities[indices] = probability
@@ -164,7 +165,7 @@ def main(argv: list[str]) -> int:
     device = resolve_device(train["device"])
     bf16 = train["precision"] == "bf16"
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-    torch.manual_seed(train["seed"])  # nothing should be random in eval mode; belt and braces
+    torch.manual_seed(run_config.get("seed", 0))  # nothing should be random in eval mode; belt and braces
 
     batches = ShardBatches(str(args.shards), args.split)
     if len(batches) == 0:
@@ -181,7 +182,8 @@ def main(argv: list[str]) -> int:
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    result = evaluate_split(model, batches, sampler, device, autocast, step or 0)
+    model_settings = load_settings({"model": run_config["model"]})["model"]
+    result = evaluate_split(model, batches, sampler, device, autocast, evaluation_weights(model_settings))
     allocated, reserved = cuda_peaks_mb(device)
 
     labels = batches.labels
@@ -192,6 +194,7 @@ def main(argv: list[str]) -> int:
     metrics = classification_metrics(labels, result["probabilities"], settings["bootstrap_resamples"], settings["seed"])
     report = {
         "batch_size": args.batch_size,
+        "seed": run_config.get("seed"),
         "split": args.split,
         "weights": str(weights),
         "checkpoint": {"epoch": epoch, "step": step},

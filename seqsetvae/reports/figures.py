@@ -11,7 +11,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
 
 from seqsetvae.io import atomic_path  # noqa: E402
 
@@ -32,38 +31,40 @@ def _log2_axis(ax, batch_sizes: list[int]) -> None:
     ax.grid(alpha=0.3)
 
 
-def throughput_memory(rows: pd.DataFrame, claimed: pd.DataFrame, base: int, path: Path) -> None:
-    """Training/inference throughput, speed relative to `base`, and peak memory against batch size.
-
-    `rows`: one row per batch size with columns batch_size, train_patients_per_s,
-    eval_patients_per_s, relative_speed, train_peak_rss_mb, eval_peak_rss_mb,
-    train_cuda_max_allocated_mb. `claimed`: the original guide's table.
-    """
-    sizes = sorted(set(rows.batch_size) | set(claimed.batch_size))
+def throughput_memory(study: dict, claimed: pd.DataFrame, path: Path) -> None:
+    """Training throughput (mean over seeds, min-max bars), relative speed and peak memory against batch size."""
+    entries = study["batch_sizes"]
+    sizes = sorted({e["batch_size"] for e in entries} | set(claimed.batch_size))
+    b = np.array([e["batch_size"] for e in entries])
+    speed = np.array([e["patients_per_s"]["mean"] for e in entries])
+    low = speed - np.array([e["patients_per_s"]["min"] for e in entries])
+    high = np.array([e["patients_per_s"]["max"] for e in entries]) - speed
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
 
     ax = axes[0]
-    ax.plot(rows.batch_size, rows.train_patients_per_s, "o-", label="training")
-    ax.plot(rows.batch_size, rows.eval_patients_per_s, "s--", label="inference (test split)")
+    ax.errorbar(b, speed, yerr=[low, high], fmt="o-", capsize=3, label="training (seed min-max)")
+    eval_speed = [e["eval_patients_per_s"] for e in entries]
+    if all(v is not None for v in eval_speed):
+        ax.plot(b, eval_speed, "s--", label="inference (test split)")
     ax.set_ylabel("patients / s")
     ax.set_title("Throughput")
     _log2_axis(ax, sizes)
     ax.legend()
 
     ax = axes[1]
-    ax.plot(rows.batch_size, rows.relative_speed, "o-", label="measured (training)")
+    ax.plot(b, [e["relative_speed"] for e in entries], "o-", label="measured (training)")
     ax.plot(claimed.batch_size, claimed.relative_speed, "x:", color="grey", label="original guide's claim")
     ax.axhline(1.0, color="black", lw=0.5)
-    ax.set_ylabel(f"speed relative to batch size {base}")
+    ax.set_ylabel(f"speed relative to batch size {study['reference_batch_size']}")
     ax.set_title("Relative training speed")
     _log2_axis(ax, sizes)
     ax.legend()
 
     ax = axes[2]
-    ax.plot(rows.batch_size, rows.train_peak_rss_mb, "o-", label="training, peak RSS")
-    ax.plot(rows.batch_size, rows.eval_peak_rss_mb, "s--", label="evaluation, peak RSS")
-    if rows.train_cuda_max_allocated_mb.notna().any():
-        ax.plot(rows.batch_size, rows.train_cuda_max_allocated_mb, "^-", label="training, GPU allocated")
+    ax.plot(b, [e["train_peak_memory_mb"] for e in entries], "o-", label="training, peak RSS")
+    gpu = [e["train_peak_gpu_memory_mb"] for e in entries]
+    if all(v is not None for v in gpu):
+        ax.plot(b, gpu, "^-", label="training, GPU allocated")
     known = claimed.dropna(subset=["memory_gb"])
     ax.plot(known.batch_size, known.memory_gb * 1024, "x:", color="grey", label="original guide's claim")
     ax.set_yscale("log")  # the guide's GPU claims and a CPU run's RSS differ by orders of magnitude
@@ -76,58 +77,51 @@ def throughput_memory(rows: pd.DataFrame, claimed: pd.DataFrame, base: int, path
     _save(fig, path)
 
 
-def training_curves(curves: dict[int, tuple[pd.DataFrame, pd.DataFrame]], path: Path) -> None:
-    """Training loss (moving average) and validation AUROC per batch size.
-
-    `curves[b] = (steps, epochs)`: the step and epoch records of metrics.jsonl. The x
-    axis is epochs elapsed, so batch sizes with very different step counts line up.
-    """
-    fig, (loss_ax, auroc_ax) = plt.subplots(1, 2, figsize=(12, 4))
-    for batch_size, (steps, epochs) in sorted(curves.items()):
-        if len(steps):
-            x = epochs_elapsed(steps["step"].to_numpy(), epochs["step"].to_numpy())
-            window = max(1, len(steps) // 50)
-            loss = steps["loss"].rolling(window, min_periods=1).mean()
-            loss_ax.plot(x, loss, label=f"batch size {batch_size}")
-        if len(epochs):
-            auroc_ax.plot(epochs["epoch"], epochs["val_auroc"], "o-", label=f"batch size {batch_size}")
-    loss_ax.set_xlabel("epochs")
-    loss_ax.set_ylabel("training loss (moving average)")
-    loss_ax.set_title("Training loss")
-    auroc_ax.set_xlabel("epoch")
-    auroc_ax.set_ylabel("validation AUROC")
-    auroc_ax.set_title("Validation AUROC")
-    auroc_ax.xaxis.get_major_locator().set_params(integer=True)
-    for ax in (loss_ax, auroc_ax):
+def validation_curves(study: dict, path: Path) -> None:
+    """Validation AUROC (seed mean, with the per-seed range) against samples seen and training time."""
+    fig, (by_samples, by_time) = plt.subplots(1, 2, figsize=(12, 4))
+    n_train = study["protocol"]["train_patients"] or 1
+    for e in study["batch_sizes"]:
+        curve = pd.DataFrame(e["validation_curve"])
+        if curve.empty:
+            continue
+        label = f"batch size {e['batch_size']}"
+        for ax, x in ((by_samples, curve["samples"] / n_train), (by_time, curve["train_seconds"])):
+            (line,) = ax.plot(x, curve["val_auroc"], "-", label=label)
+            ax.fill_between(x, curve["val_auroc_min"], curve["val_auroc_max"], color=line.get_color(), alpha=0.15)
+    target = study["target"]["value"]
+    for ax in (by_samples, by_time):
+        if target is not None:
+            ax.axhline(target, color="grey", ls=":", lw=1, label="target")
+        ax.set_ylabel("validation AUROC")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
+    by_samples.set_xlabel("epochs (samples seen / train patients)")
+    by_samples.set_title("Validation AUROC against samples seen")
+    by_time.set_xlabel("training seconds (optimiser steps only)")
+    by_time.set_title("Validation AUROC against training time")
     fig.tight_layout()
     _save(fig, path)
 
 
-def epochs_elapsed(steps: np.ndarray, epoch_end_steps: np.ndarray) -> np.ndarray:
-    """Step numbers as fractional epochs, from the step count at each epoch's end."""
-    if len(epoch_end_steps) == 0:
-        return steps.astype(np.float64)
-    ends = np.concatenate([[0], np.sort(epoch_end_steps)]).astype(np.float64)
-    return np.interp(steps, ends, np.arange(len(ends)), right=np.nan)
-
-
-def roc_curves(predictions: dict[int, pd.DataFrame], aurocs: dict[int, float | None], path: Path) -> None:
-    """Test-split ROC curve of each batch size's best checkpoint."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for batch_size, frame in sorted(predictions.items()):
-        if frame["label"].nunique() < 2:
+def training_loss(steps: dict[tuple[int, int], pd.DataFrame], n_train: int | None, path: Path) -> None:
+    """Training loss per step (moving average over about 2% of the run, log scale) against epochs."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colors: dict[int, str] = {}
+    for (batch_size, seed), frame in sorted(steps.items()):
+        if frame.empty:
             continue
-        fpr, tpr, _ = roc_curve(frame["label"], frame["probability"])
-        auroc = aurocs.get(batch_size)
-        label = f"batch size {batch_size}" + (f" (AUROC {auroc:.3f})" if auroc is not None else "")
-        ax.plot(fpr, tpr, label=label)
-    ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title("ROC, test split")
-    ax.set_aspect("equal")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+        x = frame["samples"] / n_train if n_train and "samples" in frame else frame["step"]
+        window = max(1, len(frame) // 50)
+        loss = frame["loss"].rolling(window, min_periods=1).mean()
+        label = f"batch size {batch_size}" if batch_size not in colors else None
+        (line,) = ax.plot(x, loss, lw=1, color=colors.get(batch_size), label=label)
+        colors.setdefault(batch_size, line.get_color())
+    ax.set_yscale("log")
+    ax.set_xlabel("epochs" if n_train else "step")
+    ax.set_ylabel("training loss (moving average, log scale)")
+    ax.set_title("Training loss (one line per seed)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
     _save(fig, path)

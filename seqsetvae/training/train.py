@@ -1,14 +1,20 @@
-"""`seqsetvae train`: train SeqSetVAE at one batch size, resumably.
+"""`seqsetvae train`: train SeqSetVAE at one batch size and seed, resumably.
 
-    seqsetvae train --settings JSON --shards DIR --embedding F --batch-size B \
-        --out results/runs/bsB --threads N
+    seqsetvae train --settings JSON --shards DIR --embedding F --batch-size B --seed S \
+        --out results/runs/bsB/seedS --threads N
 
-Writes into --out: metrics.json (the run's summary), metrics.jsonl (one line per step and
-per epoch), best.safetensors (weights of the best validation AUROC), final.safetensors,
-run_config.json, and checkpoints/ (see `seqsetvae.training.checkpoint`). A job killed and
-started again resumes from its last checkpoint and, on CPU, ends with the same weights as
-an uninterrupted run. Checkpoints of a different configuration (see `fingerprint`) are
-deleted, never resumed.
+The budget is `train.epochs` passes over the train split, the same samples for every
+batch size; the peak learning rate is scaled with the batch size (`train.lr_scaling`),
+and every schedule runs in epochs (`seqsetvae.training.schedule`), so every batch size
+goes through the same phases. The run validates `train.validations_per_epoch` times per
+epoch and keeps the weights of the best validation AUROC.
+
+Writes into --out: metrics.json (the run's summary), metrics.jsonl (one line per step,
+per validation, per noise-scale measurement and per epoch), best.safetensors (weights of
+the best validation AUROC), final.safetensors, run_config.json, and checkpoints/ (see
+`seqsetvae.training.checkpoint`). A job killed and started again resumes from its last
+checkpoint and, on CPU, ends with the same weights as an uninterrupted run. Checkpoints
+of a different configuration (see `fingerprint`) are deleted, never resumed.
 """
 
 from __future__ import annotations
@@ -34,12 +40,14 @@ from seqsetvae.errors import InputError
 from seqsetvae.io import atomic_path, write_json
 from seqsetvae.settings import load_settings
 from seqsetvae.training import checkpoint as ckpt
+from seqsetvae.training import noise_scale
 from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
 from seqsetvae.training.sampler import LengthGroupedBatchSampler
+from seqsetvae.training.schedule import evaluation_weights, loss_weights, lr_factor, scaled_lr
 
 # train keys that do not change what is computed: a checkpoint written under other
-# values of these is resumed all the same
-_NOT_IN_FINGERPRINT = {"batch_sizes", "threads", "log_every", "checkpoint_every"}
+# values of these is resumed all the same (the run's own seed is part of the fingerprint)
+_NOT_IN_FINGERPRINT = {"batch_sizes", "seeds", "threads", "log_every", "checkpoint_every"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shards", required=True, help="shards directory (results/shards)")
     parser.add_argument("--embedding", required=True, help="embedding.safetensors")
     parser.add_argument("--batch-size", type=int, required=True, help="patients per batch")
-    parser.add_argument("--out", required=True, help="run directory (results/runs/bsB)")
+    parser.add_argument("--seed", type=int, default=None, help="the run's seed (default: the first of train.seeds)")
+    parser.add_argument("--out", required=True, help="run directory (results/runs/bsB/seedS)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads when train.threads is null")
     parser.add_argument(
         "--stop-after-steps",
@@ -76,12 +85,6 @@ def resolve_threads(configured: int | None, given: int | None) -> int:
     return max(1, min(configured or given or available, available))
 
 
-def scaled_lr(train: dict, batch_size: int) -> float:
-    """train.lr scaled with the batch size: none, linear or sqrt in B / reference."""
-    power = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}[train["lr_scaling"]]
-    return train["lr"] * (batch_size / train["lr_reference_batch_size"]) ** power
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -96,14 +99,15 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(settings: dict, batch_size: int, shards: Path, embedding: Path, device: torch.device) -> str:
-    """What a checkpoint must match to be resumed: settings, batch size, data, device."""
+def fingerprint(settings: dict, batch_size: int, seed: int, shards: Path, embedding: Path, device: torch.device) -> str:
+    """What a checkpoint must match to be resumed: settings, batch size, seed, data, device."""
     train = {k: v for k, v in settings["train"].items() if k not in _NOT_IN_FINGERPRINT}
     index = shards / "index.json"
     payload = {
         "model": settings["model"],
         "train": train,
         "batch_size": batch_size,
+        "seed": seed,
         "shards_index": file_sha256(index) if index.exists() else None,
         "embedding": file_sha256(embedding),
         "device": device.type,
@@ -121,27 +125,42 @@ def load_embedding(path: Path) -> torch.Tensor:
     return tensors["embedding"].float()
 
 
-def build_optimizer(model, train: dict, lr: float):
-    """AdamW over the model's parameter groups (SetVAE encoder at lr x setvae_lr_factor)."""
+def build_optimizer(model, train: dict, lr: float) -> torch.optim.AdamW:
+    """AdamW over the model's parameter groups (SetVAE encoder at lr x setvae_lr_factor).
+
+    Each group keeps its peak rate as `initial_lr`; `set_learning_rate` scales it.
+    """
     groups = model.parameter_groups(lr=lr, setvae_lr_factor=train["setvae_lr_factor"])
+    for group in groups:
+        group["initial_lr"] = group["lr"]
     # fused on CUDA: one kernel instead of ~10 per parameter tensor (the step was a third
     # of a batch-16 step's GPU time on an H200); CPU keeps the default implementation
     fused = True if next(model.parameters()).is_cuda else None
-    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=train["weight_decay"], betas=(0.9, 0.999), fused=fused)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        optimizer,
-        T_0=train["scheduler_t0"],
-        T_mult=train["scheduler_t_mult"],
-        eta_min=lr * train["eta_min_factor"],
-    )
-    return optimizer, scheduler
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=train["weight_decay"], betas=(0.9, 0.999), fused=fused)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> float:
+    """Every group at its peak rate x `factor`; returns the main (largest) rate."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * factor
+    return max(group["lr"] for group in optimizer.param_groups)
+
+
+def class_weights(labels: np.ndarray, rule: str) -> tuple[float, float] | None:
+    """Cross-entropy weights of classes (0, 1): `balanced` gives the positives n_neg / n_pos."""
+    if rule == "none":
+        return None
+    positives = int(labels.sum())
+    if positives == 0 or positives == len(labels):
+        raise InputError("configuration key train.class_weights: balanced weights need both classes in the train split")
+    return 1.0, (len(labels) - positives) / positives
 
 
 # -- validation -----------------------------------------------------------------------
 
 
 @torch.no_grad()
-def validate(model, batches, batch_size: int, train: dict, device, autocast, step: int) -> dict:
+def validate(model, batches, batch_size: int, train: dict, device, autocast, weights) -> dict:
     """Loss (evaluation weights), AUROC and AUPRC over a split, in length order."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -159,7 +178,7 @@ def validate(model, batches, batch_size: int, train: dict, device, autocast, ste
     for indices in sampler.batches(0):
         batch = batches(indices).to(device)
         with autocast():
-            out = model(batch, step)
+            out = model(batch, weights)
         loss_sum += float(out.loss) * len(indices)
         scores.append(torch.softmax(out.logits.float(), dim=-1)[:, 1].cpu().numpy())
         order.append(indices)
@@ -182,43 +201,47 @@ def _log(message: str) -> None:
 
 
 def _fresh_state() -> dict:
-    """The run's counters: everything besides model, optimizer, scheduler, sampler, RNG."""
+    """The run's counters: everything besides model, optimizer, sampler and RNG."""
     return {
         "step": 0,
         "wall_time_s": 0.0,  # of earlier processes of this run (resumed runs)
-        "train_time_s": 0.0,
-        "patients": 0,
+        "train_time_s": 0.0,  # optimiser steps only (no validation, no noise-scale measurement)
+        "patients": 0,  # samples seen: the run's progress is patients / train patients (epochs)
         "events": 0,
         "event_slots": 0.0,  # event slots the set encoder and decoder processed
         "sets": 0,
         "sequence_slots": 0,  # slots of the [B, T_max] grids of the sequence transformer
         "largest_batch": {"patients": 0, "events": 0, "sets": 0},
+        "loss_sum": 0.0,  # patient-weighted training loss since the last validation
+        "loss_patients": 0,
         "epoch_loss_sum": 0.0,
         "epoch_patients": 0,
-        "best": {"epoch": None, "val_auroc": None, "val_loss": None},
+        "validations": 0,
+        "noise_measurements": [],
+        "best": {"validation": None, "epoch": None, "step": None, "val_auroc": None, "val_loss": None},
         "metrics_bytes": 0,  # length of the working metrics.jsonl at this state
     }
 
 
 def _is_better(result: dict, best: dict) -> bool:
     """Higher validation AUROC wins, ties to the lower loss; no validation: the latest."""
-    if best["epoch"] is None or result["val_loss"] is None:
+    if best["validation"] is None or result["val_loss"] is None:
         return True
     key = lambda r: (-math.inf if r["val_auroc"] is None else r["val_auroc"], -r["val_loss"])  # noqa: E731
     return key(result) > key(best)
 
 
-STEP_TERMS = ("loss", "recon", "kl", "ce", "beta", "recon_weight", "pred_weight")
+STEP_TERMS = ("loss", "recon", "kl", "ce")
 
 
 class Trainer:
-    """One run: model, AdamW, scheduler, sampler and counters, checkpointed together."""
+    """One run: model, AdamW, sampler and counters, checkpointed together."""
 
-    def __init__(self, args, settings: dict, device: torch.device, threads: int) -> None:
+    def __init__(self, args, settings: dict, device: torch.device, threads: int, seed: int) -> None:
         from seqsetvae.model import ModelConfig, SeqSetVAE
         from seqsetvae.training.dataset import ShardBatches
 
-        self.args, self.settings, self.device, self.threads = args, settings, device, threads
+        self.args, self.settings, self.device, self.threads, self.seed = args, settings, device, threads, seed
         self.train = train = settings["train"]
         self.out = Path(args.out)
         self.checkpoints = self.out / "checkpoints"
@@ -235,22 +258,37 @@ class Trainer:
                 f"{args.embedding}: embedding has {self.embedding.shape[0]} rows but the shards in "
                 f"{args.shards} have a vocabulary of {self.vocab_size} variables"
             )
-        if len(self.train_batches) == 0:
+        self.n_train = len(self.train_batches)
+        if self.n_train == 0:
             raise InputError(f"{args.shards}/train: the train split has no patients")
 
         self.lr = scaled_lr(train, args.batch_size)
-        self.model = SeqSetVAE(ModelConfig.from_settings(settings["model"]), self.embedding).to(device)
-        self.optimizer, self.scheduler = build_optimizer(self.model, train, self.lr)
+        config = ModelConfig.from_settings(settings["model"])
+        self.model = SeqSetVAE(config, self.embedding, class_weights(self.train_batches.labels, train["class_weights"]))
+        self.model.to(device)
+        self.optimizer = build_optimizer(self.model, train, self.lr)
         self.sampler = LengthGroupedBatchSampler(
             self.train_batches.lengths,
             args.batch_size,
             mega_batch_factor=train["mega_batch_factor"],
             max_events_per_batch=train["max_events_per_batch"],
-            seed=train["seed"],
+            seed=seed,
         )
-        self.fingerprint = fingerprint(settings, args.batch_size, Path(args.shards), Path(args.embedding), device)
+        self.fingerprint = fingerprint(settings, args.batch_size, seed, Path(args.shards), Path(args.embedding), device)
         self.state = _fresh_state()
         self.segment_start = time.perf_counter()  # wall time of this process since the last checkpoint
+
+    # -- progress -------------------------------------------------------------------------
+
+    @property
+    def epochs_done(self) -> float:
+        """Samples seen / train patients: the clock of every schedule."""
+        return self.state["patients"] / self.n_train
+
+    def due(self, per_epoch: float, done: int, offset: float = 1.0) -> bool:
+        """Whether the next event of a series `per_epoch` times per epoch is reached: event k
+        (from 0) falls at (k + offset) / per_epoch epochs."""
+        return per_epoch > 0 and self.state["patients"] * per_epoch >= (done + offset) * self.n_train
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -262,7 +300,6 @@ class Trainer:
             if saved.get("fingerprint") == self.fingerprint:
                 saved = ckpt.load_checkpoint(latest, self.model)
                 self.optimizer.load_state_dict(saved["optimizer"])
-                self.scheduler.load_state_dict(saved["scheduler"])
                 self.sampler.load_state_dict(saved["sampler"])
                 ckpt.set_rng_state(saved["rng"], self.device)
                 self.state = saved["run"]
@@ -290,7 +327,6 @@ class Trainer:
             "run": self.state,
             "sampler": self.sampler.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "rng": ckpt.rng_state(self.device),
         }
         ckpt.save_checkpoint(self.checkpoints, self.state["step"], self.model, everything)
@@ -305,21 +341,26 @@ class Trainer:
     def step(self, indices: np.ndarray, epoch: int) -> dict:
         """One optimizer step on the patients `indices`; returns its metrics line."""
         start = time.perf_counter()
+        state = self.state
         batch = self.train_batches(indices).to(self.device)
+        weights = loss_weights(self.settings["model"], state["step"], self.epochs_done)
+        # the learning rate of this step: the schedule at the progress this batch completes
+        lr = set_learning_rate(
+            self.optimizer, lr_factor(self.train, state["step"] + 1, (state["patients"] + batch.n_patients) / self.n_train)
+        )
         with self.autocast():
-            output = self.model(batch, self.state["step"])
+            output = self.model(batch, weights)
         self.optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train["grad_clip"])
-        lr = max(group["lr"] for group in self.optimizer.param_groups)  # the main group's
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train["grad_clip"])
         self.optimizer.step()
-        self.scheduler.step()
-        terms = {name: float(torch.as_tensor(getattr(output, name)).detach()) for name in STEP_TERMS}
+        terms = {name: float(getattr(output, name).detach()) for name in STEP_TERMS}
+        terms["grad_norm"] = float(grad_norm)
         seconds = time.perf_counter() - start  # float() above waited for the device
         if not all(math.isfinite(value) for value in terms.values()):
-            raise FloatingPointError(f"non-finite loss at step {self.state['step']}: {terms}")
+            raise FloatingPointError(f"non-finite loss at step {state['step']}: {terms}")
 
-        state, size = self.state, {"patients": batch.n_patients, "events": batch.n_events, "sets": batch.n_sets}
+        size = {"patients": batch.n_patients, "events": batch.n_events, "sets": batch.n_sets}
         state["step"] += 1
         state["train_time_s"] += seconds
         state["patients"] += size["patients"]
@@ -327,12 +368,16 @@ class Trainer:
         state["event_slots"] += size["events"] / batch.fill_ratio
         state["sets"] += size["sets"]
         state["sequence_slots"] += int(batch.sequence_mask.numel())
+        state["loss_sum"] += terms["loss"] * size["patients"]
+        state["loss_patients"] += size["patients"]
         state["epoch_loss_sum"] += terms["loss"] * size["patients"]
         state["epoch_patients"] += size["patients"]
         for key, value in size.items():
             state["largest_batch"][key] = max(state["largest_batch"][key], value)
         line = {
-            "kind": "step", "epoch": epoch + 1, "step": state["step"], **terms, "lr": lr,
+            "kind": "step", "epoch": epoch + 1, "step": state["step"], "samples": state["patients"],
+            "epochs": self.epochs_done, **terms, "lr": lr,
+            "beta": weights.beta, "recon_weight": weights.recon, "pred_weight": weights.pred,
             "patients_per_s": size["patients"] / seconds, "events_per_s": size["events"] / seconds,
             "fill_ratio": float(batch.fill_ratio), "sequence_fill_ratio": float(batch.sequence_fill_ratio),
             "batch_patients": size["patients"], "batch_events": size["events"], "batch_sets": size["sets"],
@@ -340,35 +385,81 @@ class Trainer:
         self.record(line)
         return line
 
-    def end_epoch(self, epoch: int) -> None:
-        """Validate, log the epoch, keep the best weights, checkpoint."""
+    def validate(self) -> None:
+        """Score the validation split, log the point, keep the best weights."""
         state = self.state
         result = validate(
-            self.model, self.valid_batches, self.args.batch_size, self.train, self.device, self.autocast, state["step"]
-        )
-        train_loss = state["epoch_loss_sum"] / max(state["epoch_patients"], 1)
-        line = {"kind": "epoch", "epoch": epoch + 1, "step": state["step"], "train_loss": train_loss, **result}
-        self.record({**line, "wall_time_s": self.wall_time()})
-        _log(
-            f"epoch {epoch + 1}/{self.train['epochs']} done: train loss {train_loss:.4f}, "
-            f"val loss {result['val_loss']}, AUROC {result['val_auroc']}, AUPRC {result['val_auprc']}"
-        )
+            self.model, self.valid_batches, self.args.batch_size, self.train, self.device, self.autocast,
+            evaluation_weights(self.settings["model"]),
+        )  # fmt: skip
+        state["validations"] += 1
+        train_loss = state["loss_sum"] / max(state["loss_patients"], 1)
+        state["loss_sum"], state["loss_patients"] = 0.0, 0
+        line = {
+            "kind": "validation", "validation": state["validations"], "step": state["step"],
+            "samples": state["patients"], "epochs": self.epochs_done, "train_loss": train_loss, **result,
+            "train_time_s": state["train_time_s"], "wall_time_s": self.wall_time(),
+        }  # fmt: skip
+        self.record(line)
         if _is_better(result, state["best"]):
-            state["best"] = {"epoch": epoch + 1, "val_auroc": result["val_auroc"], "val_loss": result["val_loss"]}
-            meta = {"epoch": epoch + 1, "step": state["step"]}
-            ckpt.save_weights(self.model, self.checkpoints / "best.safetensors", meta)
+            epoch, step = self.sampler.epoch + (self.sampler.position > 0), state["step"]
+            state["best"] = {"validation": state["validations"], "epoch": epoch, "step": step, **result}
+            state["best"].pop("val_auprc")
+            ckpt.save_weights(self.model, self.checkpoints / "best.safetensors",
+                              {"epoch": epoch, "step": step, "epochs": self.epochs_done})  # fmt: skip
+        if not sys.stderr.isatty():
+            _log(
+                f"validation {state['validations']} at {self.epochs_done:.2f} epochs (step {state['step']}): "
+                f"val loss {result['val_loss']}, AUROC {result['val_auroc']}, AUPRC {result['val_auprc']}"
+            )
+
+    def measure_noise_scale(self) -> None:
+        """One gradient-noise-scale measurement at the current weights (no step, RNG untouched)."""
+        config = self.train["noise_scale"]
+        count = len(self.state["noise_measurements"])
+        patients = min(config["patients"], self.n_train - self.n_train % 2)
+        if patients < 2:
+            return
+        rng = np.random.default_rng([self.seed, 1, count])  # independent of the sampler's stream
+        indices = rng.choice(self.n_train, size=patients, replace=False)
+        weights = loss_weights(self.settings["model"], self.state["step"], self.epochs_done)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+
+        def gradient(half: np.ndarray) -> np.ndarray:
+            batch = self.train_batches(np.sort(half)).to(self.device)
+            with self.autocast():
+                loss = self.model(batch, weights).loss
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            return torch.cat([g.reshape(-1) for g in grads if g is not None]).double().cpu().numpy()
+
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            measurement = noise_scale.measure_halves(gradient, indices)
+        measurement = {"step": self.state["step"], "epochs": self.epochs_done, **measurement}
+        self.state["noise_measurements"].append(measurement)
+        self.record({"kind": "noise_scale", **measurement})
+
+    def end_epoch(self, epoch: int) -> None:
+        state = self.state
+        train_loss = state["epoch_loss_sum"] / max(state["epoch_patients"], 1)
+        self.record({"kind": "epoch", "epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
+                     "wall_time_s": self.wall_time()})  # fmt: skip
+        _log(f"epoch {epoch + 1}/{self.train['epochs']} done: train loss {train_loss:.4f}, best {state['best']}")
         state["epoch_loss_sum"], state["epoch_patients"] = 0.0, 0
         self.checkpoint(f"end of epoch {epoch + 1}")
 
     def fit(self) -> bool:
-        """Train to the last epoch (False: stopped early by --stop-after-steps)."""
-        train, sampler, stop_after = self.train, self.sampler, self.args.stop_after_steps
+        """Train to the end of the budget (False: stopped early by --stop-after-steps)."""
+        train, sampler, stop_after, state = self.train, self.sampler, self.args.stop_after_steps, self.state
         tty = sys.stderr.isatty()
         self.model.train()
         while sampler.epoch < train["epochs"]:
             epoch = sampler.epoch
             bar = tqdm(total=len(sampler), initial=sampler.position, desc=f"epoch {epoch + 1}", disable=not tty)
             for indices in sampler:
+                # measurements mid-way between validations: at (k + 0.5) / per_epoch epochs
+                if self.due(train["noise_scale"]["per_epoch"], len(state["noise_measurements"]), offset=0.5):
+                    self.measure_noise_scale()
                 line = self.step(indices, epoch)
                 step = line["step"]
                 bar.update(1)
@@ -380,13 +471,15 @@ class Trainer:
                         f"loss {line['loss']:.4f} (recon {line['recon']:.4f}, kl {line['kl']:.4f}, "
                         f"ce {line['ce']:.4f}) lr {line['lr']:.3g}, {line['patients_per_s']:.1f} patients/s"
                     )
-                epoch_ends = sampler.position == len(sampler)  # checkpointed after validation
+                if self.due(train["validations_per_epoch"], state["validations"]):
+                    self.validate()
+                epoch_ends = sampler.position == len(sampler)  # checkpointed after the epoch line
                 stop = stop_after is not None and step >= stop_after
                 if (step % train["checkpoint_every"] == 0 or stop) and not epoch_ends:
                     self.checkpoint("stop requested" if stop else "periodic")
                 if stop:
                     if epoch_ends:
-                        self.checkpoint("stop requested")
+                        self.end_epoch(epoch)
                     bar.close()
                     self.metrics_log.close()
                     _log(f"stopped after {step} steps (--stop-after-steps); outputs not written")
@@ -404,7 +497,8 @@ class Trainer:
             shutil.copyfile(self.log_path, tmp)
         with atomic_path(out / "best.safetensors") as tmp:
             shutil.copyfile(self.checkpoints / "best.safetensors", tmp)
-        ckpt.save_weights(self.model, out / "final.safetensors", {"epoch": self.sampler.epoch, "step": state["step"]})
+        final_meta = {"epoch": self.sampler.epoch, "step": state["step"], "epochs": self.epochs_done}
+        ckpt.save_weights(self.model, out / "final.safetensors", final_meta)
         ckpt.prune(self.checkpoints, keep=1)  # the final one: a restarted finished run resumes it
         write_json(
             out / "run_config.json",
@@ -412,18 +506,20 @@ class Trainer:
                 "model": self.settings["model"],
                 "train": train,
                 "batch_size": self.args.batch_size,
+                "seed": self.seed,
                 "vocab_size": int(self.vocab_size),
                 "embedding_dim": int(self.embedding.shape[1]),
-                "seed": train["seed"],
                 "lr": self.lr,
             },
         )
         allocated, reserved = cuda_peaks_mb(self.device)
         seconds = state["train_time_s"]
+        measurements = state["noise_measurements"]
         write_json(
             out / "metrics.json",
             {
                 "batch_size": self.args.batch_size,
+                "seed": self.seed,
                 "patients_per_s": state["patients"] / seconds,
                 "events_per_s": state["events"] / seconds,
                 "fill_ratio": state["events"] / state["event_slots"],
@@ -432,8 +528,11 @@ class Trainer:
                 "train_time_s": seconds,
                 "epochs": train["epochs"],
                 "steps": state["step"],
+                "steps_per_epoch": state["step"] / train["epochs"],
                 "patients_seen": state["patients"],
                 "events_seen": state["events"],
+                "train_patients": self.n_train,
+                "validations": state["validations"],
                 "peak_rss_mb": peak_rss_mb(),
                 "cuda_max_allocated_mb": allocated,
                 "cuda_max_reserved_mb": reserved,
@@ -441,11 +540,19 @@ class Trainer:
                 "threads": self.threads,
                 "precision": train["precision"],
                 "torch_version": torch.__version__,
-                "best_epoch": state["best"]["epoch"],
+                "best": state["best"],
                 "best_val_auroc": state["best"]["val_auroc"],
                 "largest_batch": state["largest_batch"],
                 "lr": self.lr,
+                "lr_scaling": train["lr_scaling"],
                 "max_events_per_batch": train["max_events_per_batch"],
+                "noise_scale": {
+                    "measurements": len(measurements),
+                    "patients": train["noise_scale"]["patients"],
+                    "gradient_sq": float(np.mean([m["gradient_sq"] for m in measurements])) if measurements else None,
+                    "trace_sigma": float(np.mean([m["trace_sigma"] for m in measurements])) if measurements else None,
+                    "b_simple": noise_scale.simple_noise_scale(measurements),
+                },
             },
         )
 
@@ -456,19 +563,20 @@ def main(argv: list[str]) -> int:
     train = settings["train"]
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    seed = train["seeds"][0] if args.seed is None else args.seed
     threads = resolve_threads(train["threads"], args.threads)
     torch.set_num_threads(threads)
     device = resolve_device(train["device"])
-    seed_everything(train["seed"])
+    seed_everything(seed)
 
-    trainer = Trainer(args, settings, device, threads)
+    trainer = Trainer(args, settings, device, threads, seed)
     trainer.resume()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     _log(
-        f"training batch size {args.batch_size} on {device.type} ({threads} threads, {train['precision']}), "
-        f"{len(trainer.train_batches)} train / {len(trainer.valid_batches)} valid patients, "
-        f"{train['epochs']} epochs, lr {trainer.lr:g}"
+        f"training batch size {args.batch_size}, seed {seed} on {device.type} ({threads} threads, "
+        f"{train['precision']}), {trainer.n_train} train / {len(trainer.valid_batches)} valid patients, "
+        f"{train['epochs']} epochs, peak lr {trainer.lr:g} ({train['lr_scaling']} scaling)"
     )
     if trainer.fit():
         trainer.write_outputs()

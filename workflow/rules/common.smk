@@ -16,11 +16,17 @@ VOCAB = f"{RESULTS}/stats/vocabulary.json"
 EMBEDDING = f"{RESULTS}/embedding/embedding.safetensors"
 SHARDS_DIR = f"{RESULTS}/shards"
 QC = f"{RESULTS}/qc.json"
-RUN_DIR = f"{RESULTS}/runs/bs{{bs}}"
-TRAIN_SUMMARIES = expand(f"{RESULTS}/runs/bs{{bs}}/metrics.json", bs=BATCH_SIZES)
-EVALS = expand(f"{RESULTS}/eval/bs{{bs}}.json", bs=BATCH_SIZES)
-MEMORY = expand(f"{RESULTS}/memory/bs{{bs}}.json", bs=BATCH_SIZES)
+SEEDS = config["train"]["seeds"]
+BASELINES = config["baseline"]["models"]
+RUN = "bs{bs}/seed{seed}"  # one training job per (batch size, seed)
+RUN_DIR = f"{RESULTS}/runs/{RUN}"
+RUNS = expand(RUN, bs=BATCH_SIZES, seed=SEEDS)
+TRAIN_SUMMARIES = expand(f"{RESULTS}/runs/{{run}}/metrics.json", run=RUNS)
+EVALS = expand(f"{RESULTS}/eval/{{run}}.json", run=RUNS)
+MEMORY = expand(f"{RESULTS}/memory/{{run}}.json", run=RUNS)
+BASELINE_EVALS = expand(f"{RESULTS}/baselines/{{model}}.json", model=BASELINES)
 REPORT = f"{REPORTS}/batch_comparison.md"
+REPORT_JSON = f"{REPORTS}/batch_comparison.json"
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 CONDA_ENV = "../../envs/seqsetvae.yaml"
@@ -28,6 +34,7 @@ CONDA_ENV = "../../envs/seqsetvae.yaml"
 
 wildcard_constraints:
     bs=r"\d+",
+    seed=r"\d+",
 
 
 def settings(*sections):
@@ -40,10 +47,13 @@ def settings(*sections):
 
 
 def train_settings():
-    """The model and train sections without train.batch_sizes, for one training job:
-    adding a batch size to the list must not retrain those already trained."""
+    """The model and train sections without the lists of batch sizes and seeds, for one
+    training job: adding a batch size or a seed must not retrain the runs already done.
+    """
     train = {
-        key: value for key, value in config["train"].items() if key != "batch_sizes"
+        key: value
+        for key, value in config["train"].items()
+        if key not in ("batch_sizes", "seeds")
     }
     return json.dumps({"model": config["model"], "train": train}, sort_keys=True)
 

@@ -1,4 +1,4 @@
-# Test-split evaluation and the memory report of each batch size.
+# Test-split evaluation and the memory report of each run; the baselines on the same split.
 
 
 rule evaluate:
@@ -8,12 +8,12 @@ rule evaluate:
         best=f"{RUN_DIR}/best.safetensors",
         run_config=f"{RUN_DIR}/run_config.json",
     output:
-        metrics=f"{RESULTS}/eval/bs{{bs}}.json",
-        predictions=f"{RESULTS}/eval/bs{{bs}}_predictions.parquet",
+        metrics=f"{RESULTS}/eval/{RUN}.json",
+        predictions=f"{RESULTS}/eval/{RUN}_predictions.parquet",
     log:
-        f"{LOGS}/evaluate/bs{{bs}}.log",
+        f"{LOGS}/evaluate/{RUN}.log",
     benchmark:
-        f"{BENCHMARKS}/evaluate/bs{{bs}}.tsv"
+        f"{BENCHMARKS}/evaluate/{RUN}.tsv"
     conda:
         CONDA_ENV
     threads: job_threads("evaluate")
@@ -34,16 +34,43 @@ rule evaluate:
 rule memory:
     input:
         train_summary=f"{RUN_DIR}/metrics.json",
-        train_benchmark=f"{BENCHMARKS}/train/bs{{bs}}.tsv",
-        eval_metrics=f"{RESULTS}/eval/bs{{bs}}.json",
-        eval_benchmark=f"{BENCHMARKS}/evaluate/bs{{bs}}.tsv",
+        train_benchmark=f"{BENCHMARKS}/train/{RUN}.tsv",
+        eval_metrics=f"{RESULTS}/eval/{RUN}.json",
+        eval_benchmark=f"{BENCHMARKS}/evaluate/{RUN}.tsv",
     output:
-        f"{RESULTS}/memory/bs{{bs}}.json",
+        f"{RESULTS}/memory/{RUN}.json",
     log:
-        f"{LOGS}/memory/bs{{bs}}.log",
+        f"{LOGS}/memory/{RUN}.log",
     conda:
         CONDA_ENV
     shell:
         "seqsetvae memory --batch-size {wildcards.bs} --train-summary {input.train_summary:q}"
         " --train-benchmark {input.train_benchmark:q} --eval-metrics {input.eval_metrics:q}"
         " --eval-benchmark {input.eval_benchmark:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule baseline:
+    input:
+        shards=SHARDS_DIR,
+        vocab=VOCAB,
+    output:
+        metrics=expand(f"{RESULTS}/baselines/{{model}}.json", model=BASELINES),
+        predictions=expand(
+            f"{RESULTS}/baselines/{{model}}_predictions.parquet", model=BASELINES
+        ),
+    log:
+        f"{LOGS}/baseline.log",
+    benchmark:
+        f"{BENCHMARKS}/baseline.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=config["resources"]["evaluate"]["mem_mb"],
+        runtime=config["resources"]["evaluate"]["runtime"],
+    params:
+        settings=settings("baseline", "evaluate"),
+        out_dir=lambda wildcards, output: os.path.dirname(output.metrics[0]),
+    shell:
+        "seqsetvae baseline --settings {params.settings:q} --shards {input.shards:q}"
+        " --vocab {input.vocab:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

@@ -1,31 +1,55 @@
-# reports/batch_comparison.md: one row per batch size, figures, environment.
+# reports/batch_comparison.{json,md}: every run, the baselines, figures, environment.
 
 
 rule report:
     input:
         train=TRAIN_SUMMARIES,
-        train_logs=expand(f"{RESULTS}/runs/bs{{bs}}/metrics.jsonl", bs=BATCH_SIZES),
+        train_logs=expand(f"{RESULTS}/runs/{{run}}/metrics.jsonl", run=RUNS),
         evals=EVALS,
-        predictions=expand(
-            f"{RESULTS}/eval/bs{{bs}}_predictions.parquet", bs=BATCH_SIZES
-        ),
+        predictions=expand(f"{RESULTS}/eval/{{run}}_predictions.parquet", run=RUNS),
         memory=MEMORY,
+        baselines=BASELINE_EVALS,
         qc=QC,
         shards=SHARDS_DIR,
     output:
-        report=REPORT,
-        figures=expand(
-            f"{REPORTS}/figures/{{name}}.png",
-            name=["throughput_memory", "training_curves", "roc_curves"],
+        report=report(
+            REPORT,
+            caption="../report/batch_comparison.rst",
+            category="Batch-size study",
+        ),
+        json=report(
+            REPORT_JSON,
+            caption="../report/batch_comparison_json.rst",
+            category="Batch-size study",
+        ),
+        validation_curves=report(
+            f"{REPORTS}/figures/validation_curves.png",
+            caption="../report/validation_curves.rst",
+            category="Figures",
+        ),
+        training_loss=report(
+            f"{REPORTS}/figures/training_loss.png",
+            caption="../report/training_loss.rst",
+            category="Figures",
+        ),
+        throughput_memory=report(
+            f"{REPORTS}/figures/throughput_memory.png",
+            caption="../report/throughput_memory.rst",
+            category="Figures",
         ),
     log:
         f"{LOGS}/report.log",
     conda:
         CONDA_ENV
     params:
-        settings=settings("data", "shards", "model", "train", "evaluate"),
+        settings=settings(
+            "data", "shards", "model", "train", "evaluate", "baseline", "report"
+        ),
         batch_sizes=BATCH_SIZES,
+        seeds=SEEDS,
+        baselines=BASELINES,
         results=lambda wildcards, input: os.path.dirname(input.qc),
     shell:
         "seqsetvae report --settings {params.settings:q} --results {params.results:q}"
-        " --batch-sizes {params.batch_sizes} --out {output.report:q} > {log:q} 2>&1"
+        " --batch-sizes {params.batch_sizes} --seeds {params.seeds}"
+        " --baselines {params.baselines} --out {output.report:q} > {log:q} 2>&1"

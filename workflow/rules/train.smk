@@ -1,4 +1,5 @@
-# One training job per batch size; `train_all` builds every size of train.batch_sizes.
+# One training job per (batch size, seed); `train_all` builds every run of
+# train.batch_sizes x train.seeds.
 
 
 rule train:
@@ -12,9 +13,9 @@ rule train:
         final=f"{RUN_DIR}/final.safetensors",
         run_config=f"{RUN_DIR}/run_config.json",
     log:
-        f"{LOGS}/train/bs{{bs}}.log",
+        f"{LOGS}/train/{RUN}.log",
     benchmark:
-        f"{BENCHMARKS}/train/bs{{bs}}.tsv"
+        f"{BENCHMARKS}/train/{RUN}.tsv"
     conda:
         CONDA_ENV
     threads: job_threads("train")
@@ -27,5 +28,5 @@ rule train:
         checkpoints=f"{RUN_DIR}/checkpoints",
     shell:
         "seqsetvae train --settings {params.settings:q} --shards {input.shards:q}"
-        " --embedding {input.embedding:q} --batch-size {wildcards.bs}"
+        " --embedding {input.embedding:q} --batch-size {wildcards.bs} --seed {wildcards.seed}"
         " --out $(dirname {output.summary:q}) --threads {threads} > {log:q} 2>&1"

@@ -1,0 +1,291 @@
+"""The batch-size study as data: `reports/batch_comparison.json`, built from the runs' files.
+
+Everything the Markdown report says is computed here and nowhere else (the renderer only
+formats it). Per batch size: speed and memory over its seeds, test AUROC/AUPRC per seed
+and their seed mean, paired bootstrap differences against the reference batch size and
+against the best baseline (Holm-adjusted within each family), the mean validation curve
+and the time to a target validation AUROC, and the gradient noise scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from seqsetvae.errors import InputError
+from seqsetvae.evaluation import paired
+from seqsetvae.io import read_json
+from seqsetvae.training.noise_scale import simple_noise_scale
+
+SIGNIFICANCE = 0.05
+
+
+@dataclass
+class Run:
+    """Everything the pipeline wrote about one (batch size, seed)."""
+
+    batch_size: int
+    seed: int
+    train: dict
+    steps: pd.DataFrame
+    validations: pd.DataFrame
+    noise: pd.DataFrame
+    eval: dict
+    predictions: pd.DataFrame  # patient_id, label, probability (sorted by patient_id)
+    memory: dict
+
+
+# -- reading --------------------------------------------------------------------------
+
+
+def read_object(path: Path, required: tuple[str, ...] = ()) -> dict:
+    if not path.exists():
+        raise InputError(f"{path}: missing (run the stage that writes it first)")
+    try:
+        obj = read_json(path)
+    except ValueError as error:
+        raise InputError(f"{path}: not valid JSON ({error})") from None
+    missing = [key for key in required if key not in obj]
+    if missing:
+        raise InputError(f"{path}: missing key(s) {', '.join(missing)}")
+    return obj
+
+
+def read_metrics_log(path: Path) -> dict[str, pd.DataFrame]:
+    """metrics.jsonl -> {kind: records sorted by step} for step, validation and noise_scale."""
+    if not path.exists():
+        raise InputError(f"{path}: missing (run the stage that writes it first)")
+    try:
+        records = pd.read_json(path, lines=True) if path.stat().st_size else pd.DataFrame()
+    except ValueError as error:
+        raise InputError(f"{path}: not JSON lines ({error})") from None
+    if len(records) and "kind" not in records.columns:
+        raise InputError(f"{path}: records lack the 'kind' field")
+    required = {"step": ["step", "loss"], "validation": ["step", "samples", "val_auroc", "train_time_s", "wall_time_s"],
+                "noise_scale": ["step", "gradient_sq", "trace_sigma"]}  # fmt: skip
+    out = {}
+    for kind, columns in required.items():
+        part = records[records["kind"] == kind] if len(records) else pd.DataFrame(columns=columns)
+        if kind == "noise_scale" and part.empty:
+            part = pd.DataFrame(columns=columns)
+        missing = [c for c in columns if c not in part.columns]
+        if missing:
+            raise InputError(f"{path}: {kind!r} records lack field(s) {', '.join(missing)}")
+        out[kind] = part.sort_values("step").reset_index(drop=True)
+    return out
+
+
+def read_predictions(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise InputError(f"{path}: missing (run the stage that writes it first)")
+    frame = pd.read_parquet(path)
+    missing = {"patient_id", "label", "probability"} - set(frame.columns)
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    return frame.sort_values("patient_id").reset_index(drop=True)
+
+
+def load_runs(results: Path, batch_sizes: list[int], seeds: list[int]) -> list[Run]:
+    runs = []
+    for b in sorted(batch_sizes):
+        for s in sorted(seeds):
+            name = f"bs{b}/seed{s}"
+            train = read_object(results / "runs" / name / "metrics.json", ("batch_size", "seed", "patients_per_s", "peak_rss_mb"))
+            log = read_metrics_log(results / "runs" / name / "metrics.jsonl")
+            evaluation = read_object(results / "eval" / f"{name}.json", ("batch_size", "auroc", "auroc_ci", "auprc", "auprc_ci"))
+            memory = read_object(results / "memory" / f"{name}.json", ("batch_size", "train", "eval"))
+            for path, found in ((results / "runs" / name / "metrics.json", train), (results / "eval" / f"{name}.json", evaluation)):
+                if found["batch_size"] != b or found.get("seed", s) != s:
+                    raise InputError(f"{path}: batch size {found['batch_size']}, seed {found.get('seed')}; expected {b}, {s}")
+            predictions = read_predictions(results / "eval" / f"{name}_predictions.parquet")
+            runs.append(Run(b, s, train, log["step"], log["validation"], log["noise_scale"], evaluation, predictions, memory))
+    return runs
+
+
+def load_baselines(results: Path, names: list[str]) -> list[dict]:
+    baselines = []
+    for name in names:
+        summary = read_object(results / "baselines" / f"{name}.json", ("name", "auroc", "auroc_ci", "auprc", "auprc_ci"))
+        predictions = read_predictions(results / "baselines" / f"{name}_predictions.parquet")
+        baselines.append({**summary, "frame": predictions})
+    return baselines
+
+
+# -- pieces of the study --------------------------------------------------------------
+
+
+def aligned_scores(runs: list[Run], baselines: list[dict]) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+    """(labels [n], {group: scores [seeds, n]}, patient ids): every model on the same patients."""
+    frames = [(f"bs{r.batch_size}/seed{r.seed}", r.predictions) for r in runs]
+    frames += [(f"baseline {b['name']}", b["frame"]) for b in baselines]
+    first_name, first = frames[0]
+    for name, frame in frames[1:]:
+        if not (len(frame) == len(first) and (frame["patient_id"].to_numpy() == first["patient_id"].to_numpy()).all()):
+            raise InputError(f"the test predictions of {name} and {first_name} are not of the same patients")
+        if not (frame["label"].to_numpy() == first["label"].to_numpy()).all():
+            raise InputError(f"the test labels of {name} and {first_name} differ")
+    groups: dict[str, list] = {}
+    for r in runs:
+        groups.setdefault(f"bs{r.batch_size}", []).append(r.predictions["probability"].to_numpy())
+    for b in baselines:
+        groups[b["name"]] = [b["frame"]["probability"].to_numpy()]
+    return first["label"].to_numpy().astype(np.int64), {k: np.vstack(v) for k, v in groups.items()}, first["patient_id"].tolist()
+
+
+def mean_curve(runs: list[Run]) -> pd.DataFrame:
+    """Validation curve of one batch size, mean (min, max) over its seeds at each point.
+
+    Every seed validates at the same samples seen (validations_per_epoch); steps and
+    seconds are the seeds' means.
+    """
+    frames = [r.validations.assign(seed=r.seed) for r in runs]
+    joined = pd.concat(frames, ignore_index=True)
+    grouped = joined.groupby("validation" if "validation" in joined.columns else "samples", sort=True)
+    curve = grouped.agg(
+        samples=("samples", "mean"), steps=("step", "mean"), train_seconds=("train_time_s", "mean"),
+        wall_seconds=("wall_time_s", "mean"), val_auroc=("val_auroc", "mean"), val_auroc_min=("val_auroc", "min"),
+        val_auroc_max=("val_auroc", "max"), seeds=("seed", "nunique"),
+    )  # fmt: skip
+    return curve[curve.seeds == len(runs)].reset_index(drop=True)
+
+
+def first_reaching(curve: pd.DataFrame, target: float) -> dict:
+    """Samples, steps and seconds at the curve's first point with val_auroc >= target (None: never)."""
+    hits = np.flatnonzero(curve["val_auroc"].to_numpy() >= target) if len(curve) else []
+    if len(hits) == 0:
+        return {"samples_to_target": None, "steps_to_target": None, "seconds_to_target": None, "wall_seconds_to_target": None}
+    row = curve.iloc[int(hits[0])]
+    return {"samples_to_target": float(row.samples), "steps_to_target": float(row.steps),
+            "seconds_to_target": float(row.train_seconds), "wall_seconds_to_target": float(row.wall_seconds)}  # fmt: skip
+
+
+def spread(values) -> dict:
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return {"mean": None, "min": None, "max": None}
+    return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+
+
+def noise_summary(runs: list[Run]) -> dict:
+    """B_simple from all measurements of these runs, overall and over the second half of training."""
+    measurements = [row._asdict() for r in runs for row in r.noise.itertuples(index=False)]
+    late = [m for m in measurements if m.get("epochs", 0) >= 0.5 * max((m.get("epochs", 0) for m in measurements), default=0)]
+    return {"measurements": len(measurements), "b_simple": simple_noise_scale(measurements),
+            "b_simple_second_half": simple_noise_scale(late)}  # fmt: skip
+
+
+def delta(result: dict | None, metric: str) -> dict | None:
+    if result is None:
+        return None
+    part = result[metric]
+    return {"estimate": part["estimate"], "ci": part["ci"], "p": part["p"], "p_adjusted": part["p_adjusted"]}
+
+
+# -- the study ------------------------------------------------------------------------
+
+
+def protocol(settings: dict, runs: list[Run], n_train: int) -> dict:
+    train, model = settings.get("train", {}), settings.get("model", {})
+    schedule_keys = ("beta_warmup", "pred_warmup", "recon_decay")
+    schedules = {
+        key: ({"steps": model[f"{key}_steps"]} if model.get(f"{key}_steps") is not None else {"epochs": model.get(f"{key}_epochs")})
+        for key in schedule_keys
+    }
+    schedules["lr"] = {"schedule": train.get("lr_schedule"), "warmup_epochs": train.get("lr_warmup_epochs"),
+                       "eta_min_factor": train.get("eta_min_factor")}  # fmt: skip
+    return {
+        "epochs": train.get("epochs"),
+        "train_patients": n_train,
+        "samples": (train.get("epochs") or 0) * n_train,
+        "lr": train.get("lr"),
+        "lr_scaling": train.get("lr_scaling"),
+        "lr_reference_batch_size": train.get("lr_reference_batch_size"),
+        "peak_lr": {str(b): lr for b, lr in sorted({r.batch_size: r.train.get("lr") for r in runs}.items())},
+        "seeds": sorted({r.seed for r in runs}),
+        "validations_per_epoch": train.get("validations_per_epoch"),
+        "class_weights": train.get("class_weights"),
+        "schedules": schedules,
+    }
+
+
+def build_study(runs: list[Run], baselines: list[dict], settings: dict) -> dict:
+    """The `batch_comparison.json` object (see README "Reading the report") of loaded runs."""
+    report = settings.get("report", {})
+    evaluate = settings.get("evaluate", {})
+    resamples, boot_seed = evaluate.get("bootstrap_resamples", 1000), evaluate.get("seed", 0)
+    labels, groups, _ = aligned_scores(runs, baselines)
+    sizes = sorted({r.batch_size for r in runs})
+    wanted = report.get("reference_batch_size", 1)
+    reference = wanted if wanted in sizes else sizes[0]
+    by_size = {b: [r for r in runs if r.batch_size == b] for b in sizes}
+
+    # paired differences: each batch size against the reference, and against the best
+    # baseline (chosen on the validation split, never on test); Holm within each family
+    others = [b for b in sizes if b != reference]
+    vs_reference = dict(zip(others, paired.paired_differences(labels, groups, [(f"bs{b}", f"bs{reference}") for b in others], resamples, boot_seed)))
+    best_baseline = max(baselines, key=lambda b: (b.get("chosen_on_valid") or {}).get("val_auroc") or -1.0) if baselines else None
+    vs_baseline = {}
+    if best_baseline is not None:
+        pairs = [(f"bs{b}", best_baseline["name"]) for b in sizes]
+        vs_baseline = dict(zip(sizes, paired.paired_differences(labels, groups, pairs, resamples, boot_seed)))
+
+    curves = {b: mean_curve(rs) for b, rs in by_size.items()}
+    best_mean = max((float(c["val_auroc"].max()) for c in curves.values() if len(c) and c["val_auroc"].notna().any()), default=None)
+    share = report.get("target_share", 0.95)
+    target = None if best_mean is None else share * best_mean
+
+    reference_speed = np.mean([r.train["patients_per_s"] for r in by_size[reference]])
+    entries = []
+    for b, rs in by_size.items():
+        curve = curves[b]
+        entry = {
+            "batch_size": b,
+            "seeds": [r.seed for r in rs],
+            "peak_lr": rs[0].train.get("lr"),
+            "steps": spread(r.train.get("steps") for r in rs)["mean"],
+            "patients_per_s": spread(r.train["patients_per_s"] for r in rs),
+            "relative_speed": float(np.mean([r.train["patients_per_s"] for r in rs]) / reference_speed),
+            "train_peak_memory_mb": max(r.train["peak_rss_mb"] for r in rs),
+            "train_peak_gpu_memory_mb": spread(r.train.get("cuda_max_allocated_mb") for r in rs)["max"],
+            "eval_patients_per_s": spread((r.eval.get("inference") or {}).get("patients_per_s") for r in rs)["mean"],
+            "wall_time_s": spread(r.train.get("wall_time_s") for r in rs),
+        }
+        for metric in ("auroc", "auprc"):
+            per_seed = [{"seed": r.seed, "estimate": r.eval[metric], "ci": r.eval[f"{metric}_ci"]} for r in rs]
+            entry[f"test_{metric}"] = {"mean": paired.point_estimate(labels, groups[f"bs{b}"], metric), "per_seed": per_seed}
+            entry[f"delta_{metric}_vs_reference"] = delta(vs_reference.get(b), metric)
+            entry[f"delta_{metric}_vs_best_baseline"] = delta(vs_baseline.get(b), metric)
+        entry.update(first_reaching(curve, target) if target is not None else first_reaching(curve.iloc[0:0], 0.0))
+        entry["validation_points"] = int(min(len(r.validations) for r in rs))
+        entry["validation_curve"] = curve.drop(columns="seeds").to_dict(orient="records")
+        entry["quality"] = {key: spread(r.eval.get(key) for r in rs)["mean"] for key in ("recon", "kl", "brier")}
+        entry["quality"]["active_units"] = spread((r.eval.get("active_units") or {}).get("active") for r in rs)["mean"]
+        entry["quality"]["latent_units"] = (rs[0].eval.get("active_units") or {}).get("units")
+        entry["gradient_noise_scale"] = noise_summary(rs)
+        entries.append(entry)
+
+    return {
+        "reference_batch_size": reference,
+        "protocol": protocol(settings, runs, int(runs[0].train.get("train_patients") or 0)),
+        "test_split": {"patients": int(len(labels)), "positives": int(labels.sum())},
+        "target": {"metric": "val_auroc", "share_of_best_mean": share, "best_mean": best_mean, "value": target},
+        "gradient_noise_scale": noise_summary(runs),
+        "batch_sizes": entries,
+        "baselines": [
+            {
+                "name": b["name"],
+                "chosen_on_valid": b.get("chosen_on_valid"),
+                "test_auroc": {"estimate": b["auroc"], "ci": b["auroc_ci"]},
+                "test_auprc": {"estimate": b["auprc"], "ci": b["auprc_ci"]},
+            }
+            for b in baselines
+        ],
+        "best_baseline": None if best_baseline is None else best_baseline["name"],
+        "significance_level": SIGNIFICANCE,
+        "bootstrap": {"resamples": resamples, "seed": boot_seed, "paired": True,
+                      "seeds": "averaged within each batch size; resampled with replacement in every resample"},  # fmt: skip
+        "device": sorted({str(r.train.get("device")) for r in runs}),
+    }
