@@ -263,19 +263,14 @@ class SetEncoder(nn.Module):
     def __init__(self, c: ModelConfig):
         super().__init__()
         d = c.latent_dim
-        # deviation: the input is [token, the variable's unit direction]. A token is
-        # direction x z-value, so a measurement at the train mean (z = 0) would be a zero
-        # vector, indistinguishable from any other variable at its mean: which variables
-        # were measured, and how often, would be lost (on PhysioNet 2019 that alone gives a
-        # logistic regression most of its AUROC)
-        self.embed = nn.Sequential(nn.Linear(2 * c.reduced_dim, d), nn.LayerNorm(d), nn.GELU())
+        self.embed = nn.Sequential(nn.Linear(c.reduced_dim, d), nn.LayerNorm(d), nn.GELU())
         self.levels = nn.ModuleList(ISAB(d, c.heads, c.inducing_points) for _ in range(c.levels))
         self.posterior = nn.Sequential(
             nn.Linear(d, 2 * d), nn.LayerNorm(2 * d), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(2 * d, 2 * d)
         )
 
-    def forward(self, tokens: torch.Tensor, directions: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.embed(torch.cat([tokens, directions], dim=-1))  # [E, d]
+    def forward(self, tokens: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.embed(tokens)  # [E, d]
         for isab in self.levels:
             x = x + isab(x, batch.set_sizes)
         # deviation: only the deepest level's posterior is computed; the shallower
@@ -443,17 +438,15 @@ class SeqSetVAE(nn.Module):
         self.decoder = SetDecoder(config)
         self.classifier = Classifier(config)
 
-    def tokens(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """([E, reduced] tokens normalize(W emb[variable]) * value, [E, reduced] the unit
-        directions normalize(W emb[variable])), projecting each variable of the batch once."""
+    def tokens(self, batch: Batch) -> torch.Tensor:
+        """[E, reduced]: normalize(W emb[variable]) * value, projecting each variable once."""
         table = F.normalize(self.reduce(self.embedding.index_select(0, batch.batch_variables)), dim=-1)  # [U, r]
-        directions = table.index_select(0, batch.event_variable)  # [E, r]
-        return directions * batch.values.unsqueeze(-1).to(table.dtype), directions
+        return table.index_select(0, batch.event_variable) * batch.values.unsqueeze(-1).to(table.dtype)
 
     def forward(self, batch: Batch, weights: LossWeights) -> ModelOutput:
         c = self.config
-        tokens, directions = self.tokens(batch)  # [E, r] each
-        mu, logvar = self.encoder(tokens, directions, batch)  # [S, d] each
+        tokens = self.tokens(batch)  # [E, r]
+        mu, logvar = self.encoder(tokens, batch)  # [S, d] each
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
         h = self.sequence(z, batch)  # [S, d]
         recon = self.decoder(h, batch)  # [E, r]
