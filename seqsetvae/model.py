@@ -4,14 +4,15 @@ API (the contract of docs/design.md):
 
     config = ModelConfig.from_settings(settings["model"])      # schema defaults filled
     model = SeqSetVAE(config, embedding)                         # embedding: Tensor [V, D]
-    out = model(collate(patients).to(device), step)              # one forward per batch
+    weights = loss_weights(settings["model"], step, epochs)      # seqsetvae.training.schedule
+    out = model(collate(patients).to(device), weights)           # one forward per batch
     out.loss.backward()
     torch.optim.AdamW(model.parameter_groups(lr, setvae_lr_factor, weight_decay))
 
-`ModelOutput`: `logits [B, C]`, `loss`, `recon`, `kl`, `ce` (scalars), `beta`,
-`recon_weight`, `pred_weight` (floats), `mu [S, latent]` and `h [S, latent]` (real sets,
-in the batch's set order), and per-item terms `recon_per_set [S]`, `kl_per_set [S]` (free bits applied), `kl_raw_per_set [S]`,
-`ce_per_patient [B]`.
+`ModelOutput`: `logits [B, C]`, `loss`, `recon`, `kl`, `ce` (scalars), the `weights`
+used, `mu [S, latent]` and `h [S, latent]` (real sets, in the batch's set order), and
+per-item terms `recon_per_set [S]`, `kl_per_set [S]` (free bits applied),
+`kl_raw_per_set [S]`, `ce_per_patient [B]` (times its class weight).
 
 The variable embedding is a frozen buffer registered with `persistent=False`: it is not
 a parameter, not in the optimiser and not in `state_dict()` (weights files stay small;
