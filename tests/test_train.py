@@ -22,7 +22,7 @@ from seqsetvae.errors import InputError
 from seqsetvae.settings import load_settings
 from seqsetvae.training import train
 from seqsetvae.training.schedule import lr_factor
-from seqsetvae.training.train import resolve_threads
+from seqsetvae.training.runtime import resolve_threads
 
 VOCAB, DIM = 12, 16
 TINY_MODEL = {

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -142,7 +141,7 @@ def write_predictions(path: str | Path, patient_ids: list[str], labels: np.ndarr
 def main(argv: list[str]) -> int:
     from seqsetvae.training.dataset import ShardBatches
     from seqsetvae.training.sampler import LengthGroupedBatchSampler
-    from seqsetvae.training.train import load_embedding, resolve_device, resolve_threads
+    from seqsetvae.training.runtime import autocast, load_embedding, resolve_device, resolve_threads
 
     args = build_parser().parse_args(argv)
     settings = load_settings(args.settings)["evaluate"]
@@ -163,8 +162,7 @@ def main(argv: list[str]) -> int:
     threads = resolve_threads(train["threads"], args.threads)
     torch.set_num_threads(threads)
     device = resolve_device(train["device"])
-    bf16 = train["precision"] == "bf16"
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+    precision = autocast(train["precision"], device)
     torch.manual_seed(run_config.get("seed", 0))  # nothing should be random in eval mode; belt and braces
 
     batches = ShardBatches(str(args.shards), args.split)
@@ -183,7 +181,7 @@ def main(argv: list[str]) -> int:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model_settings = load_settings({"model": run_config["model"]})["model"]
-    result = evaluate_split(model, batches, sampler, device, autocast, evaluation_weights(model_settings))
+    result = evaluate_split(model, batches, sampler, device, precision, evaluation_weights(model_settings))
     allocated, reserved = cuda_peaks_mb(device)
 
     labels = batches.labels

@@ -23,17 +23,13 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import random
 import shutil
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from seqsetvae.errors import InputError
@@ -42,6 +38,7 @@ from seqsetvae.settings import load_settings
 from seqsetvae.training import checkpoint as ckpt
 from seqsetvae.training import noise_scale
 from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
+from seqsetvae.training.runtime import autocast, load_embedding, resolve_device, resolve_threads, seed_everything
 from seqsetvae.training.sampler import LengthGroupedBatchSampler
 from seqsetvae.training.schedule import evaluation_weights, loss_weights, lr_factor, scaled_lr
 
@@ -71,26 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
 # -- setup ----------------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("configuration key train.device: cuda requested but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def resolve_threads(configured: int | None, given: int | None) -> int:
-    """train.threads, else the job's --threads, capped at the CPUs this process may use."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(configured or given or available, available))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -113,16 +90,6 @@ def fingerprint(settings: dict, batch_size: int, seed: int, shards: Path, embedd
         "device": device.type,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def load_embedding(path: Path) -> torch.Tensor:
-    try:
-        tensors = load_file(str(path))
-    except Exception as error:  # safetensors raises several types for a bad file
-        raise InputError(f"{path}: not a readable safetensors file ({error})") from error
-    if "embedding" not in tensors or tensors["embedding"].ndim != 2:
-        raise InputError(f"{path}: expected a 2-D tensor named 'embedding', found {sorted(tensors)}")
-    return tensors["embedding"].float()
 
 
 def build_optimizer(model, train: dict, lr: float) -> torch.optim.AdamW:
@@ -246,8 +213,7 @@ class Trainer:
         self.out = Path(args.out)
         self.checkpoints = self.out / "checkpoints"
         self.log_path = self.checkpoints / "metrics.jsonl"
-        precision_bf16 = train["precision"] == "bf16"
-        self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision_bf16 else nullcontext
+        self.autocast = autocast(train["precision"], device)
 
         self.embedding = load_embedding(Path(args.embedding))
         self.train_batches = ShardBatches(args.shards, "train")
