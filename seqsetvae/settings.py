@@ -54,4 +54,28 @@ def load_settings(settings: str | dict | None = None) -> dict[str, Any]:
     # a second pass fills defaults inside sections that were themselves defaulted
     for _ in _Validator(schema()).iter_errors(config):
         pass
+    if "data" in config:
+        _check_column_roles(config["data"]["columns"])
     return config
+
+
+# the roles read from one file: two of them can never be the same column
+_ROLES_PER_FILE = {
+    "events": ("patient_id", "time", "variable", "value"),
+    "labels": ("patient_id", "label"),
+    "splits": ("patient_id", "split"),
+}
+
+
+def _check_column_roles(columns: dict) -> None:
+    """InputError when two roles of one file are mapped to the same column."""
+    for what, roles in _ROLES_PER_FILE.items():
+        seen: dict[str, str] = {}
+        for role in roles:
+            name = columns[role]
+            if name in seen:
+                raise InputError(
+                    f"configuration keys data.columns.{seen[name]} and data.columns.{role} both name "
+                    f"column {name!r} of the {what} file; each role needs its own column"
+                )
+            seen[name] = role

@@ -30,7 +30,8 @@ def run(tmp_path, events, labels, data=None, splits=None, expect_error=None):
         events_paths.append(path)
     labels_path = tmp_path / "labels.csv"
     labels_path.write_text(labels)
-    settings = load_settings({"data": data or {}})
+    # these cohorts are a few patients: too small for a training run's splits
+    settings = load_settings({"data": {"incomplete_splits": "warn", **(data or {})}})
     splits_path = tmp_path / "splits.csv"
     if splits is None:
         make_splits(settings, labels_path, None, splits_path)
@@ -74,7 +75,7 @@ def assert_balanced(qc):
 def test_round_trip_partitions_hold_exactly_the_rows(tmp_path, synthetic_raw, monkeypatch, partitions):
     events_csv, labels_csv, _ = synthetic_raw
     monkeypatch.setattr(ingest_module, "BLOCK_BYTES", 1 << 16)  # many blocks per file
-    settings = load_settings({"data": {"partitions": partitions}})
+    settings = load_settings({"data": {"partitions": partitions, "incomplete_splits": "warn"}})
     make_splits(settings, labels_csv, None, tmp_path / "splits.csv")
     out = tmp_path / "events"
     args = ["ingest", "--events", str(events_csv), "--labels", str(labels_csv), "--splits",

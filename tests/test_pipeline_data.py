@@ -3,6 +3,7 @@ nothing, and a changed `shards.max_sequence_length` reruns only the shard stage 
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import subprocess
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = {
-    "data": {"partitions": 2},
+    "data": {"partitions": 2, "incomplete_splits": "warn"},  # 60 patients: a valid split of 9 may be one class
     "synthetic": {"patients": 60, "variables": 8, "mean_sets": 12, "mean_events": 36, "seed": 1},
     "embedding": {"dim": 8},
     "shards": {"max_sequence_length": 40, "shard_size": 16},
@@ -89,3 +90,55 @@ def test_bench_data_runs_and_reports_rates(tmp_path, capsys):
         "splits", "ingest", "stats", "embedding", "shards", "qc"
     }  # fmt: skip
     assert not list(tmp_path.iterdir())  # scratch removed
+
+
+def run_snakemake(tmp: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp),
+               "--configfile", str(tmp / "config.yaml"), "--cores", "1", *args]  # fmt: skip
+    return subprocess.run(command, cwd=tmp, capture_output=True, text=True, timeout=300)
+
+
+def test_events_directory_takes_every_csv_file_the_readme_promises(tmp_path):
+    """`.csv`, `.csv.gz` and upper-case names are all read; other files are not."""
+    events = tmp_path / "events"
+    events.mkdir()
+    header = "patient_id,minute,variable,value\n"
+    (events / "a.csv").write_text(header + "1,0,HR,80\n2,0,HR,81\n")
+    with gzip.open(events / "b.csv.gz", "wt") as handle:
+        handle.write(header + "3,0,HR,82\n4,0,HR,83\n5,5,HR,84\n")
+    with gzip.open(events / "C.CSV.GZ", "wt") as handle:
+        handle.write(header + "6,0,HR,85\n")
+    (events / "D.CSV").write_text(header + "7,0,HR,86\n")
+    (events / "notes.txt").write_text("not events\n")
+    (tmp_path / "labels.csv").write_text("patient_id,in_hospital_mortality\n" + "".join(f"{i},{i % 2}\n" for i in range(1, 8)))
+    data = {"source": "files", "events": str(events), "labels": str(tmp_path / "labels.csv"), "incomplete_splits": "warn"}
+    done = run_snakemake(tmp_path, {"data": data}, "results/events")
+    assert done.returncode == 0, done.stdout + done.stderr
+    qc = json.loads((tmp_path / "results/events/qc.json").read_text())
+    assert [Path(f).name for f in qc["events_files"]] == ["C.CSV.GZ", "D.CSV", "a.csv", "b.csv.gz"]
+    assert qc["rows_in"] == qc["rows_kept"] == 7 and qc["patients_kept"] == 7
+    assert "ingest: read 4 event file(s)" in (tmp_path / "results/logs/ingest.log").read_text()
+
+    (events / "a.csv").unlink(), (events / "b.csv.gz").unlink(), (events / "C.CSV.GZ").unlink()
+    (events / "D.CSV").unlink()
+    failed = run_snakemake(tmp_path, {"data": data}, "-n", "results/events")
+    assert failed.returncode != 0
+    assert f"data.events directory {events}: no CSV files in it" in failed.stdout + failed.stderr
+
+
+def test_a_failing_stage_prints_its_error_on_the_console(tmp_path):
+    """The console shows the stage's `error:` line, not only "check log file(s)"; the
+    log keeps it, and a configuration mapping two roles to one column is that error."""
+    config = {**CONFIG, "data": {**CONFIG["data"], "columns": {"time": "value"}}}
+    failed = run_snakemake(tmp_path, config, "shards")
+    assert failed.returncode != 0
+    message = (
+        "error: configuration keys data.columns.time and data.columns.value both name column 'value' "
+        "of the events file; each role needs its own column"
+    )
+    console = [line for line in (failed.stdout + failed.stderr).splitlines() if line.startswith("error: ")]
+    assert console == [message]
+    assert "seqsetvae synthetic failed; log: results/logs/synthetic_data.log" in failed.stderr
+    assert message in (tmp_path / "results/logs/synthetic_data.log").read_text()
+    assert not (tmp_path / "results/raw/events.csv").exists()

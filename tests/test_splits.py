@@ -55,7 +55,7 @@ def test_only_valid_labels_get_a_split_and_ids_are_canonical(tmp_path, write_tex
         200005,1
         """,
     )
-    make_splits(load_settings(), labels, None, tmp_path / "s.csv")
+    make_splits(load_settings({"data": {"incomplete_splits": "warn"}}), labels, None, tmp_path / "s.csv")
     assert sorted(read_splits(tmp_path / "s.csv")["patient_id"]) == ["200001", "200005", "P-17"]
 
 
@@ -73,7 +73,7 @@ def test_user_splits_file(tmp_path, write_text):
         999999,train
         """,
     )
-    counts = make_splits(load_settings(), labels, splits, tmp_path / "s.csv")
+    counts = make_splits(load_settings({"data": {"incomplete_splits": "warn"}}), labels, splits, tmp_path / "s.csv")
     result = read_splits(tmp_path / "s.csv")
     assert result.to_dict("list") == {
         "patient_id": ["200001", "200002", "200003", "200004"],
@@ -109,7 +109,7 @@ def test_cli_reads_data_splits_and_fails_cleanly(tmp_path, write_text, capsys):
     labels = write_text("labels.csv", labels_text(3))
     splits = write_text("user.csv", "patient_id,split\n200001,train\n200002,test\n200003,test\n")
     out = tmp_path / "out" / "splits.csv"
-    settings = json.dumps({"data": {"splits": str(splits)}})
+    settings = json.dumps({"data": {"splits": str(splits), "incomplete_splits": "warn"}})
     assert cli(["splits", "--labels", str(labels), "--out", str(out), "--settings", settings]) == 0
     assert read_splits(out)["split"].tolist() == ["train", "test", "test"]
 
@@ -123,3 +123,28 @@ def test_cli_reads_data_splits_and_fails_cleanly(tmp_path, write_text, capsys):
     assert cli(["splits", "--labels", str(no_labels), "--out", str(missing)]) == 1
     assert "column 'in_hospital_mortality': no patient with a 0/1 label" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_unusable_splits_fail_at_the_splits_stage(tmp_path, write_text, capsys):
+    """An empty split, or a valid/test split of one class, stops `splits` (before any
+    training), naming the split and what to change; `warn` lets the data stages run."""
+    labels = write_text("labels.csv", "patient_id,y\n" + "".join(f"{i},{int(i < 2)}\n" for i in range(10)))
+    columns = {"label": "y"}
+    out = tmp_path / "s.csv"
+    no_test = {"columns": columns, "split_fractions": {"train": 0.8, "valid": 0.2, "test": 0.0}}
+    with pytest.raises(InputError, match=r"random split of the 10 labelled patients of .*labels.csv "
+                       r"\(train 0.8, valid 0.2, test 0\): the test split has no patients"):  # fmt: skip
+        make_splits(load_settings({"data": no_test}), labels, None, out)
+    assert not out.exists()
+
+    splits = write_text("user.csv", "patient_id,split\n" + "".join(
+        f"{i},{'test' if i in (0, 5) else 'valid' if i in (6, 7) else 'train'}\n" for i in range(10)))
+    settings = {"data": {"columns": columns, "splits": str(splits)}}
+    with pytest.raises(InputError, match=r"splits file .*user.csv: all 2 patients of the valid split are "
+                       r"negatives, so its AUROC and AUPRC are undefined\. .*data.incomplete_splits: warn"):  # fmt: skip
+        make_splits(load_settings(settings), labels, str(splits), out)
+    assert not out.exists()
+
+    settings["data"]["incomplete_splits"] = "warn"
+    assert cli(["splits", "--labels", str(labels), "--out", str(out), "--settings", json.dumps(settings)]) == 0
+    assert "warning: splits file" in capsys.readouterr().err and out.exists()

@@ -1,11 +1,13 @@
 """`seqsetvae bench train`: training throughput, memory and FLOP/s per batch size.
 
     seqsetvae bench train [--batch-sizes 1 4 8 16] [--patients 64] [--epochs 1] [--warmup 2]
+                          [--mean-sets 110] [--mean-events 300] [--settings JSON]
                           [--threads 2] [--device cpu|cuda] [--precision fp32|bf16]
 
 Each batch size runs in a fresh subprocess (so the peak RSS is that batch size's own) on
-in-memory synthetic patients shaped like the default data (about 110 sets and 300 events
-per patient, 40 variables, a 768-wide embedding) with the default model sizes. Every
+in-memory synthetic patients (by default about 110 sets and 300 events per patient, the
+schema's synthetic cohort; `--mean-sets 40 --mean-events 120` is `config.yaml`'s), 40
+variables, a 768-wide embedding, with the model of `--settings` (default: the schema's). Every
 batch size trains on the same patients (whole epochs of the length-grouped sampler), so
 the comparison is not skewed by which patients a few sampled steps happen to hold. A step
 is what training does: gather the length-grouped batch, collate, forward, backward,
@@ -33,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--patients", type=int, default=64,
                         help="synthetic patients; every batch size trains on exactly these")  # fmt: skip
+    parser.add_argument("--mean-sets", type=float, default=110.0, help="average sets per patient")
+    parser.add_argument("--mean-events", type=float, default=300.0, help="average events per patient")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
@@ -80,7 +84,7 @@ def worker(args) -> dict:
     device = torch.device(args.device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
-    patients = random_patients(args.patients, mean_sets=110, mean_events=300, vocab_size=40, seed=0)
+    patients = random_patients(args.patients, mean_sets=args.mean_sets, mean_events=args.mean_events, vocab_size=40, seed=0)
     embedding = torch.randn(40, 768, generator=torch.Generator().manual_seed(0))
     model = SeqSetVAE(ModelConfig.from_settings(settings["model"]), embedding).to(device)
     optimizer = build_optimizer(model, train, train["lr"])
@@ -184,8 +188,8 @@ def main(argv: list[str]) -> int:
     results = []
     for batch_size in args.batch_sizes:
         command = [sys.executable, "-m", "seqsetvae.benchmarks.train", "--worker", str(batch_size)]
-        for name in ("epochs", "warmup", "patients", "threads", "device", "precision", "settings"):
-            command += [f"--{name}", str(getattr(args, name))]
+        for name in ("epochs", "warmup", "patients", "mean_sets", "mean_events", "threads", "device", "precision", "settings"):
+            command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stderr, file=sys.stderr)

@@ -25,6 +25,19 @@ _BINARY = r"^[01](\.0*)?$"
 _NON_FINITE = r"^[+-]?([nN][aA][nN]|[iI][nN][fF]([iI][nN][iI][tT][yY])?)$"
 
 
+# compressions pyarrow reads, by file suffix (matched in any case: `B.CSV.GZ` is gzip too)
+COMPRESSION = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd", ".lz4": "lz4"}
+
+
+def compression(path: str | os.PathLike) -> str | None:
+    """The pyarrow codec of a file by its suffix in any case, or None (plain text)."""
+    return COMPRESSION.get(Path(path).suffix.lower())
+
+
+def _stream(path: Path):
+    return pa.input_stream(str(path), compression=compression(path))
+
+
 def canonical_ids(ids: pa.Array | pa.ChunkedArray) -> pa.Array:
     """Patient ids as canonical strings: stripped; `200001.0` -> `200001`; `P-17` kept."""
     if isinstance(ids, pa.ChunkedArray):
@@ -141,7 +154,7 @@ def read_header(path: str | os.PathLike, what: str, required: dict[str, str]) ->
     ({role: column name}); only the first block is read."""
     path = check_readable(path, what)
     try:
-        reader = pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=1 << 16))
+        reader = pacsv.open_csv(_stream(path), read_options=pacsv.ReadOptions(block_size=1 << 16))
         names = reader.schema.names
         reader.close()
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError, OSError) as error:
@@ -155,7 +168,7 @@ def read_table(path: str | os.PathLike, what: str, required: dict[str, str]) -> 
     path = read_header(path, what, required)
     read, convert = _string_options(required)
     try:
-        table = pacsv.read_csv(path, read_options=read, convert_options=convert)
+        table = pacsv.read_csv(_stream(path), read_options=read, convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as error:
         raise _arrow_error(path, what, error) from None
     return pa.table({role: table[name].combine_chunks() for role, name in required.items()})
@@ -171,7 +184,7 @@ def iter_blocks(
     read, convert = _string_options(required, block_size, dictionary)
     roles = list(required)
     try:
-        reader = pacsv.open_csv(path, read_options=read, convert_options=convert)
+        reader = pacsv.open_csv(_stream(path), read_options=read, convert_options=convert)
         for batch in reader:
             yield pa.RecordBatch.from_arrays(
                 [batch.column(batch.schema.get_field_index(required[r])) for r in roles], names=roles

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from seqsetvae.data.csvio import (
     canonical_ids,
     canonical_ids_encoded,
+    compression,
     dictionary_parts,
     iter_blocks,
     parse_labels,
@@ -113,7 +114,7 @@ def stable_partition(ids: pa.Array, n_partitions: int) -> np.ndarray:
 
 
 def auto_partitions(paths: list[Path]) -> int:
-    size = sum(p.stat().st_size * (4 if p.suffix in {".gz", ".bz2", ".zst", ".lz4"} else 1) for p in paths)
+    size = sum(p.stat().st_size * (4 if compression(p) else 1) for p in paths)
     return max(1, math.ceil(size / AUTO_PARTITION_BYTES))
 
 
@@ -534,6 +535,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     settings = load_settings(args.settings)
     qc = ingest(settings, args.events, args.labels, args.splits, args.out, args.threads)
+    print(f"ingest: read {len(qc['events_files'])} event file(s): " + ", ".join(qc["events_files"]))
     print(
         f"ingest: {qc['rows_kept']} of {qc['rows_in']} rows kept, {qc['patients_kept']} patients, "
         f"{qc['partitions']} partition(s); dropped: {_nonzero(qc['rows_dropped'])}"

@@ -10,6 +10,7 @@ here; `ingest` stops on them with a message naming the rows.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -25,15 +26,36 @@ SPLITS = ("train", "valid", "test")
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}
 
 
-def labelled_patients(labels_path: str, columns: dict) -> np.ndarray:
-    """Sorted unique canonical ids of the labels file's rows with a 0/1 label."""
+def labelled_patients(labels_path: str, columns: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted unique canonical ids, their 0/1 labels) of the labels file's rows with a
+    0/1 label (a patient's first row; `ingest` stops on conflicting duplicates)."""
     table = read_table(labels_path, "labels", {"patient_id": columns["patient_id"], "label": columns["label"]})
-    valid = parse_labels(table["label"]) >= 0
-    ids = canonical_ids(table["patient_id"]).filter(pa.array(valid))
-    ids = ids.filter(pc.utf8_length(ids).to_numpy(zero_copy_only=False) > 0)
-    if len(ids) == 0:
+    label = parse_labels(table["label"])
+    ids = canonical_ids(table["patient_id"]).to_numpy(zero_copy_only=False).astype(str)
+    keep = (label >= 0) & (ids != "")
+    if not keep.any():
         raise InputError(f"labels file {labels_path}, column {columns['label']!r}: no patient with a 0/1 label")
-    return np.unique(ids.to_numpy(zero_copy_only=False).astype(str))
+    unique, first = np.unique(ids[keep], return_index=True)
+    return unique, label[keep][first]
+
+
+def split_problems(split: np.ndarray, label: np.ndarray, source: str) -> list[str]:
+    """What makes the split unusable for a training run: a split without patients, or a
+    valid or test split of one class (its AUROC is undefined). Found here, not after
+    training, where only evaluation would notice."""
+    problems = []
+    for name in SPLITS:
+        in_split = split == name
+        positives = int(label[in_split].sum())
+        if not in_split.any():
+            problems.append(f"{source}: the {name} split has no patients")
+        elif name != "train" and positives in (0, int(in_split.sum())):
+            only = "positives" if positives else "negatives"
+            problems.append(
+                f"{source}: all {int(in_split.sum())} patients of the {name} split are {only}, "
+                "so its AUROC and AUPRC are undefined"
+            )
+    return problems
 
 
 def random_split(patient_ids: np.ndarray, fractions: dict, seed: int) -> np.ndarray:
@@ -105,11 +127,22 @@ def user_split(splits_path: str, columns: dict, patient_ids: np.ndarray) -> tupl
 
 def make_splits(settings: dict, labels_path: str, splits_path: str | None, out: str) -> dict:
     data = settings["data"]
-    patient_ids = labelled_patients(labels_path, data["columns"])
+    patient_ids, label = labelled_patients(labels_path, data["columns"])
     if splits_path:
         split, counts = user_split(splits_path, data["columns"], patient_ids)
+        source = f"splits file {splits_path}"
     else:
         split, counts = random_split(patient_ids, data["split_fractions"], data["split_seed"]), {}
+        fractions = ", ".join(f"{name} {data['split_fractions'][name]:g}" for name in SPLITS)
+        source = f"random split of the {len(patient_ids)} labelled patients of {labels_path} ({fractions})"
+    problems = split_problems(split, label, source)
+    if problems and data["incomplete_splits"] == "error":
+        raise InputError(
+            "; ".join(problems) + ". Use a larger cohort, other data.split_fractions or another splits file; "
+            "data.incomplete_splits: warn accepts this (the data stages run, training or evaluation cannot)"
+        )
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
     with atomic_path(out) as tmp:
         table = pa.table({"patient_id": pa.array(patient_ids, pa.string()), "split": pa.array(split, pa.string())})
         pacsv.write_csv(table, tmp, write_options=pacsv.WriteOptions(quoting_style="needed"))

@@ -31,6 +31,15 @@ LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 CONDA_ENV = "../../envs/seqsetvae.yaml"
 
+# Every rule's shell is `logged {log} seqsetvae <stage> ...`: the stage's output goes to
+# the rule's log; on failure its `error:` line (or, after a crash, the log's last lines)
+# is printed on the console too, and the exit status is passed on.
+shell.prefix(
+    "set -euo pipefail; logged() {{ log=$1; shift;"
+    ' "$@" > "$log" 2>&1 || {{ status=$?; echo "$1 $2 failed; log: $log" >&2;'
+    ' grep \'^error:\' "$log" >&2 || tail -n 5 "$log" >&2; return $status; }}; }}; '
+)
+
 
 wildcard_constraints:
     bs=r"\d+",
@@ -58,6 +67,10 @@ def train_settings():
     return json.dumps({"model": config["model"], "train": train}, sort_keys=True)
 
 
+# every CSV a directory may hold, as README "Input formats" promises (any case)
+CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.lz4")
+
+
 def _expand_inputs(path):
     """A CSV file, a directory of CSVs or a glob, as a sorted list of files."""
     if path is None:
@@ -65,7 +78,19 @@ def _expand_inputs(path):
             "data.source is 'files' but data.events or data.labels is not set"
         )
     if os.path.isdir(path):
-        return sorted(glob.glob(os.path.join(path, "*.csv")))
+        names = sorted(os.listdir(path))
+        files = [
+            os.path.join(path, name)
+            for name in names
+            if name.lower().endswith(CSV_SUFFIXES)
+            and os.path.isfile(os.path.join(path, name))
+        ]
+        if not files:
+            raise ValueError(
+                f"data.events directory {path}: no CSV files in it (names ending in"
+                f" {', '.join(CSV_SUFFIXES)}, in any case); it holds {len(names)} entries"
+            )
+        return files
     matches = sorted(glob.glob(path))
     return matches if matches else [path]
 

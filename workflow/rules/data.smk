@@ -19,8 +19,8 @@ rule synthetic_data:
     params:
         settings=settings("synthetic", "data"),
     shell:
-        "seqsetvae synthetic --settings {params.settings:q}"
-        " --events {output.events:q} --labels {output.labels:q} > {log:q} 2>&1"
+        "logged {log:q} seqsetvae synthetic --settings {params.settings:q}"
+        " --events {output.events:q} --labels {output.labels:q}"
 
 
 rule splits:
@@ -37,8 +37,8 @@ rule splits:
     params:
         settings=settings("data"),
     shell:
-        "seqsetvae splits --settings {params.settings:q} --labels {input.labels:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        "logged {log:q} seqsetvae splits --settings {params.settings:q} --labels {input.labels:q}"
+        " --out {output:q}"
 
 
 rule ingest:
@@ -61,9 +61,9 @@ rule ingest:
     params:
         settings=settings("data"),
     shell:
-        "seqsetvae ingest --settings {params.settings:q} --events {input.events:q}"
+        "logged {log:q} seqsetvae ingest --settings {params.settings:q} --events {input.events:q}"
         " --labels {input.labels:q} --splits {input.splits:q} --out {output:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --threads {threads}"
 
 
 rule stats:
@@ -85,8 +85,8 @@ rule stats:
     params:
         settings=settings("data"),
     shell:
-        "seqsetvae stats --settings {params.settings:q} --events {input:q}"
-        " --stats {output.stats:q} --vocab {output.vocab:q} > {log:q} 2>&1"
+        "logged {log:q} seqsetvae stats --settings {params.settings:q} --events {input:q}"
+        " --stats {output.stats:q} --vocab {output.vocab:q}"
 
 
 rule embedding:
@@ -107,8 +107,8 @@ rule embedding:
     params:
         settings=settings("embedding"),
     shell:
-        "seqsetvae embedding --settings {params.settings:q} --vocab {input.vocab:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        "logged {log:q} seqsetvae embedding --settings {params.settings:q} --vocab {input.vocab:q}"
+        " --out {output:q}"
 
 
 rule make_shards:
@@ -132,9 +132,9 @@ rule make_shards:
     params:
         settings=settings("data", "shards"),
     shell:
-        "seqsetvae shards --settings {params.settings:q} --events {input.events:q}"
+        "logged {log:q} seqsetvae shards --settings {params.settings:q} --events {input.events:q}"
         " --stats {input.stats:q} --vocab {input.vocab:q} --out {output.shards:q}"
-        " --qc {output.qc:q} > {log:q} 2>&1"
+        " --qc {output.qc:q}"
 
 
 rule qc:
@@ -149,5 +149,5 @@ rule qc:
     conda:
         CONDA_ENV
     shell:
-        "seqsetvae qc --events {input.events:q} --shards-qc {input.shards_qc:q}"
-        " --shards {input.shards:q} --out {output:q} > {log:q} 2>&1"
+        "logged {log:q} seqsetvae qc --events {input.events:q} --shards-qc {input.shards_qc:q}"
+        " --shards {input.shards:q} --out {output:q}"

@@ -24,11 +24,11 @@ rule evaluate:
     params:
         settings=settings("evaluate"),
     shell:
-        "seqsetvae evaluate --settings {params.settings:q} --shards {input.shards:q}"
+        "logged {log:q} seqsetvae evaluate --settings {params.settings:q} --shards {input.shards:q}"
         " --embedding {input.embedding:q} --weights {input.best:q}"
         " --run-config {input.run_config:q} --batch-size {wildcards.bs}"
         " --out {output.metrics:q} --predictions {output.predictions:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --threads {threads}"
 
 
 rule memory:
@@ -44,9 +44,9 @@ rule memory:
     conda:
         CONDA_ENV
     shell:
-        "seqsetvae memory --batch-size {wildcards.bs} --train-summary {input.train_summary:q}"
+        "logged {log:q} seqsetvae memory --batch-size {wildcards.bs} --train-summary {input.train_summary:q}"
         " --train-benchmark {input.train_benchmark:q} --eval-metrics {input.eval_metrics:q}"
-        " --eval-benchmark {input.eval_benchmark:q} --out {output:q} > {log:q} 2>&1"
+        " --eval-benchmark {input.eval_benchmark:q} --out {output:q}"
 
 
 rule baseline:
@@ -72,5 +72,5 @@ rule baseline:
         settings=settings("baseline", "evaluate"),
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics[0]),
     shell:
-        "seqsetvae baseline --settings {params.settings:q} --shards {input.shards:q}"
-        " --vocab {input.vocab:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+        "logged {log:q} seqsetvae baseline --settings {params.settings:q} --shards {input.shards:q}"
+        " --vocab {input.vocab:q} --out-dir {params.out_dir:q}"

@@ -50,6 +50,6 @@ rule report:
         baselines=BASELINES,
         results=lambda wildcards, input: os.path.dirname(input.qc),
     shell:
-        "seqsetvae report --settings {params.settings:q} --results {params.results:q}"
+        "logged {log:q} seqsetvae report --settings {params.settings:q} --results {params.results:q}"
         " --batch-sizes {params.batch_sizes} --seeds {params.seeds}"
-        " --baselines {params.baselines} --out {output.report:q} > {log:q} 2>&1"
+        " --baselines {params.baselines} --out {output.report:q}"

@@ -27,6 +27,6 @@ rule train:
         settings=train_settings(),
         checkpoints=f"{RUN_DIR}/checkpoints",
     shell:
-        "seqsetvae train --settings {params.settings:q} --shards {input.shards:q}"
+        "logged {log:q} seqsetvae train --settings {params.settings:q} --shards {input.shards:q}"
         " --embedding {input.embedding:q} --batch-size {wildcards.bs} --seed {wildcards.seed}"
-        " --out $(dirname {output.summary:q}) --threads {threads} > {log:q} 2>&1"
+        " --out $(dirname {output.summary:q}) --threads {threads}"
