@@ -328,3 +328,25 @@ def test_deduplicate_matches_pandas(monkeypatch, key_limit):
     assert got.equals(expected[["patient", "time", "variable"]])
     assert np.allclose(values, expected["value"].to_numpy())
     assert n_exact == n - len(distinct) and n_merged == len(distinct) - len(expected)
+
+
+def test_overflowing_values_and_times_are_counted_drops(tmp_path):
+    """No non-finite number gets through: a value beyond 1e30 (whose square or merged
+    mean would overflow) is `value_out_of_range`; a time in hours that is infinite in
+    minutes is `time_not_finite`, checked after the conversion."""
+    events = HEADER.replace("minute", "hour") + "".join([
+        "1,0,HR,80\n", "1,1,HR,1e300\n",         # one huge value
+        "1,2,HR,1.7e308\n", "1,2,HR,1.6e308\n",  # conflicting duplicates whose mean would be inf
+        "2,1e307,HR,80\n",                       # finite hours, infinite minutes
+        "2,1,HR,-2e30\n", "2,1,MAP,1e30\n",      # the bound itself is kept
+    ])  # fmt: skip
+    labels = "patient_id,in_hospital_mortality\n1,0\n2,1\n"
+    data = {"time_unit": "hours", "columns": {"time": "hour"}, "max_invalid_fraction": 0.9}
+    qc, got, _ = run(tmp_path, events, labels, data=data)
+    assert {k: v for k, v in qc["rows_dropped"].items() if v} == {"value_out_of_range": 4, "time_not_finite": 1}
+    assert got[["patient_id", "time", "variable", "value"]].values.tolist() == [
+        ["1", 0.0, "HR", 80.0], ["2", 60.0, "MAP", 1e30]]
+    assert qc["rows_in"] == qc["rows_kept"] + sum(qc["rows_dropped"].values())
+    message = run(tmp_path / "strict", events, labels, data={**data, "max_invalid_fraction": 0.05},
+                  expect_error=r"value_out_of_range: 4 rows, column 'value'")  # fmt: skip
+    assert "time_not_finite: 1 rows, column 'hour'" in message

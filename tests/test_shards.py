@@ -353,3 +353,29 @@ def test_empty_split_has_an_index_and_no_shards(tmp_path):
     assert index["n_patients"] == 0 and index["shards"] == [] and qc["by_split"]["valid"]["patients"] == 0
     reader = ShardReader(shards_dir, "valid")
     assert len(reader) == 0 and reader.take([]).n_events == 0
+
+
+def test_set_times_are_exact_and_no_z_value_overflows(tmp_path):
+    """Times above 2^24 minutes (float32's exact range) stay distinct and exact; a test
+    value whose z-value float32 cannot hold is dropped and counted, never stored as inf."""
+    events, labels = random_events(30, seed=5)
+    test_patient = events.loc[events["split"] == "test", "patient_id"].iloc[0]
+    extra = pd.DataFrame(
+        {
+            "patient_id": ["T-1", "T-1", "T-1", test_patient, test_patient],
+            "time": [2.0**24, 2.0**24 + 1, 1e308, 3.0, 4.0],
+            "variable": ["tight", "tight", "var00", "tight", "tight"],
+            # train spread ~1e-12: a z-value of 1e30 / 1e-12 does not fit float32
+            "value": [1.0, 1.0 + 2.0**-40, 50.0, 1e30, 1.0],
+            "split": ["train", "train", "train", "test", "test"],
+        }
+    )
+    labels["T-1"] = 0
+    shards_dir, qc = run_stage(tmp_path, pd.concat([events, extra]), labels)
+    assert qc["rows_dropped"]["normalized_value_out_of_range"] == 1
+    assert qc["rows_in"] == qc["rows_kept"] + sum(qc["rows_dropped"].values())
+    train = read_back(shards_dir, "train")
+    assert [time for time, _, _ in train["T-1"]["sets"]] == [2.0**24, 2.0**24 + 1, 1e308]
+    test = read_back(shards_dir, "test")[test_patient]["sets"]
+    values = [v for _, _, set_values in test for v in set_values]
+    assert np.isfinite(values).all() and 3.0 not in [time for time, _, _ in test] and 4.0 in [t for t, _, _ in test]

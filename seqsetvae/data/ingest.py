@@ -14,7 +14,8 @@ Two passes, both vectorised and memory-bounded:
 
 Policies (every dropped row is counted in qc.json under its reason):
 - patient_id_missing, variable_missing, time_missing, time_not_numeric,
-  time_not_finite, value_missing, value_not_numeric, value_not_finite: the row is
+  time_not_finite (also after the hours-to-minutes conversion), value_missing,
+  value_not_numeric, value_not_finite, value_out_of_range (|value| > 1e30): the row is
   dropped; when these rows are more than `data.max_invalid_fraction` of all rows the
   stage fails, naming example rows and the column.
 - negative_time: dropped (events charted before admission), not an input error.
@@ -58,6 +59,9 @@ SPLITS = ("train", "valid", "test")
 BLOCK_BYTES = 16 << 20
 AUTO_PARTITION_BYTES = 64 << 20  # ~2.5M rows of a typical event CSV per partition
 EXAMPLES_PER_REASON = 5
+# |value| above this is no measurement (a unit or export error): dropped as
+# value_out_of_range, so that every later sum, square and float32 z-value stays finite
+MAX_ABS_VALUE = 1e30
 KEY_LIMIT = 2**62  # (patient, time, variable) packed into one int64 sort key below this
 
 # row drop reasons of the first pass, in priority order, with the column they concern
@@ -70,10 +74,11 @@ ROW_REASONS = {
     "value_missing": "value",
     "value_not_numeric": "value",
     "value_not_finite": "value",
+    "value_out_of_range": "value",
     "negative_time": "time",
     "patient_without_label": "patient_id",
 }
-INVALID_REASONS = tuple(list(ROW_REASONS)[:8])  # counted against data.max_invalid_fraction
+INVALID_REASONS = tuple(list(ROW_REASONS)[:9])  # counted against data.max_invalid_fraction
 DUPLICATE_REASONS = ("duplicate_row", "conflicting_duplicate_merged")
 _CODE = {reason: code for code, reason in enumerate(ROW_REASONS, start=1)}
 
@@ -244,7 +249,10 @@ class FirstPass:
         time, time_problem = parse_numbers(batch.column(1))
         value, value_problem = parse_numbers(batch.column(3))
         if self.time_scale != 1.0:  # hours: rounded so that 11/60 h is 11 minutes, not 10.999999999999998
-            time = np.round(time * self.time_scale, 6)
+            with np.errstate(over="ignore", invalid="ignore"):
+                time = np.round(time * self.time_scale, 6)
+            time_problem[(time_problem == 0) & ~np.isfinite(time)] = 3  # e.g. 1e307 h: infinite minutes
+        value_problem[(value_problem == 0) & (np.abs(value) > MAX_ABS_VALUE)] = 4
 
         # reasons, lowest priority first so that the first reason in ROW_REASONS wins
         reason = np.zeros(n, dtype=np.int8)
@@ -252,8 +260,9 @@ class FirstPass:
         reason[(time_problem == 0) & (time < 0)] = _CODE["negative_time"]
         for problem, prefix in ((value_problem, "value"), (time_problem, "time")):
             if problem.any():
-                for code, suffix in ((3, "not_finite"), (2, "not_numeric"), (1, "missing")):
-                    reason[problem == code] = _CODE[f"{prefix}_{suffix}"]
+                for code, suffix in ((4, "out_of_range"), (3, "not_finite"), (2, "not_numeric"), (1, "missing")):
+                    if prefix == "value" or code != 4:
+                        reason[problem == code] = _CODE[f"{prefix}_{suffix}"]
         if variable_empty.any():
             reason[variable_empty[variable_index]] = _CODE["variable_missing"]
         if dict_empty.any():

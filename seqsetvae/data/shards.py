@@ -5,6 +5,9 @@ Policies (counted in shards_qc.json, and in qc.json's balance as dropped rows):
 - unseen variables (absent from the train vocabulary): `data.unseen_variables: drop`
   drops their events (`unseen_variable`); `error` stops with the list. A patient left
   with no event is dropped (`patients_dropped.only_unseen_variables`).
+- normalized_value_out_of_range: an event whose z-value does not fit float32 (a valid
+  or test value many orders of magnitude outside its train variable's spread) is
+  dropped; a patient left with no event is dropped as above.
 - a set is one patient's events at one timestamp; sets are in time order, events in a
   set by (vocabulary id, value).
 - `shards.max_set_size` (optional) keeps the first `max_set_size` events of a set in
@@ -50,7 +53,9 @@ from seqsetvae.settings import load_settings
 FORMAT = "seqsetvae-shards-1"
 SHOW = 20
 # scratch arrays of the processed events and sets, appended partition by partition
-SCRATCH = {"variable_ids": np.int32, "values": np.float32, "set_times": np.float32, "set_sizes": np.int32}
+# set times float64: exact minutes (float32 merges distinct times above 2^24 minutes)
+SCRATCH = {"variable_ids": np.int32, "values": np.float32, "set_times": np.float64, "set_sizes": np.int32}
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _names(names: list[str], limit: int = SHOW) -> str:
@@ -235,6 +240,13 @@ def process_partition(
     variable = vocab_id.astype(np.int32)
     if not seen.all():
         patient, time, variable, value = patient[seen], time[seen], variable[seen], value[seen]
+    # a valid/test value far outside its train variable's spread can give a z-value
+    # float32 cannot hold: dropped and counted, never stored as inf
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        fits = np.abs((value - mean[variable]) / std[variable]) <= FLOAT32_MAX
+    out_of_range = int((~fits).sum())
+    if out_of_range:
+        patient, time, variable, value = patient[fits], time[fits], variable[fits], value[fits]
     # sets are ordered by raw value (float64), then z-normalised
     sets = build_sets(
         patient, time, variable, value, options["max_sequence_length"], options["truncate"], options["max_set_size"]
@@ -259,6 +271,7 @@ def process_partition(
     counts.update(
         rows_in=int(table.num_rows),
         unseen_variable=int((~seen).sum()),
+        normalized_value_out_of_range=out_of_range,
         patients_in=n_patients,
         only_unseen_variables=int((~kept).sum()),
     )
@@ -306,7 +319,7 @@ def write_split(split: str, patients: dict, scratch: Path, out: Path, shard_size
         tensors = {
             "variable_ids": gather(scratch / "variable_ids.bin", np.int32, events),
             "values": gather(scratch / "values.bin", np.float32, events),
-            "set_times": gather(scratch / "set_times.bin", np.float32, sets),
+            "set_times": gather(scratch / "set_times.bin", np.float64, sets),
             "set_offsets": exclusive_cumsum(gather(scratch / "set_sizes.bin", np.int32, sets)),
             "patient_offsets": exclusive_cumsum(n_sets),
             "labels": patients["label"][chunk],
@@ -413,6 +426,7 @@ def make_shards(events_dir: str | Path, stats: str | Path, vocab: str | Path, ou
             rows_kept = sum(entry["n_events"] for entry in by_split.values())
             rows_dropped = {
                 "unseen_variable": counts["unseen_variable"],
+                "normalized_value_out_of_range": counts["normalized_value_out_of_range"],
                 "truncated_set": counts["events_capped_from_sets"],
                 "truncated_sequence": counts["events_removed"],
             }
