@@ -30,8 +30,10 @@ def run(tmp_path, events, labels, data=None, splits=None, expect_error=None):
         events_paths.append(path)
     labels_path = tmp_path / "labels.csv"
     labels_path.write_text(labels)
-    # these cohorts are a few patients: too small for a training run's splits
-    settings = load_settings({"data": {"incomplete_splits": "warn", **(data or {})}})
+    # these cohorts are a few patients, too small for a training run's splits; and each
+    # test counts one policy's drops (the limit on their total share has its own test)
+    defaults = {"incomplete_splits": "warn", "max_dropped_fraction": 1.0}
+    settings = load_settings({"data": {**defaults, **(data or {})}})
     splits_path = tmp_path / "splits.csv"
     if splits is None:
         make_splits(settings, labels_path, None, splits_path)
@@ -298,7 +300,8 @@ def test_readme_worked_example(tmp_path):
     events = "".join(line[:40].rstrip() + "\n" for line in lines)
     labels = "".join(line[40:].strip() + "\n" for line in lines if line[40:].strip())
     columns = {"patient_id": "stay_id"}
-    qc, got, patients = run(tmp_path, events, labels, data={"columns": columns, "max_invalid_fraction": 0.2})
+    readme_data = {"columns": columns, "max_invalid_fraction": 0.2, "max_dropped_fraction": 0.5}
+    qc, got, patients = run(tmp_path, events, labels, data=readme_data)
     assert got.drop(columns=["part", "split"]).values.tolist() == [
         ["200001", 0.0, "HR", 88.0], ["200001", 0.0, "MAP", 71.0], ["200001", 60.0, "Lactate", pytest.approx(2.6)],
         ["P-17", 30.0, "HR", 115.0], ["P-17", 30.0, "Temp", 38.2]]
@@ -306,8 +309,11 @@ def test_readme_worked_example(tmp_path):
         "value_not_numeric": 1, "negative_time": 1, "patient_without_label": 1, "duplicate_row": 1,
         "conflicting_duplicate_merged": 1}
     assert qc["patients_dropped"]["label_without_events"] == 1 and qc["labels_dropped"]["duplicate_label_row"] == 1
-    run(tmp_path / "strict", events, labels, data={"columns": columns},
+    run(tmp_path / "strict", events, labels, data={"columns": columns, "max_dropped_fraction": 0.5},
         expect_error=r"value_not_numeric: 1 rows, column 'value' \(e.g. file .*events0.csv rows 4\)")
+    schema_limit = {"columns": columns, "max_invalid_fraction": 0.2, "max_dropped_fraction": 0.2}
+    run(tmp_path / "default", events, labels, data=schema_limit,
+        expect_error=r"3 of 10 rows \(30.0%\) would be dropped, more than data.max_dropped_fraction = 0.2")
 
 
 @pytest.mark.parametrize("key_limit", [2**62, 0])  # 0: the general lexsort path
@@ -350,3 +356,28 @@ def test_overflowing_values_and_times_are_counted_drops(tmp_path):
     message = run(tmp_path / "strict", events, labels, data={**data, "max_invalid_fraction": 0.05},
                   expect_error=r"value_out_of_range: 4 rows, column 'value'")  # fmt: skip
     assert "time_not_finite: 1 rows, column 'hour'" in message
+
+
+def test_total_dropped_share_is_limited_and_near_miss_ids_are_named(tmp_path):
+    """Negative times and unlabelled patients are not input errors, but losing most of
+    the rows to them stops `ingest`, naming every reason; ids like `007` against `7`
+    are named, in the error and, below the limit, as a warning in qc.json."""
+    events = HEADER + "".join(f"1,{-t},HR,80\n" for t in range(1, 7)) + "1,0,HR,80\n1,1,HR,81\n1,2,HR,82\n"
+    labels = "patient_id,in_hospital_mortality\n1,0\n7,1\n"
+    message = run(tmp_path, events, labels, data={"max_dropped_fraction": 0.2}, expect_error=r"6 of 9 rows")
+    assert "more than data.max_dropped_fraction = 0.2" in message
+    assert "negative_time: 6 rows, column 'minute' (e.g. file" in message
+
+    events = HEADER + "".join(f"{pid},{t},HR,80\n" for pid in ("1", "007", "0P-3") for t in range(3))
+    labels = "patient_id,in_hospital_mortality\n1,0\n7,1\np-3,0\n"
+    message = run(tmp_path / "ids", events, labels, data={"max_dropped_fraction": 0.5}, expect_error="6 of 9 rows")
+    assert "patient_without_label: 6 rows, column 'patient_id'" in message
+    assert "'007' in the events and '7' in the labels" in message
+    assert "'0P-3' in the events and 'p-3' in the labels" not in message  # a leading zero before a letter is kept
+
+    qc, _, _ = run(tmp_path / "warn", events, labels, data={"max_dropped_fraction": 0.7})
+    assert qc["rows_dropped"]["patient_without_label"] == 6
+    assert qc["warnings"] == [
+        "ids that differ only in leading zeros or case, e.g. '007' in the events and '7' in the labels: ids are "
+        "compared as strings (after stripping whitespace and a trailing .0), so write them the same way in both files"
+    ]

@@ -19,7 +19,10 @@ Policies (every dropped row is counted in qc.json under its reason):
   dropped; when these rows are more than `data.max_invalid_fraction` of all rows the
   stage fails, naming example rows and the column.
 - negative_time: dropped (events charted before admission), not an input error.
-- patient_without_label: dropped (`data.unlabeled_events: drop`) or an error.
+- patient_without_label: dropped (`data.unlabeled_events: drop`) or an error; ids
+  that differ from a label's id only in leading zeros or case are named in a warning.
+- all of the above together: more than `data.max_dropped_fraction` of all rows stops
+  the stage, naming every reason with example rows.
 - duplicate_row: an exact duplicate of another row (patient, time, variable, value).
 - conflicting_duplicate_merged: the same (patient, time, variable) with different
   values is kept once with the mean of its distinct values; the extra rows are counted.
@@ -32,6 +35,7 @@ import argparse
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -384,10 +388,14 @@ def ingest(settings: dict, event_paths: list[str], labels_path: str, splits_path
         counts = dict(zip(ROW_REASONS, (int(c) for c in first_pass.counts[1:])))
         rows_in = int(first_pass.counts.sum())
         _check_invalid_share(counts, rows_in, first_pass.examples, required, data["max_invalid_fraction"])
+        unlabelled = pc.unique(pa.concat_arrays(first_pass.unlabelled_ids)) if first_pass.unlabelled_ids else pa.array([], pa.string())
+        near_misses = near_miss_ids(unlabelled, labels.ids)
+        _check_dropped_share(counts, rows_in, first_pass.examples, required, data["max_dropped_fraction"], near_misses)
 
         n_events, n_sets, duplicates = second_pass(raw_dir, tmp, labels, first_pass.variables, n_partitions)
         shutil.rmtree(raw_dir)
         qc = _qc(labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data)
+        qc["warnings"] = [_near_miss_note(near_misses)] if near_misses else []
         if qc["rows_kept"] == 0:
             raise InputError(
                 f"events file(s) {', '.join(map(str, paths))}: no valid event of a labelled patient "
@@ -464,12 +472,9 @@ def _nonzero(counts: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
 
 
-def _check_invalid_share(counts: dict, rows_in: int, examples: dict, required: dict, limit: float) -> None:
-    invalid = sum(counts[reason] for reason in INVALID_REASONS)
-    if rows_in == 0 or invalid <= limit * rows_in:
-        return
+def _reason_details(reasons, counts: dict, examples: dict, required: dict) -> list[str]:
     details = []
-    for reason in INVALID_REASONS:
+    for reason in reasons:
         if counts[reason]:
             files = {}
             for file, row in examples[reason]:
@@ -478,9 +483,54 @@ def _check_invalid_share(counts: dict, rows_in: int, examples: dict, required: d
             details.append(
                 f"{reason}: {counts[reason]} rows, column {required[ROW_REASONS[reason]]!r} (e.g. {where})"
             )
+    return details
+
+
+def _check_invalid_share(counts: dict, rows_in: int, examples: dict, required: dict, limit: float) -> None:
+    invalid = sum(counts[reason] for reason in INVALID_REASONS)
+    if rows_in == 0 or invalid <= limit * rows_in:
+        return
+    details = _reason_details(INVALID_REASONS, counts, examples, required)
     raise InputError(
         f"events: {invalid} of {rows_in} rows ({invalid / rows_in:.1%}) have a missing or invalid patient id, "
         f"variable, time or value, more than data.max_invalid_fraction = {limit:g}:\n  " + "\n  ".join(details)
+    )
+
+
+def near_miss_ids(unlabelled: pa.Array, labelled: pa.Array, limit: int = 3) -> list[tuple[str, str]]:
+    """(events id, labels id) pairs that differ only in leading zeros or letter case,
+    e.g. `007` and `7`: the usual reason why events find no label."""
+
+    def loose(ids: pa.Array) -> pa.Array:
+        return pc.utf8_lower(pc.replace_substring_regex(ids, r"^0+([0-9])", r"\1"))
+
+    if len(unlabelled) == 0 or len(labelled) == 0:
+        return []
+    match = pc.index_in(loose(unlabelled), value_set=loose(labelled))
+    found = np.flatnonzero(pc.is_valid(match).to_numpy(zero_copy_only=False))[:limit]
+    return [(unlabelled[int(i)].as_py(), labelled[match[int(i)].as_py()].as_py()) for i in found]
+
+
+def _near_miss_note(pairs: list[tuple[str, str]]) -> str:
+    shown = ", ".join(f"{a!r} in the events and {b!r} in the labels" for a, b in pairs)
+    return (
+        f"ids that differ only in leading zeros or case, e.g. {shown}: ids are compared as strings "
+        "(after stripping whitespace and a trailing .0), so write them the same way in both files"
+    )
+
+
+def _check_dropped_share(counts: dict, rows_in: int, examples: dict, required: dict, limit: float,
+                         near_misses: list) -> None:  # fmt: skip
+    """Every first-pass reason counts (negative times and unlabelled patients too):
+    losing most of the input to any policy is almost always a mistake upstream."""
+    dropped = sum(counts.values())
+    if rows_in == 0 or dropped <= limit * rows_in:
+        return
+    details = _reason_details(ROW_REASONS, counts, examples, required)
+    hint = f"\n  {_near_miss_note(near_misses)}" if near_misses and counts["patient_without_label"] else ""
+    raise InputError(
+        f"events: {dropped} of {rows_in} rows ({dropped / rows_in:.1%}) would be dropped, more than "
+        f"data.max_dropped_fraction = {limit:g}:\n  " + "\n  ".join(details) + hint
     )
 
 
@@ -549,4 +599,6 @@ def main(argv: list[str]) -> int:
         f"ingest: {qc['rows_kept']} of {qc['rows_in']} rows kept, {qc['patients_kept']} patients, "
         f"{qc['partitions']} partition(s); dropped: {_nonzero(qc['rows_dropped'])}"
     )
+    for warning in qc["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
