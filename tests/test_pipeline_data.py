@@ -111,8 +111,9 @@ def test_events_directory_takes_every_csv_file_the_readme_promises(tmp_path):
         handle.write(header + "6,0,HR,85\n")
     (events / "D.CSV").write_text(header + "7,0,HR,86\n")
     (events / "notes.txt").write_text("not events\n")
-    (tmp_path / "labels.csv").write_text("patient_id,in_hospital_mortality\n" + "".join(f"{i},{i % 2}\n" for i in range(1, 8)))
-    data = {"source": "files", "events": str(events), "labels": str(tmp_path / "labels.csv"), "incomplete_splits": "warn"}
+    labels = tmp_path / "labels.csv"
+    labels.write_text("patient_id,in_hospital_mortality\n" + "".join(f"{i},{i % 2}\n" for i in range(1, 8)))
+    data = {"source": "files", "events": str(events), "labels": str(labels), "incomplete_splits": "warn"}
     done = run_snakemake(tmp_path, {"data": data}, "results/events")
     assert done.returncode == 0, done.stdout + done.stderr
     qc = json.loads((tmp_path / "results/events/qc.json").read_text())

@@ -388,7 +388,8 @@ def ingest(settings: dict, event_paths: list[str], labels_path: str, splits_path
         counts = dict(zip(ROW_REASONS, (int(c) for c in first_pass.counts[1:])))
         rows_in = int(first_pass.counts.sum())
         _check_invalid_share(counts, rows_in, first_pass.examples, required, data["max_invalid_fraction"])
-        unlabelled = pc.unique(pa.concat_arrays(first_pass.unlabelled_ids)) if first_pass.unlabelled_ids else pa.array([], pa.string())
+        unlabelled_ids = first_pass.unlabelled_ids or [pa.array([], pa.string())]
+        unlabelled = pc.unique(pa.concat_arrays(unlabelled_ids))
         near_misses = near_miss_ids(unlabelled, labels.ids)
         _check_dropped_share(counts, rows_in, first_pass.examples, required, data["max_dropped_fraction"], near_misses)
 
