@@ -324,3 +324,25 @@ def test_predictions_of_different_patients_are_an_input_error(tmp_path):
     write_predictions(path, ["X"] + IDS[1:], frame.label.to_numpy(), frame.probability.to_numpy())
     with pytest.raises(InputError, match=r"test predictions of bs4/seed0 and bs1/seed0 are not of the same patients"):
         run_report(tmp_path, results, (1, 4), (0,))
+
+
+def test_environment_names_each_machine_and_the_runs_on_it():
+    from types import SimpleNamespace
+
+    from seqsetvae.reports.batch_comparison import _machine_line, machines
+
+    cpu_node = {"host": "node1", "cpu": "AMD EPYC", "gpu": None, "gpus_visible": 0, "cuda": None, "driver": None}
+    gpu_node = {"host": "gpu7", "cpu": "Intel Xeon", "gpu": "NVIDIA H200", "gpus_visible": 1, "cuda": "12.8",
+                "driver": "570.1"}  # fmt: skip
+    runs = [
+        SimpleNamespace(batch_size=1, seed=0, train={"machine": cpu_node, "device": "cpu", "device_requested": "auto"}),
+        SimpleNamespace(batch_size=4, seed=0, train={"machine": gpu_node, "device": "cuda", "device_requested": "auto"}),
+        SimpleNamespace(batch_size=1, seed=1, train={"machine": cpu_node, "device": "cpu", "device_requested": "cpu"}),
+    ]
+    found = machines(runs)
+    assert [(m["host"], m["runs"], m["auto_fell_back_to_cpu"]) for m in found] == [
+        ("node1", ["bs1/seed0", "bs1/seed1"], True), ("gpu7", ["bs4/seed0"], False)]
+    assert _machine_line(found[0]) == (
+        "  - node1: CPU AMD EPYC, no GPU; train.device auto fell back to the CPU: bs1/seed0, bs1/seed1")
+    assert _machine_line(found[1]) == (
+        "  - gpu7: CPU Intel Xeon, GPU NVIDIA H200 (1 visible), CUDA 12.8, driver 570.1: bs4/seed0")

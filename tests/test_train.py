@@ -260,15 +260,99 @@ def test_completed_run_restarted_keeps_its_results(data, tmp_path, capsys):
     assert ((out / "metrics.jsonl").read_text(), (out / "final.safetensors").read_bytes()) == before
 
 
-def test_changed_configuration_does_not_resume(data, tmp_path, capsys):
+def test_changed_configuration_is_moved_aside_not_resumed(data, tmp_path, capsys):
     out = tmp_path / "bs4"
     assert _run(data, out, epochs=1) == 0
+    old_latest = (out / "checkpoints" / "latest.json").read_text()
     capsys.readouterr()
     assert _run(data, out, epochs=1, lr=0.001) == 0
     err = capsys.readouterr().err
-    assert "another configuration" in err and "resuming" not in err
+    assert "written under another model, data, optimiser, batch size, seed or device: moved to" in err
+    assert "resuming" not in err
     steps = [r for r in _lines(out) if r["kind"] == "step"]
     assert steps[0]["lr"] < 0.003 and len(steps) == 6 and steps[0]["step"] == 1  # started again at step 1
+    (aside,) = (out / "superseded").iterdir()  # the old run is kept, not deleted
+    assert (aside / "latest.json").read_text() == old_latest
+
+
+def test_a_budget_change_continues_from_the_last_checkpoint(data, tmp_path, capsys):
+    """Raising train.epochs continues the finished run (same first epoch, the steps go on
+    from 7); lowering it below the progress made moves the run aside."""
+    out = tmp_path / "bs4"
+    assert _run(data, out, epochs=1) == 0
+    first = _no_timing(_lines(out))
+    capsys.readouterr()
+    assert _run(data, out, epochs=2) == 0
+    assert "train.epochs changed from 1 to 2: continuing at 1.00 epochs" in capsys.readouterr().err
+    lines = _no_timing(_lines(out))
+    assert lines[: len(first)] == first
+    steps = [r["step"] for r in lines if r["kind"] == "step"]
+    assert steps == list(range(1, 13))
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["budget_changes"] == [{"step": 6, "epochs_from": 1, "epochs_to": 2}] and summary["steps"] == 12
+
+    capsys.readouterr()
+    assert _run(data, out, epochs=1) == 0
+    assert "are past the new budget's end: moved to" in capsys.readouterr().err
+    assert [r["step"] for r in _lines(out) if r["kind"] == "step"] == list(range(1, 7))
+
+
+def test_memory_peaks_are_the_maximum_over_every_segment(data, tmp_path):
+    out = tmp_path / "bs4"
+    assert _run(data, out, extra=["--stop-after-steps", "8"]) == 0
+    latest = out / "checkpoints" / json.loads((out / "checkpoints" / "latest.json").read_text())["checkpoint"]
+    state = json.loads((latest / "state.json").read_text())
+    assert state["run"]["peaks"]["peak_rss_mb"] > 0
+    state["run"]["peaks"]["peak_rss_mb"] = 123456.0  # as if the first process had peaked there
+    (latest / "state.json").write_text(json.dumps(state))
+    assert _run(data, out) == 0
+    assert json.loads((out / "metrics.json").read_text())["peak_rss_mb"] == 123456.0
+
+
+def test_a_non_finite_batch_is_skipped_before_the_step_then_fails_past_the_limit(data, tmp_path, monkeypatch, capsys):
+    from seqsetvae.model import SeqSetVAE
+
+    original, calls = SeqSetVAE.forward, {"n": 0}
+
+    def forward(self, batch, weights):
+        output = original(self, batch, weights)
+        if self.training and torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 3:  # the third training batch
+                output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setattr(SeqSetVAE, "forward", forward)
+    out = tmp_path / "bs4"
+    assert _run(data, out, noise_scale={"per_epoch": 0, "patients": 4}) == 0
+    lines = _lines(out)
+    (skipped,) = [r for r in lines if r["kind"] == "skipped"]
+    assert skipped["step"] == 2 and skipped["non_finite"] == ["grad_norm", "loss"] and len(skipped["patients"]) == 4
+    assert f"patients {', '.join(skipped['patients'])}" in capsys.readouterr().err
+    assert len([r for r in lines if r["kind"] == "step"]) == 11  # 12 batches, one skipped
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["skipped_batches"] == 1 and summary["patients_seen"] == 44  # the schedules' clock went on
+    weights = load_file(str(out / "final.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+    calls["n"] = 0
+    with pytest.raises(FloatingPointError, match=r"non-finite grad_norm, loss \(epoch 1, after step 2, patients .*"
+                       r"1 batches skipped, more than train.max_skipped_batches = 0"):  # fmt: skip
+        _run(data, tmp_path / "strict", noise_scale={"per_epoch": 0, "patients": 4}, max_skipped_batches=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+def test_a_job_given_gpus_without_one_fails_at_once(data, tmp_path, capsys):
+    with pytest.raises(InputError, match=r"train.device: this job was given 1 GPU\(s\).*no CUDA device is visible"):
+        _run(data, tmp_path / "gpu", extra=["--gpus", "1"], device="auto")
+    with pytest.raises(InputError, match=r"train.device is cuda but no CUDA device is visible"):
+        _run(data, tmp_path / "cuda", device="cuda")
+    assert not (tmp_path / "gpu").exists() and not (tmp_path / "cuda").exists()
+    assert _run(data, tmp_path / "auto", device="auto", epochs=1) == 0
+    assert "train.device auto: no CUDA device visible, training on the CPU" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    assert summary["device"] == "cpu" and summary["device_requested"] == "auto"
+    assert summary["machine"]["host"] and summary["machine"]["cpu"] and summary["machine"]["gpu"] is None
 
 
 def test_batch_size_one_and_token_budget(data, tmp_path):

@@ -280,10 +280,35 @@ def dataset(results: Path) -> dict:
     }
 
 
+def machines(runs) -> list[dict]:
+    """The distinct machines the runs trained on (host, CPU, GPU, CUDA, driver), each
+    with its runs, and whether `train.device: auto` fell back to the CPU there."""
+    found: dict[str, dict] = {}
+    for run in runs:
+        machine = run.train.get("machine") or {}
+        key = {k: machine.get(k) for k in ("host", "cpu", "gpu", "gpus_visible", "cuda", "driver")}
+        entry = found.setdefault(json.dumps(key, sort_keys=True), {**key, "runs": [], "auto_fell_back_to_cpu": False})
+        entry["runs"].append(f"bs{run.batch_size}/seed{run.seed}")
+        if run.train.get("device_requested") == "auto" and run.train.get("device") == "cpu":
+            entry["auto_fell_back_to_cpu"] = True
+    return list(found.values())
+
+
+def _machine_line(machine: dict) -> str:
+    gpu = "no GPU" if not machine.get("gpu") else (
+        f"GPU {machine['gpu']} ({machine.get('gpus_visible')} visible), CUDA {machine.get('cuda')}, driver {machine.get('driver')}"
+    )  # fmt: skip
+    fallback = "; train.device auto fell back to the CPU" if machine["auto_fell_back_to_cpu"] else ""
+    return (f"  - {machine.get('host') or 'unknown host'}: CPU {machine.get('cpu') or 'unknown'}, {gpu}{fallback}: "
+            f"{', '.join(machine['runs'])}")  # fmt: skip
+
+
 def environment_lines(study: dict) -> list[str]:
     env, data = study["environment"], study["dataset"]
     lines = [
         f"- device: {', '.join(study['device'])}; torch {env['torch']}; CPU threads: {env['threads']}; precision: {env['precision']}",
+        "- machines (the runs trained on each):",
+        *[_machine_line(m) for m in env.get("machines", [])],
         f"- project commit: {env['commit']}",
         f"- settings digest (sha256 of the settings JSON): `{env['settings_digest']}`",
         f"- evaluation: best-validation-AUROC checkpoint of each run on the test split; bootstrap "
@@ -420,6 +445,7 @@ def main(argv: list[str]) -> int:
         "torch": _unique(r.train.get("torch_version") for r in runs),
         "threads": _unique(r.train.get("threads") for r in runs),
         "precision": _unique(r.train.get("precision") for r in runs),
+        "machines": machines(runs),
     }
     study["summary"] = summary_sentences(study)
     write_json(out.with_suffix(".json"), study)

@@ -4,7 +4,10 @@ and the frozen embedding both rebuild the model from."""
 from __future__ import annotations
 
 import os
+import platform
 import random
+import socket
+import subprocess
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -15,12 +18,57 @@ from safetensors.torch import load_file
 from seqsetvae.errors import InputError
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("configuration key train.device: cuda requested but no CUDA device is available")
+def resolve_device(name: str, gpus: int = 0) -> torch.device:
+    """`train.device` as a torch device; fails at once when CUDA is asked for, by the
+    setting or by a job given `gpus` GPUs, and none is visible."""
+    if not torch.cuda.is_available() and (name == "cuda" or gpus > 0):
+        asked = "train.device is cuda" if name == "cuda" else f"this job was given {gpus} GPU(s) (resources.*.gpus)"
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise InputError(
+            f"configuration key train.device: {asked} but no CUDA device is visible "
+            f"(CUDA_VISIBLE_DEVICES={visible!r}, torch {torch.__version__} built for CUDA {torch.version.cuda})"
+        )
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_driver_version() -> str | None:
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = done.stdout.split()
+    return lines[0] if done.returncode == 0 and lines else None
+
+
+def machine(device: torch.device) -> dict:
+    """Where a job ran, so that runs spread over a mixed partition compare honestly."""
+    cuda = device.type == "cuda"
+    return {
+        "host": socket.gethostname(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(device) if cuda else None,
+        "gpus_visible": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "cuda": torch.version.cuda if cuda else None,
+        "driver": gpu_driver_version() if cuda else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def resolve_threads(configured: int | None, given: int | None) -> int:

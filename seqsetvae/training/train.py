@@ -13,8 +13,12 @@ Writes into --out: metrics.json (the run's summary), metrics.jsonl (one line per
 per validation, per noise-scale measurement and per epoch), best.safetensors (weights of
 the best validation AUROC), final.safetensors, run_config.json, and checkpoints/ (see
 `seqsetvae.training.checkpoint`). A job killed and started again resumes from its last
-checkpoint and, on CPU, ends with the same weights as an uninterrupted run. Checkpoints
-of a different configuration (see `fingerprint`) are deleted, never resumed.
+checkpoint and, on CPU, ends with the same weights as an uninterrupted run. A changed
+budget (`train.epochs`) continues from the last checkpoint (the schedules follow the new
+budget from there); checkpoints of another model, data, optimiser or seed (see
+`identity`) are moved to `superseded/` in the run directory, never resumed or deleted.
+A batch whose loss or gradient is not finite is skipped before the optimiser steps,
+counted and logged with its patients, up to `train.max_skipped_batches`.
 """
 
 from __future__ import annotations
@@ -38,13 +42,22 @@ from seqsetvae.settings import load_settings
 from seqsetvae.training import checkpoint as ckpt
 from seqsetvae.training import noise_scale
 from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
-from seqsetvae.training.runtime import autocast, load_embedding, resolve_device, resolve_threads, seed_everything
+from seqsetvae.training.runtime import (
+    autocast,
+    load_embedding,
+    machine,
+    resolve_device,
+    resolve_threads,
+    seed_everything,
+)
 from seqsetvae.training.sampler import LengthGroupedBatchSampler
 from seqsetvae.training.schedule import evaluation_weights, loss_weights, lr_factor, scaled_lr
 
 # train keys that do not change what is computed: a checkpoint written under other
-# values of these is resumed all the same (the run's own seed is part of the fingerprint)
-_NOT_IN_FINGERPRINT = {"batch_sizes", "seeds", "threads", "log_every", "checkpoint_every"}
+# values of these is resumed all the same (the run's own seed is part of the identity)
+_NOT_IN_FINGERPRINT = {"batch_sizes", "seeds", "threads", "log_every", "checkpoint_every", "max_skipped_batches"}
+# the budget: a checkpoint of the same identity under another budget is continued
+_BUDGET = ("epochs",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=None, help="the run's seed (default: the first of train.seeds)")
     parser.add_argument("--out", required=True, help="run directory (results/runs/bsB/seedS)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads when train.threads is null")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs the job was given: with none visible, fail at once")
     parser.add_argument(
         "--stop-after-steps",
         type=int,
@@ -76,9 +90,10 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(settings: dict, batch_size: int, seed: int, shards: Path, embedding: Path, device: torch.device) -> str:
-    """What a checkpoint must match to be resumed: settings, batch size, seed, data, device."""
-    train = {k: v for k, v in settings["train"].items() if k not in _NOT_IN_FINGERPRINT}
+def identity(settings: dict, batch_size: int, seed: int, shards: Path, embedding: Path, device: torch.device) -> str:
+    """What a checkpoint must match to be continued: model, optimiser and schedule settings,
+    batch size, seed, data, device; not the budget (`_BUDGET`)."""
+    train = {k: v for k, v in settings["train"].items() if k not in _NOT_IN_FINGERPRINT and k not in _BUDGET}
     index = shards / "index.json"
     payload = {
         "model": settings["model"],
@@ -187,6 +202,10 @@ def _fresh_state() -> dict:
         "noise_measurements": [],
         "best": {"validation": None, "epoch": None, "step": None, "val_auroc": None, "val_loss": None},
         "metrics_bytes": 0,  # length of the working metrics.jsonl at this state
+        "skipped_batches": 0,  # non-finite loss or gradient: skipped before the optimiser step
+        "budget_changes": [],  # {"step", "epochs_from", "epochs_to"} of each continued budget change
+        # the largest over every process (segment) of the run, not only the last one
+        "peaks": {"peak_rss_mb": 0.0, "cuda_max_allocated_mb": None, "cuda_max_reserved_mb": None},
     }
 
 
@@ -240,7 +259,7 @@ class Trainer:
             max_events_per_batch=train["max_events_per_batch"],
             seed=seed,
         )
-        self.fingerprint = fingerprint(settings, args.batch_size, seed, Path(args.shards), Path(args.embedding), device)
+        self.identity = identity(settings, args.batch_size, seed, Path(args.shards), Path(args.embedding), device)
         self.state = _fresh_state()
         self.segment_start = time.perf_counter()  # wall time of this process since the last checkpoint
 
@@ -259,26 +278,58 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------
 
     def resume(self) -> None:
-        """Continue from the newest checkpoint of this configuration, if there is one."""
+        """Continue from the newest checkpoint of this run's identity, if there is one; a
+        changed budget continues too, unless the checkpoint is already past its end."""
         latest = ckpt.latest_checkpoint(self.checkpoints)
         if latest is not None:
             saved = json.loads((latest / "state.json").read_text())
-            if saved.get("fingerprint") == self.fingerprint:
+            progress = saved.get("run", {}).get("patients", 0) / self.n_train
+            past_budget = progress > self.train["epochs"] + 1e-9
+            if saved.get("identity") == self.identity and not past_budget:
                 saved = ckpt.load_checkpoint(latest, self.model)
                 self.optimizer.load_state_dict(saved["optimizer"])
                 self.sampler.load_state_dict(saved["sampler"])
                 ckpt.set_rng_state(saved["rng"], self.device)
-                self.state = saved["run"]
+                self.state = {**_fresh_state(), **saved["run"]}
                 _log(f"resuming from {latest} (step {self.state['step']}, epoch {self.sampler.epoch + 1})")
+                if saved["epochs"] != self.train["epochs"]:
+                    change = {"step": self.state["step"], "epochs_from": saved["epochs"], "epochs_to": self.train["epochs"]}
+                    self.state["budget_changes"].append(change)
+                    _log(
+                        f"train.epochs changed from {saved['epochs']} to {self.train['epochs']}: continuing at "
+                        f"{progress:.2f} epochs; the schedules follow the new budget from here"
+                    )
             else:
-                _log(f"checkpoints in {self.checkpoints} were written under another configuration: deleted")
-                shutil.rmtree(self.checkpoints)
+                self.move_aside(latest, "past the new budget's end" if saved.get("identity") == self.identity else None)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         # the working metrics log is cut back to the checkpoint's length, so that steps
         # redone after a resume are not logged twice
         with open(self.log_path, "ab") as log:
             log.truncate(self.state["metrics_bytes"])
         self.metrics_log = open(self.log_path, "a")
+
+    def move_aside(self, latest: Path, why: str | None) -> None:
+        """Keep a run that cannot be continued under `superseded/`, never delete it."""
+        saved = json.loads((latest / "state.json").read_text())
+        name = (saved.get("identity") or saved.get("fingerprint") or "unknown")[:12]
+        aside = self.out / "superseded" / name
+        number = 1
+        while aside.exists():
+            number += 1
+            aside = self.out / "superseded" / f"{name}-{number}"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(self.checkpoints), str(aside))
+        reason = why or "written under another model, data, optimiser, batch size, seed or device"
+        _log(f"checkpoints in {self.checkpoints} are {reason}: moved to {aside}, training from step 0")
+
+    def update_peaks(self) -> None:
+        """Fold this process's memory peaks into the run's (the maximum over segments)."""
+        peaks = self.state["peaks"]
+        peaks["peak_rss_mb"] = max(peaks["peak_rss_mb"] or 0.0, peak_rss_mb())
+        if self.device.type == "cuda":
+            allocated, reserved = cuda_peaks_mb(self.device)
+            peaks["cuda_max_allocated_mb"] = max(peaks["cuda_max_allocated_mb"] or 0.0, allocated)
+            peaks["cuda_max_reserved_mb"] = max(peaks["cuda_max_reserved_mb"] or 0.0, reserved)
 
     def wall_time(self) -> float:
         return self.state["wall_time_s"] + time.perf_counter() - self.segment_start
@@ -288,8 +339,10 @@ class Trainer:
         self.state["metrics_bytes"] = self.log_path.stat().st_size
         self.state["wall_time_s"] = self.wall_time()
         self.segment_start = time.perf_counter()
+        self.update_peaks()
         everything = {
-            "fingerprint": self.fingerprint,
+            "identity": self.identity,
+            "epochs": self.train["epochs"],
             "run": self.state,
             "sampler": self.sampler.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -304,8 +357,9 @@ class Trainer:
 
     # -- training -----------------------------------------------------------------------
 
-    def step(self, indices: np.ndarray, epoch: int) -> dict:
-        """One optimizer step on the patients `indices`; returns its metrics line."""
+    def step(self, indices: np.ndarray, epoch: int) -> dict | None:
+        """One optimizer step on the patients `indices`; returns its metrics line, or None
+        when the batch was skipped (non-finite loss or gradient)."""
         start = time.perf_counter()
         state = self.state
         batch = self.train_batches(indices).to(self.device)
@@ -319,12 +373,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train["grad_clip"])
-        self.optimizer.step()
         terms = {name: float(getattr(output, name).detach()) for name in STEP_TERMS}
         terms["grad_norm"] = float(grad_norm)
-        seconds = time.perf_counter() - start  # float() above waited for the device
         if not all(math.isfinite(value) for value in terms.values()):
-            raise FloatingPointError(f"non-finite loss at step {state['step']}: {terms}")
+            self.skip(indices, epoch, terms)
+            return None
+        self.optimizer.step()
+        seconds = time.perf_counter() - start  # float() above waited for the device
 
         size = {"patients": batch.n_patients, "events": batch.n_events, "sets": batch.n_sets}
         state["step"] += 1
@@ -350,6 +405,27 @@ class Trainer:
         }  # fmt: skip
         self.record(line)
         return line
+
+    def skip(self, indices: np.ndarray, epoch: int, terms: dict) -> None:
+        """A batch with a non-finite loss or gradient: no optimiser step (the weights stay
+        finite); its patients count as seen, so every schedule stays on the sampler's
+        clock. Past `train.max_skipped_batches` the run fails, naming the batch."""
+        self.optimizer.zero_grad(set_to_none=True)
+        state = self.state
+        patients = [str(p) for p in self.train_batches.reader.patient_ids[np.asarray(indices)]]
+        state["skipped_batches"] += 1
+        state["patients"] += len(patients)
+        bad = sorted(name for name, value in terms.items() if not math.isfinite(value))
+        where = f"epoch {epoch + 1}, after step {state['step']}, patients {', '.join(patients)}"
+        limit = self.train["max_skipped_batches"]
+        if state["skipped_batches"] > limit:
+            raise FloatingPointError(
+                f"non-finite {', '.join(bad)} ({where}): {state['skipped_batches']} batches skipped, more than "
+                f"train.max_skipped_batches = {limit}"
+            )
+        self.record({"kind": "skipped", "epoch": epoch + 1, "step": state["step"], "samples": state["patients"],
+                     "non_finite": bad, "patients": patients})  # fmt: skip
+        _log(f"skipped a batch with a non-finite {', '.join(bad)} ({where}); {state['skipped_batches']} skipped so far")
 
     def validate(self) -> None:
         """Score the validation split, log the point, keep the best weights."""
@@ -427,9 +503,11 @@ class Trainer:
                 if self.due(train["noise_scale"]["per_epoch"], len(state["noise_measurements"]), offset=0.5):
                     self.measure_noise_scale()
                 line = self.step(indices, epoch)
-                step = line["step"]
+                step = state["step"]
                 bar.update(1)
-                if tty:
+                if line is None:  # skipped: no step to log or checkpoint
+                    pass
+                elif tty:
                     bar.set_postfix(loss=f"{line['loss']:.3f}", pps=f"{line['patients_per_s']:.1f}")
                 elif step % train["log_every"] == 0:
                     _log(
@@ -440,8 +518,8 @@ class Trainer:
                 if self.due(train["validations_per_epoch"], state["validations"]):
                     self.validate()
                 epoch_ends = sampler.position == len(sampler)  # checkpointed after the epoch line
-                stop = stop_after is not None and step >= stop_after
-                if (step % train["checkpoint_every"] == 0 or stop) and not epoch_ends:
+                stop = line is not None and stop_after is not None and step >= stop_after
+                if line is not None and (step % train["checkpoint_every"] == 0 or stop) and not epoch_ends:
                     self.checkpoint("stop requested" if stop else "periodic")
                 if stop:
                     if epoch_ends:
@@ -478,7 +556,8 @@ class Trainer:
                 "lr": self.lr,
             },
         )
-        allocated, reserved = cuda_peaks_mb(self.device)
+        self.update_peaks()
+        peaks = state["peaks"]
         seconds = state["train_time_s"]
         measurements = state["noise_measurements"]
         write_json(
@@ -499,10 +578,14 @@ class Trainer:
                 "events_seen": state["events"],
                 "train_patients": self.n_train,
                 "validations": state["validations"],
-                "peak_rss_mb": peak_rss_mb(),
-                "cuda_max_allocated_mb": allocated,
-                "cuda_max_reserved_mb": reserved,
+                "peak_rss_mb": peaks["peak_rss_mb"],
+                "cuda_max_allocated_mb": peaks["cuda_max_allocated_mb"],
+                "cuda_max_reserved_mb": peaks["cuda_max_reserved_mb"],
                 "device": self.device.type,
+                "device_requested": train["device"],
+                "machine": machine(self.device),
+                "skipped_batches": state["skipped_batches"],
+                "budget_changes": state["budget_changes"],
                 "threads": self.threads,
                 "precision": train["precision"],
                 "torch_version": torch.__version__,
@@ -532,7 +615,9 @@ def main(argv: list[str]) -> int:
     seed = train["seeds"][0] if args.seed is None else args.seed
     threads = resolve_threads(train["threads"], args.threads)
     torch.set_num_threads(threads)
-    device = resolve_device(train["device"])
+    device = resolve_device(train["device"], args.gpus)
+    if train["device"] == "auto" and device.type == "cpu":
+        _log("train.device auto: no CUDA device visible, training on the CPU")
     seed_everything(seed)
 
     trainer = Trainer(args, settings, device, threads, seed)

@@ -29,4 +29,4 @@ rule train:
     shell:
         "logged {log:q} seqsetvae train --settings {params.settings:q} --shards {input.shards:q}"
         " --embedding {input.embedding:q} --batch-size {wildcards.bs} --seed {wildcards.seed}"
-        " --out $(dirname {output.summary:q}) --threads {threads}"
+        " --out $(dirname {output.summary:q}) --threads {threads} --gpus {resources.gpu}"
