@@ -47,7 +47,7 @@ class Batch:
     pairs_per_event: torch.Tensor  # int64 [E], pairs of each query event (its set's size)
     # sets (packed, patient then time order)
     set_sizes: torch.Tensor  # int64 [S]
-    set_times: torch.Tensor  # float32 [S], minutes
+    set_times: torch.Tensor  # float64 [S], minutes (exact; the time feature is computed before any float32 cast)
     set_patient: torch.Tensor  # int64 [S]
     set_position: torch.Tensor  # int64 [S], index of the set in its patient's sequence
     sets_per_patient: torch.Tensor  # int64 [B]
@@ -156,7 +156,7 @@ def collate(patients: RaggedPatients) -> Batch:
         pair_key=t(pair_key, torch.int64),
         pairs_per_event=t(set_sizes[event_set], torch.int64),
         set_sizes=t(set_sizes, torch.int64),
-        set_times=t(patients.set_times, torch.float32),
+        set_times=t(patients.set_times, torch.float64),
         set_patient=t(set_patient, torch.int64),
         set_position=t(set_position, torch.int64),
         sets_per_patient=t(sets_per_patient, torch.int64),

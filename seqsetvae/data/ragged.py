@@ -48,7 +48,7 @@ class RaggedPatients:
     labels: np.ndarray  # int64 [P], 0/1
     variable_ids: np.ndarray  # int32 [E], vocabulary ids
     values: np.ndarray  # float32 [E], z-normalised
-    set_times: np.ndarray  # float32 [S], minutes (the input's time axis, in minutes)
+    set_times: np.ndarray  # float64 [S], minutes (the input's time axis, in minutes)
     set_offsets: np.ndarray  # int64 [S + 1], into events, set_offsets[0] == 0
     patient_offsets: np.ndarray  # int64 [P + 1], into sets, patient_offsets[0] == 0
 

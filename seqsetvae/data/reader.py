@@ -125,7 +125,7 @@ class ShardReader:
             parts["set_times"].append(tensors["set_times"][s])
             offsets = tensors["set_offsets"]
             parts["set_sizes"].append(offsets[s + 1] - offsets[s])
-        empty = {"variable_ids": np.int32, "values": np.float32, "set_times": np.float32, "set_sizes": np.int64}
+        empty = {"variable_ids": np.int32, "values": np.float32, "set_times": np.float64, "set_sizes": np.int64}
         flat = {k: np.concatenate(v) if v else np.zeros(0, empty[k]) for k, v in parts.items()}
         if not in_order:  # back from shard-grouped to the requested order
             position = np.empty_like(grouped)
