@@ -7,7 +7,8 @@ equal the local run's (CPU training is deterministic), and that a training job
 cancelled with `scancel` mid-run is resubmitted (profile `retries`) and resumes from its
 checkpoint, still ending with the local run's weights. Training jobs ask for a GPU
 (`train.device: auto`, `resources.train.gpus: 1`): start.sh's node offers a stand-in
-GPU on a machine without one, SLURM allocates it, and training falls back to the CPU.
+GPU on a machine without one, SLURM allocates it, and training falls back to the CPU
+(`train.cpu_fallback: true`; without it such a job fails at once).
 
 Needs root and Debian's slurm-wlm + munge (scripts/slurm/install.sh); skips without
 them unless SEQSETVAE_REQUIRE_SLURM=1 (as in .ci/run), where it fails instead.
@@ -141,6 +142,7 @@ def runs(slurm_cluster, tmp_path_factory, tiny_pipeline_config):
     # a GPU request all the way to SLURM (--gpus=1); without CUDA, auto trains on the CPU
     config["train"]["device"] = "auto"
     config["resources"]["train"]["gpus"] = 1
+    config["train"]["cpu_fallback"] = True  # the stand-in GPU is no CUDA device: fall back, do not fail
     root = tmp_path_factory.mktemp("slurm_pipeline")
     local, cluster = root / "local", root / "cluster"
     for workdir in (local, cluster):

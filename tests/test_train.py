@@ -348,6 +348,8 @@ def test_a_job_given_gpus_without_one_fails_at_once(data, tmp_path, capsys):
     with pytest.raises(InputError, match=r"train.device is cuda but no CUDA device is visible"):
         _run(data, tmp_path / "cuda", device="cuda")
     assert not (tmp_path / "gpu").exists() and not (tmp_path / "cuda").exists()
+    assert _run(data, tmp_path / "fallback", extra=["--gpus", "1"], device="auto", epochs=1, cpu_fallback=True) == 0
+    assert "although the job was given 1 GPU(s) (train.cpu_fallback), training on the CPU" in capsys.readouterr().err
     assert _run(data, tmp_path / "auto", device="auto", epochs=1) == 0
     assert "train.device auto: no CUDA device visible, training on the CPU" in capsys.readouterr().err
     summary = json.loads((tmp_path / "auto" / "metrics.json").read_text())

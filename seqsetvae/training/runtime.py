@@ -18,10 +18,11 @@ from safetensors.torch import load_file
 from seqsetvae.errors import InputError
 
 
-def resolve_device(name: str, gpus: int = 0) -> torch.device:
-    """`train.device` as a torch device; fails at once when CUDA is asked for, by the
-    setting or by a job given `gpus` GPUs, and none is visible."""
-    if not torch.cuda.is_available() and (name == "cuda" or gpus > 0):
+def resolve_device(name: str, gpus: int = 0, cpu_fallback: bool = False) -> torch.device:
+    """`train.device` as a torch device. Fails at once when CUDA is asked for and none is
+    visible: by `cuda`, or by a job given `gpus` GPUs (unless `cpu_fallback`, for test
+    clusters whose GPUs are stand-ins); `auto` without a GPU request takes the CPU."""
+    if not torch.cuda.is_available() and (name == "cuda" or (gpus > 0 and not cpu_fallback)):
         asked = "train.device is cuda" if name == "cuda" else f"this job was given {gpus} GPU(s) (resources.*.gpus)"
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         raise InputError(

@@ -55,7 +55,8 @@ from seqsetvae.training.schedule import evaluation_weights, loss_weights, lr_fac
 
 # train keys that do not change what is computed: a checkpoint written under other
 # values of these is resumed all the same (the run's own seed is part of the identity)
-_NOT_IN_FINGERPRINT = {"batch_sizes", "seeds", "threads", "log_every", "checkpoint_every", "max_skipped_batches"}
+_NOT_IN_FINGERPRINT = {"batch_sizes", "seeds", "threads", "log_every", "checkpoint_every", "max_skipped_batches",
+                      "cpu_fallback"}
 # the budget: a checkpoint of the same identity under another budget is continued
 _BUDGET = ("epochs",)
 
@@ -615,9 +616,10 @@ def main(argv: list[str]) -> int:
     seed = train["seeds"][0] if args.seed is None else args.seed
     threads = resolve_threads(train["threads"], args.threads)
     torch.set_num_threads(threads)
-    device = resolve_device(train["device"], args.gpus)
+    device = resolve_device(train["device"], args.gpus, train["cpu_fallback"])
     if train["device"] == "auto" and device.type == "cpu":
-        _log("train.device auto: no CUDA device visible, training on the CPU")
+        given = f" although the job was given {args.gpus} GPU(s) (train.cpu_fallback)" if args.gpus else ""
+        _log(f"train.device auto: no CUDA device visible{given}, training on the CPU")
     seed_everything(seed)
 
     trainer = Trainer(args, settings, device, threads, seed)
