@@ -32,12 +32,13 @@ BENCHMARKS = f"{RESULTS}/benchmarks"
 CONDA_ENV = "../../envs/seqsetvae.yaml"
 
 # Every rule's shell is `logged {log} seqsetvae <stage> ...`: the stage's output goes to
-# the rule's log; on failure its `error:` line (or, after a crash, the log's last lines)
+# the rule's log; on failure its `error:` message (or, after a crash, the log's last lines)
 # is printed on the console too, and the exit status is passed on.
 shell.prefix(
     "set -euo pipefail; logged() {{ log=$1; shift;"
     ' "$@" > "$log" 2>&1 || {{ status=$?; echo "$1 $2 failed; log: $log" >&2;'
-    ' grep \'^error:\' "$log" >&2 || tail -n 5 "$log" >&2; return $status; }}; }}; '
+    " if grep -q '^error:' \"$log\"; then sed -n '/^error:/,$p' \"$log\" >&2;"
+    ' else tail -n 5 "$log" >&2; fi; return $status; }}; }}; '
 )
 
 
