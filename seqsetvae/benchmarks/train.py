@@ -74,7 +74,7 @@ def worker(args) -> dict:
     from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
     from seqsetvae.training.sampler import LengthGroupedBatchSampler
     from seqsetvae.training.schedule import evaluation_weights
-    from seqsetvae.training.train import build_optimizer
+    from seqsetvae.training.optimizer import build_optimizer
 
     batch_size = args.worker
     settings = load_settings(args.settings)

@@ -42,6 +42,7 @@ from seqsetvae.settings import load_settings
 from seqsetvae.training import checkpoint as ckpt
 from seqsetvae.training import noise_scale
 from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
+from seqsetvae.training.optimizer import build_optimizer, class_weights, set_learning_rate
 from seqsetvae.training.runtime import (
     autocast,
     load_embedding,
@@ -52,6 +53,7 @@ from seqsetvae.training.runtime import (
 )
 from seqsetvae.training.sampler import LengthGroupedBatchSampler
 from seqsetvae.training.schedule import evaluation_weights, loss_weights, lr_factor, scaled_lr
+from seqsetvae.training.validation import is_better, validate
 
 # train keys that do not change what is computed: a checkpoint written under other
 # values of these is resumed all the same (the run's own seed is part of the identity)
@@ -108,74 +110,6 @@ def identity(settings: dict, batch_size: int, seed: int, shards: Path, embedding
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def build_optimizer(model, train: dict, lr: float) -> torch.optim.AdamW:
-    """AdamW over the model's parameter groups (SetVAE encoder at lr x setvae_lr_factor).
-
-    Each group keeps its peak rate as `initial_lr`; `set_learning_rate` scales it.
-    """
-    groups = model.parameter_groups(lr=lr, setvae_lr_factor=train["setvae_lr_factor"])
-    for group in groups:
-        group["initial_lr"] = group["lr"]
-    # fused on CUDA: one kernel instead of ~10 per parameter tensor (the step was a third
-    # of a batch-16 step's GPU time on an H200); CPU keeps the default implementation
-    fused = True if next(model.parameters()).is_cuda else None
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=train["weight_decay"], betas=(0.9, 0.999), fused=fused)
-
-
-def set_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> float:
-    """Every group at its peak rate x `factor`; returns the main (largest) rate."""
-    for group in optimizer.param_groups:
-        group["lr"] = group["initial_lr"] * factor
-    return max(group["lr"] for group in optimizer.param_groups)
-
-
-def class_weights(labels: np.ndarray, rule: str) -> tuple[float, float] | None:
-    """Cross-entropy weights of classes (0, 1): `balanced` gives the positives n_neg / n_pos."""
-    if rule == "none":
-        return None
-    positives = int(labels.sum())
-    if positives == 0 or positives == len(labels):
-        raise InputError("configuration key train.class_weights: balanced weights need both classes in the train split")
-    return 1.0, (len(labels) - positives) / positives
-
-
-# -- validation -----------------------------------------------------------------------
-
-
-@torch.no_grad()
-def validate(model, batches, batch_size: int, train: dict, device, autocast, weights) -> dict:
-    """Loss (evaluation weights), AUROC and AUPRC over a split, in length order."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    if len(batches) == 0:
-        return {"val_loss": None, "val_auroc": None, "val_auprc": None}
-    sampler = LengthGroupedBatchSampler(
-        batches.lengths,
-        batch_size,
-        mega_batch_factor=train["mega_batch_factor"],
-        max_events_per_batch=train["max_events_per_batch"],
-        shuffle=False,
-    )
-    model.eval()
-    loss_sum, order, scores = 0.0, [], []
-    for indices in sampler.batches(0):
-        batch = batches(indices).to(device)
-        with autocast():
-            out = model(batch, weights)
-        loss_sum += float(out.loss) * len(indices)
-        scores.append(torch.softmax(out.logits.float(), dim=-1)[:, 1].cpu().numpy())
-        order.append(indices)
-    model.train()
-    labels = batches.labels[np.concatenate(order)]
-    scores = np.concatenate(scores)
-    both_classes = len(np.unique(labels)) == 2
-    return {
-        "val_loss": loss_sum / len(labels),
-        "val_auroc": float(roc_auc_score(labels, scores)) if both_classes else None,
-        "val_auprc": float(average_precision_score(labels, scores)) if labels.any() else None,
-    }
-
-
 # -- the run --------------------------------------------------------------------------
 
 
@@ -210,12 +144,6 @@ def _fresh_state() -> dict:
     }
 
 
-def _is_better(result: dict, best: dict) -> bool:
-    """Higher validation AUROC wins, ties to the lower loss; no validation: the latest."""
-    if best["validation"] is None or result["val_loss"] is None:
-        return True
-    key = lambda r: (-math.inf if r["val_auroc"] is None else r["val_auroc"], -r["val_loss"])  # noqa: E731
-    return key(result) > key(best)
 
 
 STEP_TERMS = ("loss", "recon", "kl", "ce")
@@ -444,7 +372,7 @@ class Trainer:
             "train_time_s": state["train_time_s"], "wall_time_s": self.wall_time(),
         }  # fmt: skip
         self.record(line)
-        if _is_better(result, state["best"]):
+        if is_better(result, state["best"]):
             epoch, step = self.sampler.epoch + (self.sampler.position > 0), state["step"]
             state["best"] = {"validation": state["validations"], "epoch": epoch, "step": step, **result}
             state["best"].pop("val_auprc")
