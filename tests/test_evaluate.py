@@ -182,3 +182,16 @@ def test_weights_of_another_model_are_an_input_error(trained, tmp_path):
     with pytest.raises(InputError, match=r"best\.safetensors: weights do not match the model of the run config"):
         evaluate.main(argv)
     assert not (tmp_path / "e.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+def test_an_evaluation_job_given_gpus_without_one_fails_at_once(trained):
+    argv = [
+        "--shards", str(trained / "shards"), "--embedding", str(trained / "embedding.safetensors"),
+        "--weights", str(trained / "best.safetensors"), "--run-config", str(trained / "run_config.json"),
+        "--batch-size", "3", "--out", str(trained / "gpu.json"), "--predictions", str(trained / "gpu.parquet"),
+        "--gpus", "1",
+    ]  # fmt: skip
+    with pytest.raises(InputError, match=r"this job was given 1 GPU\(s\).*no CUDA device is visible"):
+        evaluate.main(argv)
+    assert not (trained / "gpu.json").exists()

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="metrics JSON (results/eval/bsB.json)")
     parser.add_argument("--predictions", required=True, help="per-patient predictions (Parquet)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads when train.threads is null")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs the job was given: with none visible, fail at once")
     parser.add_argument("--split", default=SPLIT, help=argparse.SUPPRESS)  # tests evaluate other splits
     return parser
 
@@ -161,7 +162,7 @@ def main(argv: list[str]) -> int:
 
     threads = resolve_threads(train["threads"], args.threads)
     torch.set_num_threads(threads)
-    device = resolve_device(train["device"])
+    device = resolve_device(train["device"], args.gpus, train["cpu_fallback"])
     precision = autocast(train["precision"], device)
     torch.manual_seed(run_config.get("seed", 0))  # nothing should be random in eval mode; belt and braces
 

@@ -37,8 +37,7 @@ CONDA_ENV = "../../envs/seqsetvae.yaml"
 shell.prefix(
     "set -euo pipefail; logged() {{ log=$1; shift;"
     ' "$@" > "$log" 2>&1 || {{ status=$?; echo "$1 $2 failed; log: $log" >&2;'
-    " if grep -q '^error:' \"$log\"; then sed -n '/^error:/,$p' \"$log\" >&2;"
-    ' else tail -n 5 "$log" >&2; fi; return $status; }}; }}; '
+    ' grep -A 100000 \'^error:\' "$log" >&2 || tail -n 5 "$log" >&2; return $status; }}; }}; '
 )
 
 

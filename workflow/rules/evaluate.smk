@@ -28,7 +28,7 @@ rule evaluate:
         " --embedding {input.embedding:q} --weights {input.best:q}"
         " --run-config {input.run_config:q} --batch-size {wildcards.bs}"
         " --out {output.metrics:q} --predictions {output.predictions:q}"
-        " --threads {threads}"
+        " --threads {threads} --gpus {resources.gpu}"
 
 
 rule memory:
