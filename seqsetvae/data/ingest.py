@@ -82,7 +82,8 @@ ROW_REASONS = {
     "negative_time": "time",
     "patient_without_label": "patient_id",
 }
-INVALID_REASONS = tuple(list(ROW_REASONS)[:9])  # counted against data.max_invalid_fraction
+# counted against data.max_invalid_fraction: bad cells, not the policies after them
+INVALID_REASONS = tuple(r for r in ROW_REASONS if r not in ("negative_time", "patient_without_label"))
 DUPLICATE_REASONS = ("duplicate_row", "conflicting_duplicate_merged")
 _CODE = {reason: code for code, reason in enumerate(ROW_REASONS, start=1)}
 
@@ -215,9 +216,17 @@ class FirstPass:
         self.variable_set: dict[str, int] = {}
         self.labelled_seen = np.zeros(len(labels), dtype=bool)
         self.unlabelled_ids: list[pa.Array] = []
+        self._unlabelled_unique: pa.Array | None = None
         self.writers = [
             pa.ipc.new_file(str(raw_dir / f"raw-{p:05d}.arrow"), RAW_SCHEMA) for p in range(n_partitions)
         ]
+
+    def unlabelled_unique(self) -> pa.Array:
+        """The distinct ids of events without a label (computed once)."""
+        if self._unlabelled_unique is None:
+            ids = self.unlabelled_ids or [pa.array([], pa.string())]
+            self._unlabelled_unique = pc.unique(pa.concat_arrays(ids))
+        return self._unlabelled_unique
 
     def close(self) -> None:
         for writer in self.writers:
@@ -265,7 +274,7 @@ class FirstPass:
         for problem, prefix in ((value_problem, "value"), (time_problem, "time")):
             if problem.any():
                 for code, suffix in ((4, "out_of_range"), (3, "not_finite"), (2, "not_numeric"), (1, "missing")):
-                    if prefix == "value" or code != 4:
+                    if f"{prefix}_{suffix}" in _CODE:  # times have no out_of_range code
                         reason[problem == code] = _CODE[f"{prefix}_{suffix}"]
         if variable_empty.any():
             reason[variable_empty[variable_index]] = _CODE["variable_missing"]
@@ -388,9 +397,7 @@ def ingest(settings: dict, event_paths: list[str], labels_path: str, splits_path
         counts = dict(zip(ROW_REASONS, (int(c) for c in first_pass.counts[1:])))
         rows_in = int(first_pass.counts.sum())
         _check_invalid_share(counts, rows_in, first_pass.examples, required, data["max_invalid_fraction"])
-        unlabelled_ids = first_pass.unlabelled_ids or [pa.array([], pa.string())]
-        unlabelled = pc.unique(pa.concat_arrays(unlabelled_ids))
-        near_misses = near_miss_ids(unlabelled, labels.ids)
+        near_misses = near_miss_ids(first_pass.unlabelled_unique(), labels.ids)
         _check_dropped_share(counts, rows_in, first_pass.examples, required, data["max_dropped_fraction"], near_misses)
 
         n_events, n_sets, duplicates = second_pass(raw_dir, tmp, labels, first_pass.variables, n_partitions)
@@ -540,8 +547,7 @@ def _qc(labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_par
     rows_kept = rows_in - sum(rows_dropped.values())
     if rows_kept != int(n_events.sum()):  # a bug, not bad input
         raise RuntimeError(f"ingest: row balance broken ({rows_kept} != {int(n_events.sum())})")
-    unlabelled_ids = first_pass.unlabelled_ids
-    unlabelled = len(pc.unique(pa.concat_arrays(unlabelled_ids))) if unlabelled_ids else 0
+    unlabelled = len(first_pass.unlabelled_unique())
     kept = n_events > 0
     seen = first_pass.labelled_seen
     patients_dropped = {
