@@ -229,7 +229,7 @@ class Trainer:
                         f"{progress:.2f} epochs; the schedules follow the new budget from here"
                     )
             else:
-                self.move_aside(latest, "past the new budget's end" if saved.get("identity") == self.identity else None)
+                self.move_aside(saved, "past the new budget's end" if saved.get("identity") == self.identity else None)
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         # the working metrics log is cut back to the checkpoint's length, so that steps
         # redone after a resume are not logged twice
@@ -237,9 +237,9 @@ class Trainer:
             log.truncate(self.state["metrics_bytes"])
         self.metrics_log = open(self.log_path, "a")
 
-    def move_aside(self, latest: Path, why: str | None) -> None:
-        """Keep a run that cannot be continued under `superseded/`, never delete it."""
-        saved = json.loads((latest / "state.json").read_text())
+    def move_aside(self, saved: dict, why: str | None) -> None:
+        """Keep a run that cannot be continued (`saved`: its newest state.json) under
+        `superseded/`, never delete it."""
         name = (saved.get("identity") or saved.get("fingerprint") or "unknown")[:12]
         aside = self.out / "superseded" / name
         number = 1
