@@ -28,11 +28,14 @@ localrules:
     qc,
     memory,
     report,
+    format_labels,
+    meds_predictions,
 
 
 rule all:
     input:
         REPORT,
+        MEDS_PREDICTIONS,
 
 
 rule shards:

@@ -15,12 +15,14 @@ from seqsetvae.errors import InputError
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synthetic": ("seqsetvae.data.synthetic", "write ICU-like raw event and label CSVs"),
+    "labels": ("seqsetvae.data.formats", "a MEDS / PhysioNet / v0 dataset's labels and splits as CSVs"),
     "splits": ("seqsetvae.data.splits", "assign patients to train/valid/test"),
     "ingest": ("seqsetvae.data.ingest", "validate raw events into patient partitions"),
     "stats": ("seqsetvae.data.stats", "train-split vocabulary and normalisation statistics"),
     "embedding": ("seqsetvae.data.embedding", "build the frozen variable embedding table"),
     "shards": ("seqsetvae.data.shards", "sets, truncation, length sorting, sharded tensors"),
     "qc": ("seqsetvae.data.qc", "merge the stages' row and patient counts into qc.json"),
+    "meds-predictions": ("seqsetvae.data.formats.meds:predictions_main", "a run's test predictions in the MEDS layout"),
     "train": ("seqsetvae.training.train", "train SeqSetVAE at one batch size"),
     "evaluate": ("seqsetvae.evaluation.evaluate", "test-split metrics of one trained run"),
     "baseline": ("seqsetvae.evaluation.baseline", "scikit-learn baselines on per-patient summaries"),
@@ -52,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"seqsetvae: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
+    module_name, _, function = COMMANDS[name][0].partition(":")
+    entry = getattr(importlib.import_module(module_name), function or "main")
     try:
-        return int(module.main(rest) or 0)
+        return int(entry(rest) or 0)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

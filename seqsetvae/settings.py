@@ -62,7 +62,7 @@ def load_settings(settings: str | dict | None = None) -> dict[str, Any]:
 # the roles read from one file: two of them can never be the same column
 _ROLES_PER_FILE = {
     "events": ("patient_id", "time", "variable", "value"),
-    "labels": ("patient_id", "label"),
+    "labels": ("patient_id", "label", "group"),
     "splits": ("patient_id", "split"),
 }
 
@@ -73,6 +73,8 @@ def _check_column_roles(columns: dict) -> None:
         seen: dict[str, str] = {}
         for role in roles:
             name = columns[role]
+            if name is None:  # an optional role not in use
+                continue
             if name in seen:
                 raise InputError(
                     f"configuration keys data.columns.{seen[name]} and data.columns.{role} both name "

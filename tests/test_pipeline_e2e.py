@@ -86,3 +86,62 @@ def test_pipeline_end_to_end(tmp_path):
     assert html.returncode == 0, html.stderr[-3000:]
     page = (tmp_path / "report.html").read_text(errors="replace")
     assert "Batch-size study" in page and "validation_curves.png" in page
+
+
+@pytest.mark.pipeline
+def test_meds_dataset_through_the_pipeline_and_meds_evaluation(tmp_path):
+    """A MEDS root (synthetic ICU data converted) and a task's labels: `all` builds the
+    report and every run's test predictions in the MEDS layout, which meds-evaluation
+    reads when it is installed."""
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from seqsetvae.data.synthetic import write_csvs
+    from seqsetvae.settings import load_settings
+
+    write_csvs(load_settings({"synthetic": CONFIG["synthetic"]}), tmp_path / "events.csv", tmp_path / "labels.csv")
+    events, labels = pd.read_csv(tmp_path / "events.csv"), pd.read_csv(tmp_path / "labels.csv")
+    admission = pd.Timestamp("2180-01-01") + pd.to_timedelta(events.patient_id.rank(method="dense"), unit="D")
+    (tmp_path / "meds" / "data").mkdir(parents=True)
+    pq.write_table(pa.table({
+        "subject_id": pa.array(events.patient_id, pa.int64()),
+        "time": pa.array(admission + pd.to_timedelta(events.minute, unit="min"), pa.timestamp("us")),
+        "code": pa.array(events.variable.astype(str)),
+        "numeric_value": pa.array(events.value, pa.float32()),
+    }), tmp_path / "meds" / "data" / "0.parquet")  # fmt: skip
+    end = events.groupby("patient_id").minute.max()
+    first = admission.groupby(events.patient_id).min()
+    (tmp_path / "task").mkdir()
+    pq.write_table(pa.table({
+        "subject_id": pa.array(labels.patient_id, pa.int64()),
+        "prediction_time": pa.array(first[labels.patient_id].to_numpy()
+                                    + pd.to_timedelta(end[labels.patient_id].to_numpy(), unit="min"),
+                                    pa.timestamp("us")),
+        "boolean_value": pa.array(labels.in_hospital_mortality.astype(bool)),
+    }), tmp_path / "task" / "mortality.parquet")  # fmt: skip
+    config = {**CONFIG, "train": {**CONFIG["train"], "batch_sizes": [2], "seeds": [0]}}
+    config["data"] = {**CONFIG["data"], "source": "files", "format": "meds", "events": str(tmp_path / "meds"),
+                      "labels": str(tmp_path / "task")}  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run = snakemake(tmp_path, "all")
+    assert run.returncode == 0, run.stderr[-5000:]
+    qc = json.loads((tmp_path / "results" / "qc.json").read_text())
+    assert qc["format"] == "meds" and qc["rows_in"] == len(events) and qc["patients_kept"] == len(labels)
+    meds_predictions = tmp_path / "results" / "eval" / "bs2" / "seed0_meds_predictions.parquet"
+    table = pq.read_table(meds_predictions)
+    ours = pd.read_parquet(tmp_path / "results" / "eval" / "bs2" / "seed0_predictions.parquet")
+    assert table.column_names == ["subject_id", "prediction_time", "boolean_value", "predicted_boolean_value",
+                                  "predicted_boolean_probability"]  # fmt: skip
+    assert sorted(table["subject_id"].to_pylist()) == sorted(int(i) for i in ours.patient_id)
+    assert table["prediction_time"].type == pa.timestamp("us")
+    assert isinstance(table["prediction_time"][0].as_py(), datetime.datetime)
+
+    meds_evaluation = pytest.importorskip("meds_evaluation.evaluate")
+    import polars as pl
+    from sklearn.metrics import roc_auc_score
+
+    scores = meds_evaluation.evaluate_binary_classification(pl.read_parquet(meds_predictions))
+    auroc = scores["samples_equally_weighted"]["roc_auc_score"]
+    assert auroc == pytest.approx(roc_auc_score(ours.label, ours.probability), abs=1e-6)

@@ -68,8 +68,15 @@ def parse_numbers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
     Codes: 0 fine, 1 missing (empty), 2 not numeric, 3 not finite (nan/inf).
     The common all-valid case is a single vectorised cast; only a block with a bad
-    cell takes the slower regex path.
+    cell takes the slower regex path. A numeric array (from a Parquet or wide format)
+    is taken as it is: null is missing, NaN and infinities are not finite.
     """
+    if not (pa.types.is_string(strings.type) or pa.types.is_large_string(strings.type)):
+        values = pc.cast(strings, pa.float64()).to_numpy(zero_copy_only=False)
+        codes = np.where(np.isfinite(values), 0, 3).astype(np.int8)
+        if strings.null_count:
+            codes[pc.is_null(strings).to_numpy(zero_copy_only=False)] = 1
+        return values, codes
     try:
         values = pc.cast(strings, pa.float64()).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

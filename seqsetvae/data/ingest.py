@@ -55,6 +55,8 @@ from seqsetvae.data.csvio import (
     read_table,
     row_examples,
 )
+from seqsetvae.data.formats import EventSource, Locator, csv_locator, event_source
+from seqsetvae.data.splits import label_columns
 from seqsetvae.errors import InputError
 from seqsetvae.io import atomic_path, write_json
 from seqsetvae.settings import load_settings
@@ -80,10 +82,16 @@ ROW_REASONS = {
     "value_not_finite": "value",
     "value_out_of_range": "value",
     "negative_time": "time",
+    "outside_observation_window": "time",
     "patient_without_label": "patient_id",
 }
 # counted against data.max_invalid_fraction: bad cells, not the policies after them
-INVALID_REASONS = tuple(r for r in ROW_REASONS if r not in ("negative_time", "patient_without_label"))
+INVALID_REASONS = tuple(
+    r for r in ROW_REASONS if r not in ("negative_time", "outside_observation_window", "patient_without_label")
+)
+# deliberate policies: never counted against data.max_dropped_fraction (a 24 h window
+# drops most of a long stay); nor are the formats' own reasons (formats/__init__.py)
+POLICY_REASONS = ("outside_observation_window",)
 DUPLICATE_REASONS = ("duplicate_row", "conflicting_duplicate_merged")
 _CODE = {reason: code for code, reason in enumerate(ROW_REASONS, start=1)}
 
@@ -123,9 +131,8 @@ def stable_partition(ids: pa.Array, n_partitions: int) -> np.ndarray:
     return (hashes % np.uint64(n_partitions)).astype(np.int32)
 
 
-def auto_partitions(paths: list[Path]) -> int:
-    size = sum(p.stat().st_size * (4 if compression(p) else 1) for p in paths)
-    return max(1, math.ceil(size / AUTO_PARTITION_BYTES))
+def auto_partitions(size_bytes: int) -> int:
+    return max(1, math.ceil(size_bytes / AUTO_PARTITION_BYTES))
 
 
 class Labels:
@@ -209,7 +216,10 @@ class FirstPass:
     def __init__(self, labels: Labels, columns: dict, data: dict, raw_dir: Path, n_partitions: int):
         self.labels, self.data, self.raw_dir = labels, data, raw_dir
         self.required = {role: columns[role] for role in ("patient_id", "time", "variable", "value")}
-        self.time_scale = 60.0 if data["time_unit"] == "hours" else 1.0
+        # the formats' adapters give minutes; time_unit is the CSV format's
+        self.time_scale = 60.0 if data["time_unit"] == "hours" and data["format"] == "csv" else 1.0
+        window = data["observation_window_hours"]
+        self.window_minutes = None if window is None or data["format"] == "meds" else window * 60.0
         self.counts = np.zeros(len(ROW_REASONS) + 1, dtype=np.int64)
         self.examples: dict[str, list[tuple[str, int]]] = {reason: [] for reason in ROW_REASONS}
         self.variables: list[str] = []
@@ -235,8 +245,12 @@ class FirstPass:
     def run(self, path: Path) -> None:
         row_offset = 0
         for batch in iter_blocks(path, "events", self.required, BLOCK_BYTES, dictionary=("patient_id", "variable")):
-            self._block(path, batch, row_offset)
+            self._block(batch, csv_locator(path, row_offset, batch.num_rows))
             row_offset += batch.num_rows
+
+    def run_source(self, source: EventSource) -> None:
+        for batch, locator in source.batches():
+            self._block(batch, locator)
 
     def _variable_codes(self, names: pa.Array) -> np.ndarray:
         """Global integer codes of a block's distinct variable names (few per block)."""
@@ -246,7 +260,7 @@ class FirstPass:
             self.variables.append(name)
         return pc.index_in(names, value_set=pa.array(self.variables, pa.string())).to_numpy(zero_copy_only=False)
 
-    def _block(self, path: Path, batch: pa.RecordBatch, row_offset: int) -> None:
+    def _block(self, batch: pa.RecordBatch, locator: Locator) -> None:
         n = batch.num_rows
         id_dict, id_index = canonical_ids_encoded(batch.column(0))
         dict_label = pc.index_in(id_dict, value_set=self.labels.ids).fill_null(-1).to_numpy(zero_copy_only=False)
@@ -270,6 +284,8 @@ class FirstPass:
         # reasons, lowest priority first so that the first reason in ROW_REASONS wins
         reason = np.zeros(n, dtype=np.int8)
         reason[row_label < 0] = _CODE["patient_without_label"]
+        if self.window_minutes is not None:
+            reason[(time_problem == 0) & (time >= self.window_minutes)] = _CODE["outside_observation_window"]
         reason[(time_problem == 0) & (time < 0)] = _CODE["negative_time"]
         for problem, prefix in ((value_problem, "value"), (time_problem, "time")):
             if problem.any():
@@ -285,11 +301,11 @@ class FirstPass:
             rows = np.flatnonzero(unlabelled_dict[id_index])
             examples = ", ".join(repr(i) for i in id_dict.filter(pa.array(unlabelled_dict))[:5].to_pylist())
             raise InputError(
-                f"events file {path}: rows {row_examples(rows + row_offset + 1)}, column "
+                f"events {where(locator, rows)}, column "
                 f"{self.required['patient_id']!r}: events of patients without a label, e.g. {examples} "
                 "(data.unlabeled_events: error; set it to drop to drop and count them)"
             )
-        self._count(path, reason, row_offset)
+        self._count(reason, locator)
         if unlabelled_dict.any():
             self.unlabelled_ids.append(id_dict.filter(pa.array(unlabelled_dict)))
         self.labelled_seen[dict_label[dict_label >= 0]] = True
@@ -316,14 +332,22 @@ class FirstPass:
         if len(columns[0]):
             self.writers[partition].write_batch(pa.record_batch(columns, schema=RAW_SCHEMA))
 
-    def _count(self, path: Path, reason: np.ndarray, row_offset: int) -> None:
+    def _count(self, reason: np.ndarray, locator: Locator) -> None:
         counts = np.bincount(reason, minlength=len(self.counts))
         self.counts += counts
         for name, code in _CODE.items():
             have = self.examples[name]
             if counts[code] and len(have) < EXAMPLES_PER_REASON:
-                rows = np.flatnonzero(reason == code)[: EXAMPLES_PER_REASON - len(have)] + row_offset + 1
-                have.extend((str(path), int(r)) for r in rows)
+                have.extend(locator(np.flatnonzero(reason == code)[: EXAMPLES_PER_REASON - len(have)]))
+
+
+def where(locator: Locator, rows: np.ndarray) -> str:
+    """`file F: rows 3, 17` (the first two files) of some of a batch's rows."""
+    files: dict[str, list[int]] = {}
+    for file, row in locator(rows[:50]):
+        files.setdefault(file, []).append(row)
+    shown = list(files.items())[:2]
+    return "; ".join(f"file {f}: rows {row_examples(np.array(r))}" for f, r in shown)
 
 
 def deduplicate(patient, time, variable_rank, value):
@@ -375,34 +399,50 @@ def deduplicate(patient, time, variable_rank, value):
 
 
 def ingest(settings: dict, event_paths: list[str], labels_path: str, splits_path: str, out: str, threads: int) -> dict:
-    data, columns = settings["data"], settings["data"]["columns"]
+    data = settings["data"]
     pa.set_cpu_count(max(1, threads))
     pa.set_io_thread_count(max(1, threads))
-    required = {role: columns[role] for role in ("patient_id", "time", "variable", "value")}
-    paths = [read_header(path, "events", required) for path in event_paths]
-    if not paths:
+    if not event_paths:
         raise InputError("ingest: no events file given")
-    n_partitions = auto_partitions(paths) if data["partitions"] == "auto" else int(data["partitions"])
-    labels = Labels(labels_path, splits_path, columns, n_partitions)
+    source = None
+    if data["format"] == "csv":
+        columns = data["columns"]
+        required = {role: columns[role] for role in ("patient_id", "time", "variable", "value")}
+        paths = [read_header(path, "events", required) for path in event_paths]
+        size = sum(p.stat().st_size * (4 if compression(p) else 1) for p in paths)
+    else:
+        if len(event_paths) != 1:
+            raise InputError(f"ingest: data.format {data['format']} reads one dataset path, got {len(event_paths)}")
+        source = event_source(settings, event_paths[0], labels_path)
+        required = columns = source.columns
+        paths = source.paths()
+        size = source.size_bytes()
+    n_partitions = auto_partitions(size) if data["partitions"] == "auto" else int(data["partitions"])
+    labels = Labels(labels_path, splits_path, label_columns(data), n_partitions)
 
     with atomic_path(out, directory=True) as tmp:
         raw_dir = tmp / ".raw"
         raw_dir.mkdir()
         first_pass = FirstPass(labels, columns, data, raw_dir, n_partitions)
         try:
-            for path in paths:
+            if source is not None:
+                first_pass.run_source(source)
+            for path in paths if source is None else []:
                 first_pass.run(path)
         finally:
             first_pass.close()
         counts = dict(zip(ROW_REASONS, (int(c) for c in first_pass.counts[1:])))
         rows_in = int(first_pass.counts.sum())
+        format_drops = source.drops if source is not None else None
         _check_invalid_share(counts, rows_in, first_pass.examples, required, data["max_invalid_fraction"])
         near_misses = near_miss_ids(first_pass.unlabelled_unique(), labels.ids)
         _check_dropped_share(counts, rows_in, first_pass.examples, required, data["max_dropped_fraction"], near_misses)
 
         n_events, n_sets, duplicates = second_pass(raw_dir, tmp, labels, first_pass.variables, n_partitions)
         shutil.rmtree(raw_dir)
-        qc = _qc(labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data)
+        qc = _qc(labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data,
+                 format_drops)  # fmt: skip
+        _check_labels_without_events(qc, labels, first_pass, labels_path, data)
         qc["warnings"] = [_near_miss_note(near_misses)] if near_misses else []
         if qc["rows_kept"] == 0:
             raise InputError(
@@ -494,6 +534,18 @@ def _reason_details(reasons, counts: dict, examples: dict, required: dict) -> li
     return details
 
 
+def _check_labels_without_events(qc: dict, labels: Labels, first_pass: FirstPass, labels_path: str, data: dict) -> None:
+    """data.labels_without_events: error stops on a label whose patient has no event."""
+    if data["labels_without_events"] != "error" or qc["patients_dropped"]["label_without_events"] == 0:
+        return
+    missing = np.flatnonzero(~first_pass.labelled_seen)
+    examples = ", ".join(repr(i) for i in labels.ids.take(pa.array(missing[:5])).to_pylist())
+    raise InputError(
+        f"labels file {labels_path}: {len(missing)} labelled patient(s) have no event in the events, e.g. {examples} "
+        "(data.labels_without_events: error; drop counts them as label_without_events)"
+    )
+
+
 def _check_invalid_share(counts: dict, rows_in: int, examples: dict, required: dict, limit: float) -> None:
     invalid = sum(counts[reason] for reason in INVALID_REASONS)
     if rows_in == 0 or invalid <= limit * rows_in:
@@ -531,7 +583,7 @@ def _check_dropped_share(counts: dict, rows_in: int, examples: dict, required: d
                          near_misses: list) -> None:  # fmt: skip
     """Every first-pass reason counts (negative times and unlabelled patients too):
     losing most of the input to any policy is almost always a mistake upstream."""
-    dropped = sum(counts.values())
+    dropped = sum(count for reason, count in counts.items() if reason not in POLICY_REASONS)
     if rows_in == 0 or dropped <= limit * rows_in:
         return
     details = _reason_details(ROW_REASONS, counts, examples, required)
@@ -542,8 +594,17 @@ def _check_dropped_share(counts: dict, rows_in: int, examples: dict, required: d
     )
 
 
-def _qc(labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data) -> dict:
-    rows_dropped = {**counts, **duplicates}
+def _qc(labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data,
+        format_drops) -> dict:  # fmt: skip
+    rows_dropped = dict(counts)
+    examples = {reason: [f"{file}:{row}" for file, row in rows] for reason, rows in first_pass.examples.items() if rows}
+    if format_drops is not None:  # the format's own reasons, before the shared ones
+        for reason, count in format_drops.counts.items():
+            rows_dropped[reason] = rows_dropped.get(reason, 0) + count
+            rows_in += count
+            if format_drops.examples[reason]:
+                examples.setdefault(reason, []).extend(f"{f}:{r}" for f, r in format_drops.examples[reason])
+    rows_dropped |= duplicates
     rows_kept = rows_in - sum(rows_dropped.values())
     if rows_kept != int(n_events.sum()):  # a bug, not bad input
         raise RuntimeError(f"ingest: row balance broken ({rows_kept} != {int(n_events.sum())})")
@@ -568,9 +629,6 @@ def _qc(labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_par
         }
         for code, name in enumerate(SPLITS)
     }
-    examples = {
-        reason: [f"{file}:{row}" for file, row in rows] for reason, rows in first_pass.examples.items() if rows
-    }
     return {
         "rows_in": rows_in,
         "rows_kept": rows_kept,
@@ -584,8 +642,11 @@ def _qc(labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_par
         "by_split": by_split,
         "variables": len(first_pass.variables),
         "partitions": n_partitions,
-        "time_unit": data["time_unit"],
-        "events_files": [str(p) for p in paths],
+        "format": data["format"],
+        "time_unit": data["time_unit"] if data["format"] == "csv" else "minutes",
+        "observation_window_hours": data["observation_window_hours"],
+        "events_files": [str(p) for p in paths] if len(paths) <= 100 else [str(p) for p in paths[:100]] + ["..."],
+        "events_file_count": len(paths),
         "dropped_row_examples": examples,
     }
 

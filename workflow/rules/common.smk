@@ -6,10 +6,14 @@ RESULTS = config["results"]
 REPORTS = config["reports"]
 BATCH_SIZES = config["train"]["batch_sizes"]
 SYNTHETIC = config["data"]["source"] == "synthetic"
+# the layout of data.events (docs/input_formats.md); synthetic data is written as csv
+FORMAT = "csv" if SYNTHETIC else config["data"]["format"]
 
 RAW_EVENTS = f"{RESULTS}/raw/events.csv"
 RAW_LABELS = f"{RESULTS}/raw/labels.csv"
 SPLITS = f"{RESULTS}/splits.csv"
+FORMAT_LABELS = f"{RESULTS}/labels/labels.csv"  # a non-CSV dataset's labels (rule format_labels)
+FORMAT_SPLITS = f"{RESULTS}/labels/splits.csv"  # ... and the splits it carries
 EVENTS_DIR = f"{RESULTS}/events"
 STATS = f"{RESULTS}/stats/normalization.json"
 VOCAB = f"{RESULTS}/stats/vocabulary.json"
@@ -24,6 +28,12 @@ RUNS = expand(RUN, bs=BATCH_SIZES, seed=SEEDS)
 TRAIN_SUMMARIES = expand(f"{RESULTS}/runs/{{run}}/metrics.json", run=RUNS)
 EVALS = expand(f"{RESULTS}/eval/{{run}}.json", run=RUNS)
 MEMORY = expand(f"{RESULTS}/memory/{{run}}.json", run=RUNS)
+# MEDS datasets: every run's test predictions also in the layout meds-evaluation reads
+MEDS_PREDICTIONS = (
+    expand(f"{RESULTS}/eval/{{run}}_meds_predictions.parquet", run=RUNS)
+    if FORMAT == "meds"
+    else []
+)
 BASELINE_EVALS = expand(f"{RESULTS}/baselines/{{model}}.json", model=BASELINES)
 REPORT = f"{REPORTS}/batch_comparison.md"
 REPORT_JSON = f"{REPORTS}/batch_comparison.json"
@@ -96,15 +106,34 @@ def _expand_inputs(path):
 
 
 def raw_events():
-    return [RAW_EVENTS] if SYNTHETIC else _expand_inputs(config["data"]["events"])
+    if SYNTHETIC:
+        return [RAW_EVENTS]
+    if FORMAT == "csv":
+        return _expand_inputs(config["data"]["events"])
+    if config["data"]["events"] is None:
+        raise ValueError(f"data.format is {FORMAT!r} but data.events is not set")
+    return [config["data"]["events"]]  # the dataset's directory
 
 
 def raw_labels():
-    return RAW_LABELS if SYNTHETIC else config["data"]["labels"]
+    if SYNTHETIC:
+        return RAW_LABELS
+    return config["data"]["labels"] if FORMAT == "csv" else FORMAT_LABELS
+
+
+def format_carries_splits():
+    """A MEDS root with metadata/subject_splits.parquet, or the original's split folders."""
+    if FORMAT == "seqsetvae_v0":
+        return True
+    splits = os.path.join(str(config["data"]["events"]), "metadata", "subject_splits.parquet")
+    return FORMAT == "meds" and os.path.isfile(splits)
 
 
 def splits_file():
-    return [config["data"]["splits"]] if config["data"]["splits"] else []
+    """The splits to use: data.splits, else the dataset's own, else none (random)."""
+    if config["data"]["splits"]:
+        return [config["data"]["splits"]]
+    return [FORMAT_SPLITS] if not SYNTHETIC and format_carries_splits() else []
 
 
 def job_threads(kind):

@@ -23,6 +23,32 @@ rule synthetic_data:
         " --events {output.events:q} --labels {output.labels:q}"
 
 
+rule format_labels:
+    input:
+        events=raw_events(),
+        labels=[config["data"]["labels"]] if config["data"]["labels"] else [],
+    output:
+        labels=FORMAT_LABELS,
+        splits=[FORMAT_SPLITS] if format_carries_splits() else [],
+    log:
+        f"{LOGS}/format_labels.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=config["resources"]["data"]["mem_mb"],
+        runtime=config["resources"]["data"]["runtime"],
+    params:
+        settings=settings("data"),
+        labels=lambda wildcards, input: f"--labels {input.labels}" if input.labels else "",
+        splits=lambda wildcards, output: (
+            f"--splits-out {output.splits}" if output.splits else ""
+        ),
+    shell:
+        "logged {log:q} seqsetvae labels --settings {params.settings:q} --events {input.events:q}"
+        " {params.labels} --out {output.labels:q} {params.splits}"
+
+
 rule splits:
     input:
         labels=raw_labels(),
@@ -36,9 +62,10 @@ rule splits:
     threads: 1
     params:
         settings=settings("data"),
+        splits=lambda wildcards, input: f"--splits {input.splits}" if input.splits else "",
     shell:
         "logged {log:q} seqsetvae splits --settings {params.settings:q} --labels {input.labels:q}"
-        " --out {output:q}"
+        " {params.splits} --out {output:q}"
 
 
 rule ingest:

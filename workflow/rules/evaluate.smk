@@ -74,3 +74,18 @@ rule baseline:
     shell:
         "logged {log:q} seqsetvae baseline --settings {params.settings:q} --shards {input.shards:q}"
         " --vocab {input.vocab:q} --out-dir {params.out_dir:q}"
+
+
+rule meds_predictions:
+    input:
+        predictions=f"{RESULTS}/eval/{RUN}_predictions.parquet",
+        labels=FORMAT_LABELS,
+    output:
+        f"{RESULTS}/eval/{RUN}_meds_predictions.parquet",
+    log:
+        f"{LOGS}/meds_predictions/{RUN}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "logged {log:q} seqsetvae meds-predictions --predictions {input.predictions:q}"
+        " --labels {input.labels:q} --out {output:q}"

@@ -1,0 +1,220 @@
+"""PhysioNet/CinC Challenge 2012 and 2019 layouts (docs/input_formats.md).
+
+2012 (`physionet2012`): one `Time,Parameter,Value` file per ICU stay in a `set-*`
+directory; `Time` is `HH:MM` since admission; the first row `00:00,RecordID,<id>`
+names the stay; labels are `In-hospital_death` of `Outcomes-*.txt`. Policies: the
+RecordID row is an identifier, not a measurement (`record_id_row`); `-1` is the
+challenge's missing marker (`missing_marker`); the general descriptors (Age, Gender,
+Height, ICUType, Weight at 00:00) stay events at minute 0, the time-0 inputs the
+literature gives its models.
+
+2019 (`physionet2019`): one pipe-separated file per stay with one row per hour
+(`ICULOS`); every non-missing cell of a measurement column is an event at minute
+`60 * ICULOS`; the static descriptors (Age, Gender, Unit1, Unit2, HospAdmTime) are one
+event each at the stay's first row, their repeats on later rows are counted
+(`repeated_static_descriptor`). The label is sepsis during the stay (`SepsisLabel` 1 at
+any hour) and, so that it cannot leak, no cell of the hour from which `SepsisLabel` is
+1, or of any later hour, becomes an event (`after_label_onset`): the model predicts
+from the hours before the challenge's onset label (6 h before clinical sepsis onset).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from seqsetvae.data.csvio import canonical_ids
+from seqsetvae.data.formats import Drops, EventSource, Gather, Locator, write_csv
+from seqsetvae.errors import InputError
+
+P2012_COLUMNS = ("Time", "Parameter", "Value")
+P2012_LABEL = "In-hospital_death"
+P2019_TIME, P2019_LABEL = "ICULOS", "SepsisLabel"
+P2019_STATIC = ("Age", "Gender", "Unit1", "Unit2", "HospAdmTime")
+
+
+def _files(directory: Path, suffix: str, what: str) -> list[Path]:
+    if not directory.is_dir():
+        raise InputError(f"{what} directory {directory}: not found (data.events)")
+    files = sorted(p for p in directory.iterdir() if p.name.lower().endswith(suffix) and p.is_file())
+    if not files:
+        raise InputError(f"{what} directory {directory}: no {suffix} files in it (data.events)")
+    return files
+
+
+def _read(path: Path, what: str, **options) -> pa.Table:
+    try:
+        return pacsv.read_csv(path, **options)
+    except (pa.ArrowInvalid, OSError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{what} file {path}: cannot be read ({message[:160]})") from None
+
+
+def _require(path: Path, what: str, names: list[str], required) -> None:
+    missing = [name for name in required if name not in names]
+    if missing:
+        raise InputError(f"{what} file {path}: missing column {', '.join(map(repr, missing))}; the header has "
+                         f"{', '.join(map(repr, names[:12]))}")  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- 2012
+
+
+def _p2012_table(path: Path) -> dict[str, pa.Array]:
+    strings = pacsv.ConvertOptions(column_types=dict.fromkeys(P2012_COLUMNS, pa.string()), strings_can_be_null=False)
+    table = _read(path, "PhysioNet 2012", convert_options=strings)
+    _require(path, "PhysioNet 2012", table.column_names, P2012_COLUMNS)
+    return {name: table[name].combine_chunks() for name in P2012_COLUMNS}
+
+
+def _record_id(path: Path, table: dict[str, pa.Array]) -> str:
+    is_id = pc.equal(pc.utf8_trim_whitespace(table["Parameter"]), "RecordID")
+    ids = canonical_ids(table["Value"].filter(is_id))
+    if len(ids) == 0 or not ids[0].as_py():
+        raise InputError(f"PhysioNet 2012 file {path}: no RecordID row (column 'Parameter'), so the stay has no id")
+    return ids[0].as_py()
+
+
+class PhysioNet2012(EventSource):
+    format = "physionet2012"
+    columns = {"patient_id": "RecordID", "time": "Time", "variable": "Parameter", "value": "Value"}
+
+    def __init__(self, directory: Path):
+        self.files = _files(directory, ".txt", "PhysioNet 2012")
+        self.drops = Drops({"record_id_row": "Parameter", "missing_marker": "Value"})
+
+    def paths(self) -> list[Path]:
+        return self.files
+
+    def batches(self):
+        gather = Gather()
+        for path in self.files:
+            table = _p2012_table(path)
+            record_id = _record_id(path, table)
+            parameter = pc.utf8_trim_whitespace(table["Parameter"])
+            value = pc.utf8_trim_whitespace(table["Value"])
+            row = np.arange(1, len(parameter) + 1, dtype=np.int64)
+            id_row = pc.equal(parameter, "RecordID").to_numpy(zero_copy_only=False)
+            marker = pc.match_substring_regex(value, r"^-1(\.0*)?$").to_numpy(zero_copy_only=False) & ~id_row
+            locator = _one_file(path, row)
+            self.drops.add("record_id_row", locator, np.flatnonzero(id_row))
+            self.drops.add("missing_marker", locator, np.flatnonzero(marker))
+            keep = np.flatnonzero(~id_row & ~marker)
+            time = _hh_mm_minutes(pc.utf8_trim_whitespace(table["Time"]).take(pa.array(keep)))
+            names, index = _dictionary(parameter.take(pa.array(keep)))
+            codes = gather.variable_codes(names)[index]
+            yield from gather.add(record_id, str(path), time, codes, value.take(pa.array(keep)), row[keep])
+        yield from gather.rest()
+
+
+def _one_file(path: Path, row: np.ndarray) -> Locator:
+    return Locator([str(path)], np.zeros(len(row), np.int32), row)
+
+
+def _dictionary(strings: pa.Array) -> tuple[list[str], np.ndarray]:
+    encoded = pc.dictionary_encode(strings)
+    return encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False)
+
+
+def _hh_mm_minutes(times: pa.Array) -> pa.Array:
+    """`HH:MM` -> minutes as decimal strings; an empty cell stays empty (missing) and
+    anything else becomes `not HH:MM`, for the shared validation to count."""
+    parts = pc.extract_regex(times, r"^(?P<h>[0-9]+):(?P<m>[0-5][0-9])$")
+    valid = pc.is_valid(parts)
+    hours = pc.cast(pc.struct_field(parts, "h"), pa.int64())
+    minutes = pc.cast(pc.struct_field(parts, "m"), pa.int64())
+    total = pc.cast(pc.add(pc.multiply(hours, 60), minutes), pa.string())
+    other = pc.if_else(pc.equal(times, ""), times, pa.scalar("not HH:MM"))
+    return pc.if_else(valid, total, other)
+
+
+# ---------------------------------------------------------------------------- 2019
+
+
+def _p2019_matrix(path: Path) -> tuple[list[str], np.ndarray]:
+    table = _read(path, "PhysioNet 2019", parse_options=pacsv.ParseOptions(delimiter="|"))
+    _require(path, "PhysioNet 2019", table.column_names, (P2019_TIME, P2019_LABEL))
+    columns = []
+    for name in table.column_names:  # a loop over the file's ~40 columns
+        column = table[name]
+        if pa.types.is_null(column.type):
+            columns.append(np.full(len(table), np.nan))
+            continue
+        try:
+            columns.append(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            raise InputError(
+                f"PhysioNet 2019 file {path}, column {name!r}: not a number (e.g. {column[0].as_py()!r} ...); "
+                "cells are numbers or NaN"
+            ) from None
+    return table.column_names, np.column_stack(columns) if columns else np.zeros((len(table), 0))
+
+
+class PhysioNet2019(EventSource):
+    format = "physionet2019"
+    columns = {"patient_id": "file name", "time": P2019_TIME, "variable": "column", "value": "cell"}
+
+    def __init__(self, directory: Path):
+        self.files = _files(directory, ".psv", "PhysioNet 2019")
+        self.drops = Drops({"after_label_onset": P2019_LABEL, "repeated_static_descriptor": "static descriptor"})
+
+    def paths(self) -> list[Path]:
+        return self.files
+
+    def batches(self):
+        gather = Gather()
+        for path in self.files:
+            names, matrix = _p2019_matrix(path)
+            time = matrix[:, names.index(P2019_TIME)] * 60.0
+            label = matrix[:, names.index(P2019_LABEL)]
+            onset = time[label == 1].min(initial=np.inf)
+            event_columns = [i for i, name in enumerate(names) if name not in (P2019_TIME, P2019_LABEL)]
+            row, column = np.nonzero(~np.isnan(matrix[:, event_columns]))
+            column = np.asarray(event_columns, dtype=np.int64)[column]
+            static = np.isin(column, [names.index(n) for n in P2019_STATIC if n in names])
+            row_number = row.astype(np.int64) + 1
+            locator = _one_file(path, row_number)
+            # the onset hour and every later hour: unknown to a model predicting sepsis
+            after = (time[row] >= onset) | (np.isnan(time[row]) & np.isfinite(onset))
+            self.drops.add("after_label_onset", locator, np.flatnonzero(after))
+            repeat = static & (row > 0) & ~after
+            self.drops.add("repeated_static_descriptor", locator, np.flatnonzero(repeat))
+            keep = np.flatnonzero(~after & ~repeat)
+            # a static descriptor's event is at the stay's first hour
+            codes = gather.variable_codes(names)[column[keep]]
+            yield from gather.add(
+                path.name[: -len(".psv")], str(path), time[row[keep]], codes, matrix[row[keep], column[keep]],
+                row_number[keep],
+            )
+        yield from gather.rest()
+
+
+# -------------------------------------------------------------------------- labels
+
+
+def source(name: str, events: Path, labels_csv: Path, data: dict) -> EventSource:
+    return PhysioNet2012(events) if name == "physionet2012" else PhysioNet2019(events)
+
+
+def write_labels(name: str, events: Path, labels: str | None, out: str, splits_out: str | None, data: dict) -> dict:
+    if name == "physionet2012":
+        if not labels:
+            raise InputError("data.format physionet2012: data.labels must name the Outcomes-*.txt file of the set")
+        ints = pacsv.ConvertOptions(column_types={"RecordID": pa.string(), P2012_LABEL: pa.string()})
+        table = _read(Path(labels), "PhysioNet 2012 outcomes", convert_options=ints)
+        _require(Path(labels), "PhysioNet 2012 outcomes", table.column_names, ("RecordID", P2012_LABEL))
+        result = pa.table({"patient_id": canonical_ids(table["RecordID"]), "label": table[P2012_LABEL]})
+    else:
+        files = _files(events, ".psv", "PhysioNet 2019")
+        ids, label = [], np.zeros(len(files), dtype=np.int8)
+        for i, path in enumerate(files):  # one label per file
+            names, matrix = _p2019_matrix(path)
+            ids.append(path.name[: -len(".psv")])
+            label[i] = int(np.nanmax(matrix[:, names.index(P2019_LABEL)], initial=0) == 1)
+        result = pa.table({"patient_id": pa.array(ids, pa.string()), "label": pa.array(label)})
+    write_csv(result, out)
+    return {"patients": len(result)}

@@ -1,0 +1,374 @@
+"""Input formats: one cohort written in all five layouts gives the same shards; the
+formats' own policies (windows, prediction times, sepsis onset) keep the label from
+leaking; each format's bad inputs fail naming the file and the column or subject."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from seqsetvae import cli
+from seqsetvae.data.reader import ShardReader
+from seqsetvae.data.stats import load_vocabulary
+from seqsetvae.errors import InputError
+
+VARIABLES = ["HR", "Lactate", "Temp", "pH"]
+SPLIT_OF = ["train"] * 8 + ["valid"] * 4 + ["test"] * 4
+BASE = datetime.datetime(2150, 3, 1)
+
+
+def make_cohort(seed: int = 0, hours: int = 12):
+    """16 patients (ids 1001...), hourly sets from hour 0, values exact in float32."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(16):
+        for hour in range(int(rng.integers(3, hours))):
+            chosen = [v for v in VARIABLES if rng.random() < 0.6] or ["HR"]
+            if hour == 0:
+                chosen = sorted(set(chosen) | {"HR"})
+            for variable in chosen:
+                rows.append((1001 + p, hour * 60, variable, float(rng.integers(0, 400)) / 4))
+    label = np.array([p % 2 for p in range(16)], dtype=np.int8)
+    return rows, label
+
+
+def write_csv_format(root: Path, rows, label):
+    root.mkdir(parents=True, exist_ok=True)
+    text = "patient_id,minute,variable,value\n" + "".join(f"{p},{m},{v},{x}\n" for p, m, v, x in rows)
+    (root / "events.csv").write_text(text)
+    (root / "labels.csv").write_text("patient_id,in_hospital_mortality\n" + "".join(
+        f"{1001 + i},{y}\n" for i, y in enumerate(label)))  # fmt: skip
+    (root / "splits.csv").write_text("patient_id,split\n" + "".join(f"{1001 + i},{s}\n" for i, s in enumerate(SPLIT_OF)))
+    return {"format": "csv", "events": root / "events.csv", "labels": root / "labels.csv", "splits": root / "splits.csv"}
+
+
+def meds_time(patient: int, minute: float) -> datetime.datetime:
+    return BASE + datetime.timedelta(days=patient - 1001, minutes=minute)
+
+
+def write_meds(root: Path, rows, label, prediction_minutes=None, splits=True):
+    """A MEDS root: the measurements, plus per subject one static row (no time) and one
+    code without a value (both dropped and counted); prediction time = last event
+    unless `prediction_minutes` {subject: minute} says otherwise."""
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    (root / "metadata").mkdir(exist_ok=True)
+    subjects = sorted({r[0] for r in rows})
+    extra = [(s, None, "GENDER//F", 1.0) for s in subjects] + [(s, 0.0, "ADMISSION", None) for s in subjects]
+    data = sorted(rows + extra, key=lambda r: (r[0], -1 if r[1] is None else r[1]))
+    table = pa.table({
+        "subject_id": pa.array([r[0] for r in data], pa.int64()),
+        "time": pa.array([None if r[1] is None else meds_time(r[0], r[1]) for r in data], pa.timestamp("us")),
+        "code": pa.array([r[2] for r in data], pa.string()),
+        "numeric_value": pa.array([r[3] for r in data], pa.float32()),
+    })  # fmt: skip
+    half = len(table) // 2
+    cut = int(np.searchsorted(table["subject_id"].to_numpy(), table["subject_id"][half].as_py()))
+    pq.write_table(table.slice(0, cut), root / "data" / "0.parquet")
+    pq.write_table(table.slice(cut), root / "data" / "1.parquet")
+    if splits:
+        names = {"train": "train", "valid": "tuning", "test": "held_out"}
+        pq.write_table(pa.table({
+            "subject_id": pa.array(subjects, pa.int64()),
+            "split": [names[SPLIT_OF[s - 1001]] for s in subjects],
+        }), root / "metadata" / "subject_splits.parquet")  # fmt: skip
+    last = {}
+    for p, m, _, _ in rows:
+        last[p] = max(last.get(p, 0), m)
+    prediction = prediction_minutes or last
+    (root / "task").mkdir(exist_ok=True)
+    pq.write_table(pa.table({
+        "subject_id": pa.array(subjects, pa.int64()),
+        "prediction_time": pa.array([meds_time(s, prediction[s]) for s in subjects], pa.timestamp("us")),
+        "boolean_value": pa.array([bool(label[s - 1001]) for s in subjects]),
+    }), root / "task" / "labels.parquet")  # fmt: skip
+    return {"format": "meds", "events": root, "labels": root / "task"}
+
+
+def write_physionet2012(root: Path, rows, label, csv_splits):
+    (root / "set-a").mkdir(parents=True, exist_ok=True)
+    by_patient = {}
+    for p, m, v, x in rows:
+        by_patient.setdefault(p, []).append(f"{m // 60:02d}:{m % 60:02d},{v},{x:g}\n")
+    for p, lines in by_patient.items():
+        # the RecordID row and a -1 missing marker: dropped and counted
+        text = "Time,Parameter,Value\n00:00,RecordID," + str(p) + "\n00:00,Height,-1\n" + "".join(lines)
+        (root / "set-a" / f"{p}.txt").write_text(text)
+    (root / "Outcomes-a.txt").write_text("RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death\n" + "".join(
+        f"{1001 + i},10,3,5,-1,{y}\n" for i, y in enumerate(label)))  # fmt: skip
+    return {"format": "physionet2012", "events": root / "set-a", "labels": root / "Outcomes-a.txt",
+            "splits": csv_splits}  # fmt: skip
+
+
+def write_physionet2019(root: Path, rows, label, csv_splits):
+    """Hourly .psv files; a positive stay gets one more hour with SepsisLabel 1 (its
+    cells must not become events)."""
+    root.mkdir(parents=True, exist_ok=True)
+    cells = {}
+    for p, m, v, x in rows:
+        cells.setdefault(p, {}).setdefault(m // 60, {})[v] = x
+    onset_cells = 0
+    for p, hours in cells.items():
+        lines = ["|".join(VARIABLES + ["ICULOS", "SepsisLabel"])]
+        for hour in range(max(hours) + 1):
+            lines.append("|".join([f"{hours.get(hour, {}).get(v, 'NaN')}" for v in VARIABLES] + [str(hour), "0"]))
+        if label[p - 1001]:
+            lines.append("|".join(["1.5", "NaN", "37.25", "NaN", str(max(hours) + 1), "1"]))
+            onset_cells += 2
+        (root / f"{p}.psv").write_text("\n".join(lines) + "\n")
+    return {"format": "physionet2019", "events": root, "splits": csv_splits, "onset_cells": onset_cells}
+
+
+def write_seqsetvae_v0(root: Path, rows, label):
+    for p in sorted({r[0] for r in rows}):
+        mine = [r for r in rows if r[0] == p]
+        folder = root / "patient_ehr" / SPLIT_OF[p - 1001]
+        folder.mkdir(parents=True, exist_ok=True)
+        minutes = [float(r[1]) for r in mine]
+        pq.write_table(pa.table({
+            "variable": [r[2] for r in mine], "value": [r[3] for r in mine], "minute": minutes,
+            "set_index": np.unique(minutes, return_inverse=True)[1],
+        }), folder / f"{p}.0.parquet")  # fmt: skip
+    (root / "oc.csv").write_text("ts_id,in_hospital_mortality\n" + "".join(
+        f"{1001 + i}.0,{y}\n" for i, y in enumerate(label)))  # fmt: skip
+    return {"format": "seqsetvae_v0", "events": root / "patient_ehr", "labels": root / "oc.csv"}
+
+
+def run_data_stages(out: Path, spec: dict, **data) -> dict:
+    """labels (non-CSV formats), splits, ingest, stats and shards, by their commands."""
+    from seqsetvae.data.formats import carries_splits
+    from seqsetvae.settings import load_settings
+
+    data = {"format": spec["format"], "events": str(spec["events"]), "incomplete_splits": "warn", **data}
+    settings = json.dumps({"data": data})
+    labels, splits = spec.get("labels"), spec.get("splits")
+    if spec["format"] != "csv":
+        given = out / "given_splits.csv" if carries_splits(load_settings({"data": data})["data"]) else None
+        argv = ["labels", "--events", str(spec["events"]), "--out", str(out / "labels.csv")]
+        argv += ["--labels", str(labels)] if labels else []
+        argv += ["--splits-out", str(given)] if given else []
+        _run(argv, settings)
+        labels, splits = out / "labels.csv", given or splits
+    _run(["splits", "--labels", str(labels), "--out", str(out / "splits.csv")]
+         + (["--splits", str(splits)] if splits else []), settings)  # fmt: skip
+    _run(["ingest", "--events", str(spec["events"]), "--labels", str(labels), "--splits", str(out / "splits.csv"),
+          "--out", str(out / "events"), "--threads", "1"], settings)  # fmt: skip
+    _run(["stats", "--events", str(out / "events"), "--stats", str(out / "stats.json"), "--vocab",
+          str(out / "vocab.json")], settings)  # fmt: skip
+    _run(["shards", "--events", str(out / "events"), "--stats", str(out / "stats.json"), "--vocab",
+          str(out / "vocab.json"), "--out", str(out / "shards"), "--qc", str(out / "shards_qc.json")], settings)  # fmt: skip
+    return json.loads((out / "events" / "qc.json").read_text())
+
+
+def _run(argv, settings):
+    code = cli.main([argv[0], "--settings", settings, *argv[1:]])
+    assert code == 0, argv
+
+
+def measurements(out: Path) -> dict:
+    """patient id -> (split, label, [(set time, [(variable, value)...])...])."""
+    vocabulary = load_vocabulary(out / "vocab.json")
+    result = {}
+    for split in ("train", "valid", "test"):
+        reader = ShardReader(out / "shards", split)
+        for i in range(len(reader)):
+            patient = reader[i]
+            sets = []
+            offsets = patient.set_offsets
+            for s, time in enumerate(patient.set_times.tolist()):
+                events = range(int(offsets[s]), int(offsets[s + 1]))
+                sets.append((time, [(vocabulary[int(patient.variable_ids[e])], float(patient.values[e])) for e in events]))
+            result[reader.patient_ids[i]] = (split, int(reader.labels[i]), sets)
+    return result
+
+
+def test_one_cohort_in_five_formats_gives_the_same_shards(tmp_path):
+    rows, label = make_cohort()
+    csv = write_csv_format(tmp_path / "csv", rows, label)
+    specs = [
+        csv,
+        write_meds(tmp_path / "meds", rows, label),
+        write_physionet2012(tmp_path / "p2012", rows, label, csv["splits"]),
+        write_physionet2019(tmp_path / "p2019", rows, label, csv["splits"]),
+        write_seqsetvae_v0(tmp_path / "v0", rows, label),
+    ]
+    results = {}
+    for spec in specs:
+        qc = run_data_stages(tmp_path / f"out-{spec['format']}", spec)
+        results[spec["format"]] = (measurements(tmp_path / f"out-{spec['format']}"), qc)
+    reference, csv_qc = results["csv"]
+    assert len(reference) == 16 and csv_qc["rows_kept"] == len(rows)
+    assert {p: s for p, (s, _, _) in reference.items()} == {str(1001 + i): s for i, s in enumerate(SPLIT_OF)}
+    for name, (found, qc) in results.items():
+        assert found == reference, name  # ids, splits, labels, set times, variables, values
+        assert qc["rows_kept"] == len(rows), name
+        assert qc["format"] == name
+    dropped = {name: {k: v for k, v in qc["rows_dropped"].items() if v} for name, (_, qc) in results.items()}
+    assert dropped["csv"] == {} and dropped["seqsetvae_v0"] == {}
+    assert dropped["meds"] == {"static_without_time": 16, "no_numeric_value": 16}
+    assert dropped["physionet2012"] == {"record_id_row": 16, "missing_marker": 16}
+    assert dropped["physionet2019"] == {"after_label_onset": specs[3]["onset_cells"]}
+    for name, (_, qc) in results.items():  # every input row accounted for
+        assert qc["rows_in"] == qc["rows_kept"] + sum(qc["rows_dropped"].values()), name
+
+
+def test_observation_window_keeps_only_the_first_hours(tmp_path):
+    rows, label = make_cohort(seed=1, hours=40)
+    spec = write_csv_format(tmp_path / "csv", rows, label)
+    qc = run_data_stages(tmp_path / "out", spec, observation_window_hours=24)
+    found = measurements(tmp_path / "out")
+    times = [t for _, _, sets in found.values() for t, _ in sets]
+    late = sum(m >= 24 * 60 for _, m, _, _ in rows)
+    assert late > 0 and max(times) < 24 * 60
+    assert qc["rows_dropped"]["outside_observation_window"] == late
+    assert qc["rows_kept"] == len(rows) - late
+
+
+def test_meds_prediction_time_ends_the_observation(tmp_path):
+    rows, label = make_cohort(seed=2, hours=30)
+    last = {}
+    for p, m, _, _ in rows:
+        last[p] = max(last.get(p, 0), m)
+    prediction = {p: (m // 60 // 2) * 60 + 30 for p, m in last.items()}  # half way, between two hours
+    spec = write_meds(tmp_path / "meds", rows, label, prediction_minutes=prediction)
+    qc = run_data_stages(tmp_path / "out", spec)
+    found = measurements(tmp_path / "out")
+    for patient, (_, _, sets) in found.items():
+        # the origin is the subject's first kept event, here its hour-0 set
+        assert max(t for t, _ in sets) <= prediction[int(patient)], patient
+    after = sum(m > prediction[p] for p, m, _, _ in rows)
+    assert after > 0 and qc["rows_dropped"]["after_prediction_time"] == after
+
+    # with a 3 h window: only (prediction time - 3 h, prediction time], origin its first event
+    qc = run_data_stages(tmp_path / "window", spec, observation_window_hours=3)
+    found = measurements(tmp_path / "window")
+    expected = {}
+    for p, m, v, x in rows:
+        if prediction[p] - 180 < m <= prediction[p]:
+            expected.setdefault(p, []).append(m)
+    for patient, (_, _, sets) in found.items():
+        minutes = sorted(expected[int(patient)])
+        assert [t for t, _ in sets] == sorted({m - minutes[0] for m in minutes})
+    inside = sum(len(v) for v in expected.values())
+    assert qc["rows_kept"] == inside
+    assert qc["rows_dropped"]["outside_observation_window"] == len(rows) - after - inside
+
+
+def test_physionet2019_onset_hours_never_reach_the_shards(tmp_path):
+    rows, label = make_cohort(seed=3)
+    spec = write_physionet2019(tmp_path / "p2019", rows, label, None)
+    # a positive stay whose label turns 1 in the middle: hours from there on are unseen
+    path = tmp_path / "p2019" / "1002.psv"
+    lines = path.read_text().splitlines()
+    hours = len(lines) - 1
+    onset_row = 3
+    for i in range(onset_row, len(lines)):
+        lines[i] = lines[i][: lines[i].rfind("|")] + "|1"
+    path.write_text("\n".join(lines) + "\n")
+    run_data_stages(tmp_path / "out", spec)
+    found = measurements(tmp_path / "out")
+    assert hours > onset_row and found["1002"][1] == 1
+    assert max(t for t, _ in found["1002"][2]) < (onset_row - 1) * 60  # ICULOS of data row 3 is hour 2
+
+
+@pytest.mark.parametrize(
+    "fmt, breakage, message",
+    [
+        ("meds", "no_data", r"MEDS root .*: no data/ directory"),
+        ("meds", "schema", r"MEDS data file .*0.parquet: does not match the MEDS DataSchema .*columns: code"),
+        ("meds", "two_labels", r"MEDS label file .*labels.parquet, column 'subject_id': subject 1001 has 2 label rows"),
+        ("meds", "split_twice", r"subject_splits.parquet, column 'subject_id': subject 1001 is in two splits"),
+        ("meds", "label_without_events", r"labels file .*labels.csv: 1 labelled patient\(s\) have no event.*'999'"),
+        ("physionet2012", "no_record_id", r"PhysioNet 2012 file .*1003.txt: no RecordID row \(column 'Parameter'\)"),
+        ("physionet2012", "missing_outcomes", r"PhysioNet 2012 outcomes file .*Outcomes-a.txt: cannot be read"),
+        ("physionet2019", "no_iculos", r"PhysioNet 2019 file .*1004.psv: missing column 'ICULOS'"),
+        ("physionet2019", "text_cell", r"PhysioNet 2019 file .*1004.psv, column 'HR': not a number"),
+        ("seqsetvae_v0", "two_splits", r"patient '1001' has two files, .*test/1001.parquet and .*train/1001.0.parquet"),
+        ("seqsetvae_v0", "no_minute", r"seqsetvae_v0 file .*1001.0.parquet: missing column 'minute'"),
+    ],
+)
+def test_bad_inputs_of_each_format_name_the_file_and_column(tmp_path, fmt, breakage, message):
+    rows, label = make_cohort(seed=4)
+    csv = write_csv_format(tmp_path / "csv", rows, label)
+    extra = {}
+    if fmt == "meds":
+        spec = write_meds(tmp_path / "meds", rows, label)
+        if breakage == "no_data":
+            (tmp_path / "meds" / "data" / "0.parquet").rename(tmp_path / "meds" / "0.parquet")
+            (tmp_path / "meds" / "data" / "1.parquet").rename(tmp_path / "meds" / "1.parquet")
+            (tmp_path / "meds" / "data").rmdir()
+        elif breakage == "schema":
+            table = pq.read_table(tmp_path / "meds" / "data" / "0.parquet")
+            table = table.rename_columns(["subject_id", "time", "concept", "numeric_value"])
+            pq.write_table(table, tmp_path / "meds" / "data" / "0.parquet")
+        elif breakage == "two_labels":
+            table = pq.read_table(tmp_path / "meds" / "task" / "labels.parquet")
+            pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), tmp_path / "meds" / "task" / "labels.parquet")
+        elif breakage == "split_twice":
+            path = tmp_path / "meds" / "metadata" / "subject_splits.parquet"
+            table = pq.read_table(path)
+            extra_row = pa.table({"subject_id": pa.array([1001], pa.int64()), "split": ["held_out"]})
+            pq.write_table(pa.concat_tables([table, extra_row]), path)
+        elif breakage == "label_without_events":
+            table = pq.read_table(tmp_path / "meds" / "task" / "labels.parquet")
+            row = pa.table({"subject_id": pa.array([999], pa.int64()), "prediction_time": table["prediction_time"][:1],
+                            "boolean_value": [True]})  # fmt: skip
+            pq.write_table(pa.concat_tables([table, row.cast(table.schema)]), tmp_path / "meds" / "task" / "labels.parquet")
+            pq.write_table(pa.concat_tables([pq.read_table(tmp_path / "meds" / "metadata" / "subject_splits.parquet"),
+                                             pa.table({"subject_id": pa.array([999], pa.int64()), "split": ["train"]})]),
+                           tmp_path / "meds" / "metadata" / "subject_splits.parquet")  # fmt: skip
+            extra = {"labels_without_events": "error"}
+    elif fmt == "physionet2012":
+        spec = write_physionet2012(tmp_path / "p2012", rows, label, csv["splits"])
+        if breakage == "no_record_id":
+            path = tmp_path / "p2012" / "set-a" / "1003.txt"
+            path.write_text("\n".join(line for line in path.read_text().splitlines() if "RecordID" not in line) + "\n")
+        else:
+            (tmp_path / "p2012" / "Outcomes-a.txt").unlink()
+    elif fmt == "physionet2019":
+        spec = write_physionet2019(tmp_path / "p2019", rows, label, csv["splits"])
+        path = tmp_path / "p2019" / "1004.psv"
+        lines = path.read_text().splitlines()
+        if breakage == "no_iculos":
+            lines = [line.replace("ICULOS", "Hour") if i == 0 else line for i, line in enumerate(lines)]
+        else:
+            lines[1] = "high" + lines[1][lines[1].index("|"):]
+        path.write_text("\n".join(lines) + "\n")
+    else:
+        spec = write_seqsetvae_v0(tmp_path / "v0", rows, label)
+        ehr = tmp_path / "v0" / "patient_ehr"
+        if breakage == "two_splits":
+            (ehr / "test").mkdir(exist_ok=True)
+            (ehr / "test" / "1001.parquet").write_bytes((ehr / "train" / "1001.0.parquet").read_bytes())
+        else:
+            table = pq.read_table(ehr / "train" / "1001.0.parquet")
+            pq.write_table(table.drop(["minute"]), ehr / "train" / "1001.0.parquet")
+    out = tmp_path / "out"
+    with pytest.raises(AssertionError):
+        run_data_stages(out, spec, **extra)
+    # the stage that failed printed the message; run it again to read it
+    with pytest.raises(InputError, match=message):
+        _direct(out, spec, extra)
+    assert not (out / "events").exists()
+
+
+def _direct(out: Path, spec: dict, extra: dict):
+    """The failing stage's function, for its message."""
+    from seqsetvae.data import formats
+    from seqsetvae.data.ingest import ingest
+    from seqsetvae.settings import load_settings
+
+    settings = load_settings({"data": {"format": spec["format"], "events": str(spec["events"]),
+                                       "incomplete_splits": "warn", **extra}})  # fmt: skip
+    data = settings["data"]
+    splits_out = out / "given.csv" if formats.carries_splits(data) else None
+    formats.adapter(spec["format"]).write_labels(
+        spec["format"], Path(spec["events"]), str(spec.get("labels")) if spec.get("labels") else None,
+        out / "labels.csv", splits_out, data,
+    )  # fmt: skip
+    ingest(settings, [str(spec["events"])], str(out / "labels.csv"), str(out / "splits.csv"), out / "events", 1)
