@@ -172,7 +172,8 @@ def _run(argv, settings):
 
 def measurements(out: Path) -> dict:
     """patient id -> (split, label, [(set time, [(variable, value)...])...])."""
-    vocabulary = load_vocabulary(out / "vocab.json")
+    vocab = out / "vocab.json" if (out / "vocab.json").exists() else out / "stats" / "vocabulary.json"
+    vocabulary = load_vocabulary(vocab)
     result = {}
     for split in ("train", "valid", "test"):
         reader = ShardReader(out / "shards", split)
@@ -280,15 +281,18 @@ def test_physionet2019_onset_hours_never_reach_the_shards(tmp_path):
     "fmt, breakage, message",
     [
         ("meds", "no_data", r"MEDS root .*: no data/ directory"),
+        ("meds", "missing_labels", r"MEDS labels .*task: not found"),
         ("meds", "schema", r"MEDS data file .*0.parquet: does not match the MEDS DataSchema .*columns: code"),
         ("meds", "two_labels", r"MEDS label file .*labels.parquet, column 'subject_id': subject 1001 has 2 label rows"),
         ("meds", "split_twice", r"subject_splits.parquet, column 'subject_id': subject 1001 is in two splits"),
         ("meds", "label_without_events", r"labels file .*labels.csv: 1 labelled patient\(s\) have no event.*'999'"),
         ("physionet2012", "no_record_id", r"PhysioNet 2012 file .*1003.txt: no RecordID row \(column 'Parameter'\)"),
         ("physionet2012", "missing_outcomes", r"PhysioNet 2012 outcomes file .*Outcomes-a.txt: cannot be read"),
+        ("physionet2019", "missing_dir", r"PhysioNet 2019 directory .*p2019: not found \(data.events\)"),
         ("physionet2019", "no_iculos", r"PhysioNet 2019 file .*1004.psv: missing column 'ICULOS'"),
         ("physionet2019", "text_cell", r"PhysioNet 2019 file .*1004.psv, column 'HR': not a number"),
         ("seqsetvae_v0", "two_splits", r"patient '1001' has two files, .*test/1001.parquet and .*train/1001.0.parquet"),
+        ("seqsetvae_v0", "missing_oc", r"labels file .*oc.csv: not found"),
         ("seqsetvae_v0", "no_minute", r"seqsetvae_v0 file .*1001.0.parquet: missing column 'minute'"),
     ],
 )
@@ -298,7 +302,11 @@ def test_bad_inputs_of_each_format_name_the_file_and_column(tmp_path, fmt, break
     extra = {}
     if fmt == "meds":
         spec = write_meds(tmp_path / "meds", rows, label)
-        if breakage == "no_data":
+        if breakage == "missing_labels":
+            import shutil
+
+            shutil.rmtree(tmp_path / "meds" / "task")
+        elif breakage == "no_data":
             (tmp_path / "meds" / "data" / "0.parquet").rename(tmp_path / "meds" / "0.parquet")
             (tmp_path / "meds" / "data" / "1.parquet").rename(tmp_path / "meds" / "1.parquet")
             (tmp_path / "meds" / "data").rmdir()
@@ -334,15 +342,22 @@ def test_bad_inputs_of_each_format_name_the_file_and_column(tmp_path, fmt, break
         spec = write_physionet2019(tmp_path / "p2019", rows, label, csv["splits"])
         path = tmp_path / "p2019" / "1004.psv"
         lines = path.read_text().splitlines()
-        if breakage == "no_iculos":
+        if breakage == "missing_dir":
+            import shutil
+
+            shutil.rmtree(tmp_path / "p2019")
+        elif breakage == "no_iculos":
             lines = [line.replace("ICULOS", "Hour") if i == 0 else line for i, line in enumerate(lines)]
         else:
             lines[1] = "high" + lines[1][lines[1].index("|"):]
-        path.write_text("\n".join(lines) + "\n")
+        if breakage != "missing_dir":
+            path.write_text("\n".join(lines) + "\n")
     else:
         spec = write_seqsetvae_v0(tmp_path / "v0", rows, label)
         ehr = tmp_path / "v0" / "patient_ehr"
-        if breakage == "two_splits":
+        if breakage == "missing_oc":
+            (tmp_path / "v0" / "oc.csv").unlink()
+        elif breakage == "two_splits":
             (ehr / "test").mkdir(exist_ok=True)
             (ehr / "test" / "1001.parquet").write_bytes((ehr / "train" / "1001.0.parquet").read_bytes())
         else:
@@ -372,3 +387,42 @@ def _direct(out: Path, spec: dict, extra: dict):
         out / "labels.csv", splits_out, data,
     )  # fmt: skip
     ingest(settings, [str(spec["events"])], str(out / "labels.csv"), str(out / "splits.csv"), out / "events", 1)
+
+
+@pytest.mark.pipeline
+def test_original_layout_through_snakemake_with_its_embedding_table(tmp_path):
+    """The migration path: `patient_ehr/` + `oc.csv` + `cached.csv` as they are, through
+    the `shards` target (format_labels writes the labels and the folders' splits)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    rows, label = make_cohort(seed=5)
+    spec = write_seqsetvae_v0(tmp_path / "v0", rows, label)
+    rng = np.random.default_rng(0)
+    (tmp_path / "v0" / "cached.csv").write_text("Key," + ",".join(f"d{i}" for i in range(8)) + "\n" + "".join(
+        f"{v}," + ",".join(f"{x:.4f}" for x in rng.standard_normal(8)) + "\n" for v in VARIABLES + ["Unused"]))  # fmt: skip
+    config = {
+        "data": {"source": "files", "format": "seqsetvae_v0", "events": str(spec["events"]),
+                 "labels": str(spec["labels"]), "incomplete_splits": "warn"},
+        "embedding": {"method": "table", "table": str(tmp_path / "v0" / "cached.csv"), "dim": 8},
+    }  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(tmp_path),
+               "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", "shards"]  # fmt: skip
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    results = tmp_path / "results"
+    import pandas as pd
+
+    splits = pd.read_csv(results / "splits.csv", dtype=str)
+    assert dict(zip(splits.patient_id, splits.split)) == {str(1001 + i): s for i, s in enumerate(SPLIT_OF)}
+    reference = tmp_path / "reference"
+    run_data_stages(reference, write_csv_format(tmp_path / "csv", rows, label))
+    assert measurements(results) == measurements(reference)
+    from safetensors.numpy import load_file
+
+    table = load_file(results / "embedding" / "embedding.safetensors")
+    assert next(iter(table.values())).shape == (len(VARIABLES), 8)

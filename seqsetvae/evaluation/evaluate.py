@@ -6,7 +6,7 @@
 
 The run's best checkpoint, in eval mode and without gradients, over the test split in
 batches of the run's batch size (length-ordered, as in validation). Writes the metrics
-JSON (see `evaluate_split` and README "Outputs") and one Parquet row per test patient:
+JSON (see `evaluate_split` and docs/outputs.md) and one Parquet row per test patient:
 `patient_id`, `label`, `probability` (of class 1), so every number can be recomputed.
 """
 

@@ -1,6 +1,7 @@
 import glob
 import json
 import os
+import shlex
 
 RESULTS = config["results"]
 REPORTS = config["reports"]
@@ -12,8 +13,9 @@ FORMAT = "csv" if SYNTHETIC else config["data"]["format"]
 RAW_EVENTS = f"{RESULTS}/raw/events.csv"
 RAW_LABELS = f"{RESULTS}/raw/labels.csv"
 SPLITS = f"{RESULTS}/splits.csv"
-FORMAT_LABELS = f"{RESULTS}/labels/labels.csv"  # a non-CSV dataset's labels (rule format_labels)
-FORMAT_SPLITS = f"{RESULTS}/labels/splits.csv"  # ... and the splits it carries
+# a non-CSV dataset's labels and the splits it carries (rule format_labels)
+FORMAT_LABELS = f"{RESULTS}/labels/labels.csv"
+FORMAT_SPLITS = f"{RESULTS}/labels/splits.csv"
 EVENTS_DIR = f"{RESULTS}/events"
 STATS = f"{RESULTS}/stats/normalization.json"
 VOCAB = f"{RESULTS}/stats/vocabulary.json"
@@ -125,8 +127,15 @@ def format_carries_splits():
     """A MEDS root with metadata/subject_splits.parquet, or the original's split folders."""
     if FORMAT == "seqsetvae_v0":
         return True
-    splits = os.path.join(str(config["data"]["events"]), "metadata", "subject_splits.parquet")
+    splits = os.path.join(
+        str(config["data"]["events"]), "metadata", "subject_splits.parquet"
+    )
     return FORMAT == "meds" and os.path.isfile(splits)
+
+
+def option(name, paths):
+    """`--name 'path'` for an optional input or output, or nothing."""
+    return f"{name} {shlex.quote(str(paths))}" if paths else ""
 
 
 def splits_file():

@@ -40,10 +40,8 @@ rule format_labels:
         runtime=config["resources"]["data"]["runtime"],
     params:
         settings=settings("data"),
-        labels=lambda wildcards, input: f"--labels {input.labels}" if input.labels else "",
-        splits=lambda wildcards, output: (
-            f"--splits-out {output.splits}" if output.splits else ""
-        ),
+        labels=lambda wildcards, input: option("--labels", input.labels),
+        splits=lambda wildcards, output: option("--splits-out", output.splits),
     shell:
         "logged {log:q} seqsetvae labels --settings {params.settings:q} --events {input.events:q}"
         " {params.labels} --out {output.labels:q} {params.splits}"
@@ -62,7 +60,7 @@ rule splits:
     threads: 1
     params:
         settings=settings("data"),
-        splits=lambda wildcards, input: f"--splits {input.splits}" if input.splits else "",
+        splits=lambda wildcards, input: option("--splits", input.splits),
     shell:
         "logged {log:q} seqsetvae splits --settings {params.settings:q} --labels {input.labels:q}"
         " {params.splits} --out {output:q}"
