@@ -444,11 +444,16 @@ class SeqSetVAE(nn.Module):
         table = F.normalize(self.reduce(self.embedding.index_select(0, batch.batch_variables)), dim=-1)  # [U, r]
         return table.index_select(0, batch.event_variable) * batch.values.unsqueeze(-1).to(table.dtype)
 
-    def forward(self, batch: Batch, weights: LossWeights) -> ModelOutput:
+    def forward(self, batch: Batch, weights: LossWeights, noise: torch.Tensor | None = None) -> ModelOutput:
+        """`noise` [S, d]: the posterior's standard normal draws, when the caller draws
+        them (a multi-device step takes its rows of the global batch's draws)."""
         c = self.config
         tokens = self.tokens(batch)  # [E, r]
         mu, logvar = self.encoder(tokens, batch)  # [S, d] each
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
+        if self.training:
+            z = mu + torch.exp(0.5 * logvar) * (torch.randn_like(mu) if noise is None else noise.to(mu.dtype))
+        else:
+            z = mu
         h = self.sequence(z, batch)  # [S, d]
         recon = self.decoder(h, batch)  # [E, r]
         # deviation: the classifier reads the sequence of posterior means, in training as in

@@ -128,6 +128,13 @@ def test_slurm_dry_run_jobs_and_resources(tmp_path, tiny_pipeline_config):
             resources = job["resources"]
             assert (resources["mem_mb"], resources["runtime"], resources["gpu"]) == (memory, runtime, gpus), rule
 
+    # train.devices: a training job asks for one GPU per process, evaluation for one
+    config["train"].update(devices=3, batch_sizes=[3, 4])
+    jobs = by_rule(dry_run(tmp_path, config, "--profile", str(SLURM_PROFILE)))
+    assert [job["resources"]["gpu"] for job in jobs["train"]] == ["3", "3"]
+    assert [job["resources"]["gpu"] for job in jobs["evaluate"]] == ["1", "1"]
+    config["train"].update(devices=1, batch_sizes=[1, 2])
+
     config["train"]["device"] = "cpu"  # a CPU run never asks for a GPU, whatever gpus says
     jobs = by_rule(dry_run(tmp_path, config, "--profile", str(SLURM_PROFILE)))
     assert [job["resources"]["gpu"] for job in jobs["train"] + jobs["evaluate"]] == ["0"] * 4

@@ -36,11 +36,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from seqsetvae.data.ragged import exclusive_cumsum, ranges
 from seqsetvae.errors import InputError
 from seqsetvae.io import atomic_path, write_json
 from seqsetvae.settings import load_settings
 from seqsetvae.training import checkpoint as ckpt
-from seqsetvae.training import noise_scale
+from seqsetvae.training import distributed, noise_scale
+from seqsetvae.training.distributed import World
 from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
 from seqsetvae.training.optimizer import build_optimizer, class_weights, set_learning_rate
 from seqsetvae.training.runtime import (
@@ -58,7 +60,7 @@ from seqsetvae.training.validation import is_better, validate
 # train keys that do not change what is computed: a checkpoint written under other
 # values of these is resumed all the same (the run's own seed is part of the identity)
 _NOT_IN_FINGERPRINT = {"batch_sizes", "seeds", "threads", "log_every", "checkpoint_every", "max_skipped_batches",
-                      "cpu_fallback"}
+                      "cpu_fallback", "devices"}  # devices: in the identity as the world size, when above 1
 # the budget: a checkpoint of the same identity under another budget is continued
 _BUDGET = ("epochs",)
 
@@ -93,9 +95,10 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def identity(settings: dict, batch_size: int, seed: int, shards: Path, embedding: Path, device: torch.device) -> str:
+def identity(settings: dict, batch_size: int, seed: int, shards: Path, embedding: Path, device: torch.device,
+             world_size: int = 1) -> str:  # fmt: skip
     """What a checkpoint must match to be continued: model, optimiser and schedule settings,
-    batch size, seed, data, device; not the budget (`_BUDGET`)."""
+    batch size, seed, data, device and world size; not the budget (`_BUDGET`)."""
     train = {k: v for k, v in settings["train"].items() if k not in _NOT_IN_FINGERPRINT and k not in _BUDGET}
     index = shards / "index.json"
     payload = {
@@ -107,14 +110,20 @@ def identity(settings: dict, batch_size: int, seed: int, shards: Path, embedding
         "embedding": file_sha256(embedding),
         "device": device.type,
     }
+    if world_size > 1:  # absent for one process, so that the runs of earlier versions resume
+        payload["world_size"] = world_size
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 # -- the run --------------------------------------------------------------------------
 
 
+_QUIET = False  # the ranks other than 0 of a multi-device job
+
+
 def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    if not _QUIET:
+        print(message, file=sys.stderr, flush=True)
 
 
 def _fresh_state() -> dict:
@@ -152,11 +161,13 @@ STEP_TERMS = ("loss", "recon", "kl", "ce")
 class Trainer:
     """One run: model, AdamW, sampler and counters, checkpointed together."""
 
-    def __init__(self, args, settings: dict, device: torch.device, threads: int, seed: int) -> None:
+    def __init__(self, args, settings: dict, device: torch.device, threads: int, seed: int,
+                 world: World = World()) -> None:  # fmt: skip
         from seqsetvae.model import ModelConfig, SeqSetVAE
         from seqsetvae.training.dataset import ShardBatches
 
         self.args, self.settings, self.device, self.threads, self.seed = args, settings, device, threads, seed
+        self.world = world
         self.train = train = settings["train"]
         self.out = Path(args.out)
         self.checkpoints = self.out / "checkpoints"
@@ -180,6 +191,13 @@ class Trainer:
         config = ModelConfig.from_settings(settings["model"])
         self.model = SeqSetVAE(config, self.embedding, class_weights(self.train_batches.labels, train["class_weights"]))
         self.model.to(device)
+        # what a training step calls: the model, or DDP around it (its gradients averaged
+        # over the ranks); validation, noise-scale measurements and checkpoints use the model
+        self.net = self.model
+        if world.distributed:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         self.optimizer = build_optimizer(self.model, train, self.lr)
         self.sampler = LengthGroupedBatchSampler(
             self.train_batches.lengths,
@@ -188,7 +206,8 @@ class Trainer:
             max_events_per_batch=train["max_events_per_batch"],
             seed=seed,
         )
-        self.identity = identity(settings, args.batch_size, seed, Path(args.shards), Path(args.embedding), device)
+        self.identity = identity(settings, args.batch_size, seed, Path(args.shards), Path(args.embedding), device,
+                                 world.size)  # fmt: skip
         self.state = _fresh_state()
         self.segment_start = time.perf_counter()  # wall time of this process since the last checkpoint
 
@@ -219,6 +238,8 @@ class Trainer:
                 self.optimizer.load_state_dict(saved["optimizer"])
                 self.sampler.load_state_dict(saved["sampler"])
                 ckpt.set_rng_state(saved["rng"], self.device)
+                if self.world.distributed:
+                    distributed.set_rank_rng(saved["rank_rng"], self.world, self.device)
                 self.state = {**_fresh_state(), **saved["run"]}
                 _log(f"resuming from {latest} (step {self.state['step']}, epoch {self.sampler.epoch + 1})")
                 if saved["epochs"] != self.train["epochs"]:
@@ -228,8 +249,11 @@ class Trainer:
                         f"train.epochs changed from {saved['epochs']} to {self.train['epochs']}: continuing at "
                         f"{progress:.2f} epochs; the schedules follow the new budget from here"
                     )
-            else:
+            elif self.world.is_main:
                 self.move_aside(saved, "past the new budget's end" if saved.get("identity") == self.identity else None)
+        distributed.barrier()  # every rank has read the checkpoint before rank 0 writes
+        if not self.world.is_main:
+            return
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         # the working metrics log is cut back to the checkpoint's length, so that steps
         # redone after a resume are not logged twice
@@ -264,6 +288,9 @@ class Trainer:
         return self.state["wall_time_s"] + time.perf_counter() - self.segment_start
 
     def checkpoint(self, why: str) -> None:
+        rank_rng = distributed.gather_rng(self.device) if self.world.distributed else None
+        if not self.world.is_main:
+            return
         self.metrics_log.flush()
         self.state["metrics_bytes"] = self.log_path.stat().st_size
         self.state["wall_time_s"] = self.wall_time()
@@ -277,11 +304,15 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": ckpt.rng_state(self.device),
         }
+        if rank_rng is not None:
+            everything["rank_rng"] = rank_rng
         ckpt.save_checkpoint(self.checkpoints, self.state["step"], self.model, everything)
         if not sys.stderr.isatty():
             _log(f"checkpoint at step {self.state['step']} ({why})")
 
     def record(self, line: dict) -> None:
+        if not self.world.is_main:
+            return
         self.metrics_log.write(json.dumps(line, allow_nan=False) + "\n")
 
     # -- training -----------------------------------------------------------------------
@@ -291,18 +322,40 @@ class Trainer:
         when the batch was skipped (non-finite loss or gradient)."""
         start = time.perf_counter()
         state = self.state
-        batch = self.train_batches(indices).to(self.device)
+        reader = self.train_batches.reader
+        local, share, noise = indices, 1.0, None
+        if self.world.distributed:
+            local, share, noise = self.my_part(indices)
+        batch = self.train_batches(local).to(self.device)
         weights = loss_weights(self.settings["model"], state["step"], self.epochs_done)
         # the learning rate of this step: the schedule at the progress this batch completes
         lr = set_learning_rate(
-            self.optimizer, lr_factor(self.train, state["step"] + 1, (state["patients"] + batch.n_patients) / self.n_train)
+            self.optimizer, lr_factor(self.train, state["step"] + 1, (state["patients"] + len(indices)) / self.n_train)
         )
         with self.autocast():
-            output = self.model(batch, weights)
+            output = self.net(batch, weights) if noise is None else self.net(batch, weights, noise)
         self.optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
+        if self.world.distributed:
+            n_sets = int(reader.n_sets[indices].sum())
+            # the global batch's mean loss, times the world size: DDP averages the ranks'
+            # gradients, so their mean is the gradient of the global batch's loss
+            sums = [share * float(x.detach().sum()) for x in (output.ce_per_patient, output.recon_per_set,
+                                                              output.kl_per_set)]  # fmt: skip
+            loss = (weights.pred * output.ce_per_patient.sum() / len(indices)
+                    + (weights.recon * output.recon_per_set.sum() + weights.beta * output.kl_per_set.sum()) / n_sets)
+            (loss * (share * self.world.size)).backward()  # fmt: skip
+            ce, recon, kl, sequence_slots = distributed.all_sum(
+                [*sums, share * batch.sequence_mask.numel()], self.device)
+            ce, recon, kl = ce / len(indices), recon / n_sets, kl / n_sets
+            terms = {"loss": weights.pred * ce + weights.recon * recon + weights.beta * kl, "recon": recon, "kl": kl,
+                     "ce": ce}  # fmt: skip
+            size = {"patients": len(indices), "events": int(reader.n_events[indices].sum()), "sets": n_sets}
+        else:
+            output.loss.backward()
+            terms = {name: float(getattr(output, name).detach()) for name in STEP_TERMS}
+            size = {"patients": batch.n_patients, "events": batch.n_events, "sets": batch.n_sets}
+            sequence_slots = int(batch.sequence_mask.numel())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train["grad_clip"])
-        terms = {name: float(getattr(output, name).detach()) for name in STEP_TERMS}
         terms["grad_norm"] = float(grad_norm)
         if not all(math.isfinite(value) for value in terms.values()):
             self.skip(indices, epoch, terms)
@@ -310,14 +363,13 @@ class Trainer:
         self.optimizer.step()
         seconds = time.perf_counter() - start  # float() above waited for the device
 
-        size = {"patients": batch.n_patients, "events": batch.n_events, "sets": batch.n_sets}
         state["step"] += 1
         state["train_time_s"] += seconds
         state["patients"] += size["patients"]
         state["events"] += size["events"]
         state["event_slots"] += size["events"] / batch.fill_ratio
         state["sets"] += size["sets"]
-        state["sequence_slots"] += int(batch.sequence_mask.numel())
+        state["sequence_slots"] += int(sequence_slots)
         state["loss_sum"] += terms["loss"] * size["patients"]
         state["loss_patients"] += size["patients"]
         state["epoch_loss_sum"] += terms["loss"] * size["patients"]
@@ -334,6 +386,21 @@ class Trainer:
         }  # fmt: skip
         self.record(line)
         return line
+
+    def my_part(self, indices: np.ndarray) -> tuple[np.ndarray, float, torch.Tensor]:
+        """This rank's patients of the global batch `indices`, its share (0 for a rank left
+        without a patient: it computes one patient's loss times 0, so that it takes part
+        in the gradient all-reduce), and its sets' rows of the global batch's noise."""
+        reader = self.train_batches.reader
+        parts = distributed.split_batch(reader.n_events[indices], self.world.size)
+        mine, share = parts[self.world.rank], 1.0
+        if len(mine) == 0:  # the epoch's last, short batch
+            mine, share = np.zeros(1, dtype=np.int64), 0.0
+        sets = reader.n_sets[indices]
+        dtype = next(self.model.parameters()).dtype
+        full = torch.randn((int(sets.sum()), self.model.config.latent_dim), dtype=dtype, device=self.device)
+        rows = ranges(exclusive_cumsum(sets)[:-1][mine], sets[mine])
+        return indices[mine], share, full[torch.as_tensor(rows, device=self.device)]
 
     def skip(self, indices: np.ndarray, epoch: int, terms: dict) -> None:
         """A batch with a non-finite loss or gradient: no optimiser step (the weights stay
@@ -357,8 +424,11 @@ class Trainer:
         _log(f"skipped a batch with a non-finite {', '.join(bad)} ({where}); {state['skipped_batches']} skipped so far")
 
     def validate(self) -> None:
-        """Score the validation split, log the point, keep the best weights."""
+        """Score the validation split, log the point, keep the best weights (rank 0)."""
         state = self.state
+        if not self.world.is_main:
+            state["validations"] += 1
+            return
         result = validate(
             self.model, self.valid_batches, self.args.batch_size, self.train, self.device, self.autocast,
             evaluation_weights(self.settings["model"]),
@@ -388,6 +458,9 @@ class Trainer:
         """One gradient-noise-scale measurement at the current weights (no step, RNG untouched)."""
         config = self.train["noise_scale"]
         count = len(self.state["noise_measurements"])
+        if not self.world.is_main:  # rank 0 measures; the others keep the count
+            self.state["noise_measurements"].append({})
+            return
         patients = min(config["patients"], self.n_train - self.n_train % 2)
         if patients < 2:
             return
@@ -426,7 +499,8 @@ class Trainer:
         self.model.train()
         while sampler.epoch < train["epochs"]:
             epoch = sampler.epoch
-            bar = tqdm(total=len(sampler), initial=sampler.position, desc=f"epoch {epoch + 1}", disable=not tty)
+            bar = tqdm(total=len(sampler), initial=sampler.position, desc=f"epoch {epoch + 1}",
+                       disable=not tty or not self.world.is_main)  # fmt: skip
             for indices in sampler:
                 # measurements mid-way between validations: at (k + 0.5) / per_epoch epochs
                 if self.due(train["noise_scale"]["per_epoch"], len(state["noise_measurements"]), offset=0.5):
@@ -454,13 +528,17 @@ class Trainer:
                     if epoch_ends:
                         self.end_epoch(epoch)
                     bar.close()
-                    self.metrics_log.close()
+                    self.close_log()
                     _log(f"stopped after {step} steps (--stop-after-steps); outputs not written")
                     return False
             bar.close()
             self.end_epoch(epoch)
-        self.metrics_log.close()
+        self.close_log()
         return True
+
+    def close_log(self) -> None:
+        if self.world.is_main:
+            self.metrics_log.close()
 
     # -- outputs ------------------------------------------------------------------------
 
@@ -512,6 +590,7 @@ class Trainer:
                 "cuda_max_reserved_mb": peaks["cuda_max_reserved_mb"],
                 "device": self.device.type,
                 "device_requested": train["device"],
+                "devices": self.world.size,  # processes (ranks); throughput counts them all
                 "machine": machine(self.device),
                 "skipped_batches": state["skipped_batches"],
                 "budget_changes": state["budget_changes"],
@@ -536,21 +615,34 @@ class Trainer:
 
 
 def main(argv: list[str]) -> int:
+    global _QUIET
     args = build_parser().parse_args(argv)
     settings = load_settings(args.settings)
     train = settings["train"]
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    distributed.check_devices(train["devices"], [args.batch_size], train["max_events_per_batch"])
+    if train["devices"] > 1 and not distributed.launched():
+        _log(f"training in {train['devices']} processes (torchrun, standalone)")
+        return distributed.launch(argv, train["devices"])
     seed = train["seeds"][0] if args.seed is None else args.seed
     threads = resolve_threads(train["threads"], args.threads)
-    torch.set_num_threads(threads)
     device = resolve_device(train["device"], args.gpus, train["cpu_fallback"])
+    world = distributed.init(device.type)
+    _QUIET = not world.is_main
+    if world.distributed:
+        if device.type == "cuda":
+            device = torch.device("cuda", world.local_rank)
+            torch.cuda.set_device(device)
+        else:  # the job's CPUs shared between its processes
+            threads = max(1, threads // world.size)
+    torch.set_num_threads(threads)
     if train["device"] == "auto" and device.type == "cpu":
         given = f" although the job was given {args.gpus} GPU(s) (train.cpu_fallback)" if args.gpus else ""
         _log(f"train.device auto: no CUDA device visible{given}, training on the CPU")
     seed_everything(seed)
 
-    trainer = Trainer(args, settings, device, threads, seed)
+    trainer = Trainer(args, settings, device, threads, seed, world)
     trainer.resume()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -559,7 +651,9 @@ def main(argv: list[str]) -> int:
         f"{train['precision']}), {trainer.n_train} train / {len(trainer.valid_batches)} valid patients, "
         f"{train['epochs']} epochs, peak lr {trainer.lr:g} ({train['lr_scaling']} scaling)"
     )
-    if trainer.fit():
+    if trainer.fit() and world.is_main:
         trainer.write_outputs()
         _log(f"wrote {args.out}")
+    distributed.barrier()
+    distributed.finish()
     return 0

@@ -168,14 +168,17 @@ def job_threads(kind):
 def job_gpus(kind):
     """GPUs a training or evaluation job asks for (the `gpu` resource).
 
-    train.device cpu: none; cuda: `resources.<kind>.gpus`, at least 1; auto: as
-    configured (0 by default, so a cluster job lands on a CPU node unless you ask).
-    The SLURM executor turns it into --gpus; profiles/local caps it at one GPU.
+    train.device cpu: none; cuda: `resources.<kind>.gpus`, at least 1 (a training job at
+    least train.devices: one GPU per process); auto: as configured (0 by default, so a
+    cluster job lands on a CPU node unless you ask; a training job given GPUs at least
+    train.devices). The SLURM executor turns it into --gpus; profiles/local caps it
+    at its `gpu` resource.
     """
     device = config["train"]["device"]
     gpus = config["resources"][kind].get("gpus", 0)
+    devices = config["train"]["devices"] if kind == "train" else 1
     if device == "cpu":
         return 0
     if device == "cuda":
-        return max(gpus, 1)
-    return gpus
+        return max(gpus, devices)
+    return max(gpus, devices) if gpus else 0
