@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from seqsetvae.data.ragged import exclusive_cumsum, ranges
 from seqsetvae.errors import InputError
 
 
@@ -100,6 +101,36 @@ def split_batch(events: np.ndarray, world: int) -> list[np.ndarray]:
     turn = np.arange(len(order))
     rank = np.where((turn // world) % 2 == 0, turn % world, world - 1 - turn % world)
     return [np.sort(order[rank == r]) for r in range(world)]
+
+
+def rank_part(indices: np.ndarray, n_events: np.ndarray, n_sets: np.ndarray, world: World, latent_dim: int,
+              dtype: torch.dtype, device: torch.device) -> tuple[np.ndarray, float, torch.Tensor]:  # fmt: skip
+    """This rank's patients of the global batch `indices`, its share of the loss (0 for a
+    rank left without a patient: it computes one patient's loss times 0, so that it
+    takes part in the gradient all-reduce), and its sets' rows of the global batch's
+    posterior noise [S_rank, latent_dim] (every rank draws the same global noise)."""
+    mine, share = split_batch(n_events[indices], world.size)[world.rank], 1.0
+    if len(mine) == 0:  # the epoch's last, short batch
+        mine, share = np.zeros(1, dtype=np.int64), 0.0
+    sets = n_sets[indices]
+    noise = torch.randn((int(sets.sum()), latent_dim), dtype=dtype, device=device)  # [S_global, d]
+    rows = ranges(exclusive_cumsum(sets)[:-1][mine], sets[mine])
+    return indices[mine], share, noise[torch.as_tensor(rows, device=device)]
+
+
+def backward_global(output, weights, batch, size: dict, share: float, world: World,
+                    device: torch.device) -> tuple[dict, float]:  # fmt: skip
+    """Backward of this rank's part of the global batch's mean loss, times the world size
+    (DDP averages the ranks' gradients, so their mean is the global batch's gradient);
+    returns the global batch's loss terms and its sequence-grid slots (one all-reduce)."""
+    ce_sum, recon_sum, kl_sum = (x.sum() for x in (output.ce_per_patient, output.recon_per_set, output.kl_per_set))
+    loss = weights.pred * ce_sum / size["patients"] + (weights.recon * recon_sum + weights.beta * kl_sum) / size["sets"]
+    (loss * (share * world.size)).backward()
+    local = [share * float(x.detach()) for x in (ce_sum, recon_sum, kl_sum)]
+    ce, recon, kl, slots = all_sum([*local, share * batch.sequence_mask.numel()], device)
+    ce, recon, kl = ce / size["patients"], recon / size["sets"], kl / size["sets"]
+    terms = {"loss": weights.pred * ce + weights.recon * recon + weights.beta * kl, "recon": recon, "kl": kl, "ce": ce}
+    return terms, slots
 
 
 def all_sum(values: list[float], device: torch.device) -> list[float]:

@@ -36,7 +36,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from seqsetvae.data.ragged import exclusive_cumsum, ranges
 from seqsetvae.errors import InputError
 from seqsetvae.io import atomic_path, write_json
 from seqsetvae.settings import load_settings
@@ -325,7 +324,10 @@ class Trainer:
         reader = self.train_batches.reader
         local, share, noise = indices, 1.0, None
         if self.world.distributed:
-            local, share, noise = self.my_part(indices)
+            local, share, noise = distributed.rank_part(
+                indices, reader.n_events, reader.n_sets, self.world, self.model.config.latent_dim,
+                next(self.model.parameters()).dtype, self.device,
+            )  # fmt: skip
         batch = self.train_batches(local).to(self.device)
         weights = loss_weights(self.settings["model"], state["step"], self.epochs_done)
         # the learning rate of this step: the schedule at the progress this batch completes
@@ -336,20 +338,10 @@ class Trainer:
             output = self.net(batch, weights) if noise is None else self.net(batch, weights, noise)
         self.optimizer.zero_grad(set_to_none=True)
         if self.world.distributed:
-            n_sets = int(reader.n_sets[indices].sum())
-            # the global batch's mean loss, times the world size: DDP averages the ranks'
-            # gradients, so their mean is the gradient of the global batch's loss
-            sums = [share * float(x.detach().sum()) for x in (output.ce_per_patient, output.recon_per_set,
-                                                              output.kl_per_set)]  # fmt: skip
-            loss = (weights.pred * output.ce_per_patient.sum() / len(indices)
-                    + (weights.recon * output.recon_per_set.sum() + weights.beta * output.kl_per_set.sum()) / n_sets)
-            (loss * (share * self.world.size)).backward()  # fmt: skip
-            ce, recon, kl, sequence_slots = distributed.all_sum(
-                [*sums, share * batch.sequence_mask.numel()], self.device)
-            ce, recon, kl = ce / len(indices), recon / n_sets, kl / n_sets
-            terms = {"loss": weights.pred * ce + weights.recon * recon + weights.beta * kl, "recon": recon, "kl": kl,
-                     "ce": ce}  # fmt: skip
-            size = {"patients": len(indices), "events": int(reader.n_events[indices].sum()), "sets": n_sets}
+            size = {"patients": len(indices), "events": int(reader.n_events[indices].sum()),
+                    "sets": int(reader.n_sets[indices].sum())}  # fmt: skip
+            terms, sequence_slots = distributed.backward_global(output, weights, batch, size, share, self.world,
+                                                                self.device)  # fmt: skip
         else:
             output.loss.backward()
             terms = {name: float(getattr(output, name).detach()) for name in STEP_TERMS}
@@ -386,21 +378,6 @@ class Trainer:
         }  # fmt: skip
         self.record(line)
         return line
-
-    def my_part(self, indices: np.ndarray) -> tuple[np.ndarray, float, torch.Tensor]:
-        """This rank's patients of the global batch `indices`, its share (0 for a rank left
-        without a patient: it computes one patient's loss times 0, so that it takes part
-        in the gradient all-reduce), and its sets' rows of the global batch's noise."""
-        reader = self.train_batches.reader
-        parts = distributed.split_batch(reader.n_events[indices], self.world.size)
-        mine, share = parts[self.world.rank], 1.0
-        if len(mine) == 0:  # the epoch's last, short batch
-            mine, share = np.zeros(1, dtype=np.int64), 0.0
-        sets = reader.n_sets[indices]
-        dtype = next(self.model.parameters()).dtype
-        full = torch.randn((int(sets.sum()), self.model.config.latent_dim), dtype=dtype, device=self.device)
-        rows = ranges(exclusive_cumsum(sets)[:-1][mine], sets[mine])
-        return indices[mine], share, full[torch.as_tensor(rows, device=self.device)]
 
     def skip(self, indices: np.ndarray, epoch: int, terms: dict) -> None:
         """A batch with a non-finite loss or gradient: no optimiser step (the weights stay
