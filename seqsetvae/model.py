@@ -100,7 +100,10 @@ class ModelOutput:
 # torch.segment_reduce, which reads each segment's rows alone, so a segment's result does
 # not depend on any other segment (exact batch invariance). The custom backward passes
 # pair segment_reduce with repeat_interleave: both stream over contiguous rows, several
-# times faster on CPU than index_add / index_select with an index tensor.
+# times faster on CPU than index_add / index_select with an index tensor. `unsafe=True`
+# skips segment_reduce's check of the lengths, which copies them to the host (a device
+# synchronisation per call, ~70 per training step): collate builds them, and
+# tests/test_batching.py checks that they are whole and sum to the rows.
 
 
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -113,7 +116,7 @@ class _SegmentSum(torch.autograd.Function):
     def forward(ctx, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(lengths)
         ctx.rows = src.shape[0]
-        return torch.segment_reduce(src.contiguous(), "sum", lengths=lengths, axis=0)
+        return torch.segment_reduce(src.contiguous(), "sum", lengths=lengths, axis=0, unsafe=True)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -130,7 +133,7 @@ class _Expand(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (lengths,) = ctx.saved_tensors
-        return torch.segment_reduce(grad.contiguous(), "sum", lengths=lengths, axis=0), None, None
+        return torch.segment_reduce(grad.contiguous(), "sum", lengths=lengths, axis=0, unsafe=True), None, None
 
 
 def segment_sum(src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -147,7 +150,7 @@ def segment_softmax(scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor
     """Softmax of scores [N, ...] over the rows of each segment, in float32 at least."""
     scores = at_least_float32(scores)
     rows = scores.shape[0]
-    peak = torch.segment_reduce(scores.detach().contiguous(), "max", lengths=lengths, axis=0)
+    peak = torch.segment_reduce(scores.detach().contiguous(), "max", lengths=lengths, axis=0, unsafe=True)
     exp = torch.exp(scores - expand(peak, lengths, rows))
     return exp / expand(segment_sum(exp, lengths), lengths, rows)
 

@@ -91,3 +91,19 @@ def test_fill_ratio_at_least_085_on_default_like_data(batch_size):
     # event slots = rows the set encoder/decoder process: one per real event (packed)
     assert batch.event_set.shape[0] == batch.n_events == int(batch.set_sizes.sum())
     assert batch.fill_ratio >= 0.85
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_segment_lengths_cover_their_rows_exactly(seed):
+    """The model's segment reductions run with `unsafe=True` (no host copy of the
+    lengths): every lengths tensor collate builds must be non-negative and sum to the
+    rows it segments, or segment_reduce would read out of bounds."""
+    batch = collate(random_patients(6, mean_sets=4, mean_events=15, seed=seed))
+    for lengths, rows in (
+        (batch.set_sizes, batch.n_events),  # events of each set
+        (batch.pairs_per_event, batch.pair_key.shape[0]),  # pairs of each query event
+        (batch.sets_per_patient, batch.n_sets),  # sets of each patient
+    ):
+        assert lengths.dtype == torch.int64 and bool((lengths >= 0).all())
+        assert int(lengths.sum()) == rows
+    assert bool((batch.set_sizes > 0).all()) and bool((batch.sets_per_patient > 0).all())

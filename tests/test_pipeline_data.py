@@ -143,3 +143,27 @@ def test_a_failing_stage_prints_its_error_on_the_console(tmp_path):
     assert "seqsetvae synthetic failed; log: results/logs/synthetic_data.log" in failed.stderr
     assert message in (tmp_path / "results/logs/synthetic_data.log").read_text()
     assert not (tmp_path / "results/raw/events.csv").exists()
+
+
+def test_bench_data_reads_a_meds_root(tmp_path, capsys):
+    from seqsetvae.benchmarks import data as bench
+
+    assert bench.main(["--events", "20000", "--format", "meds", "--no-snakemake", "--workdir", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])[0]
+    assert result["format"] == "meds" and result["events"] > 15000
+    assert list(result["chain"]["seconds"])[:3] == ["labels", "splits", "ingest"]
+
+
+def test_bench_train_counts_host_syncs_ops_and_data_wait(tmp_path):
+    """The training step's forward + backward synchronises with the host zero times
+    (segment reductions without their length check), whatever the set size."""
+    from seqsetvae.benchmarks import train as bench
+
+    small = json.dumps({"model": {"reduced_dim": 16, "latent_dim": 16, "ff_dim": 32, "levels": 1}})
+    out = tmp_path / "bench.json"
+    assert bench.main(["--batch-sizes", "2", "--patients", "4", "--mean-sets", "4", "--mean-events", "120",
+                       "--warmup", "1", "--threads", "1", "--settings", small, "--json", str(out)]) == 0  # fmt: skip
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["host_syncs_per_step"] == 0
+    assert result["ops_per_step"] > 100 and 0 <= result["data_wait_fraction"] < 1
+    assert result["mean_set_size"] > 20  # sets of 30 on average: not capped at 15

@@ -15,7 +15,10 @@ clip, AdamW. Printed per batch size: patients/s and events/s over the timed epoc
 ratios, peak memory, and the achieved model FLOP/s (FLOPs of one step counted with
 `torch.utils.flop_counter.FlopCounterMode`, scaled per event to the timed steps) next to
 the FLOP/s of a plain matmul measured in the same process, i.e. the fraction of what
-this machine reaches on dense math.
+this machine reaches on dense math; and, from one profiled forward + backward, the
+host-device synchronisations (`host_syncs_per_step`), the launched CUDA kernels
+(`kernels_per_step`) or top-level aten ops on the CPU (`ops_per_step`), and the share of
+step time spent building the batch (`data_wait_fraction`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,29 @@ def matmul_flops_per_s(device, dtype, seconds: float = 1.0) -> float:
     return 2 * n**3 * runs / (time.perf_counter() - start)
 
 
+def count_syncs_and_ops(forward_backward, batch, device) -> tuple[int, int]:
+    """(host-device synchronisations, launched kernels on CUDA or top-level aten ops on
+    CPU) of one forward + backward, counted with the torch profiler. A sync is an
+    `aten::_local_scalar_dense` event (`.item()`, `int(tensor)`, a data-dependent shape)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        forward_backward(batch)
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize()
+    events = prof.events()
+    syncs = sum(1 for e in events if e.name == "aten::_local_scalar_dense")
+    if device.type == "cuda":
+        ops = sum(1 for e in events if e.device_type.name == "CUDA")
+    else:
+        ops = sum(1 for e in events if e.name.startswith("aten::")
+                  and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))  # fmt: skip
+    return syncs, ops
+
+
 def worker(args) -> dict:
     """Benchmark one batch size in this process; returns its numbers."""
     import torch
@@ -84,8 +110,13 @@ def worker(args) -> dict:
     device = torch.device(args.device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
-    patients = random_patients(args.patients, mean_sets=args.mean_sets, mean_events=args.mean_events, vocab_size=40, seed=0)
-    embedding = torch.randn(40, 768, generator=torch.Generator().manual_seed(0))
+    # the default shape keeps 40 variables and sets of at most 15; large mean sets (lab
+    # panels, ventilator settings: 30-60 values at one time) get room for them
+    room = int(-(-3 * args.mean_events // args.mean_sets))
+    vocab, cap = max(40, room), max(15, room)
+    patients = random_patients(args.patients, mean_sets=args.mean_sets, mean_events=args.mean_events,
+                               vocab_size=vocab, max_set_size=cap, seed=0)  # fmt: skip
+    embedding = torch.randn(vocab, 768, generator=torch.Generator().manual_seed(0))
     model = SeqSetVAE(ModelConfig.from_settings(settings["model"]), embedding).to(device)
     optimizer = build_optimizer(model, train, train["lr"])
     weights = evaluation_weights(settings["model"])  # every term active, as in most of a run
@@ -99,12 +130,19 @@ def worker(args) -> dict:
     warmup_batches = (b for epoch in range(10**6) for b in sampler.batches(epoch))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def step(indices, index: int):
-        batch = collate(patients.take(indices)).to(device)
+    data_seconds = [0.0]
+
+    def forward_backward(batch):
         with autocast:
             out = model(batch, weights)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+
+    def step(indices, index: int):
+        start = time.perf_counter()
+        batch = collate(patients.take(indices)).to(device)
+        data_seconds[0] += time.perf_counter() - start  # on the critical path: no loader overlaps it
+        forward_backward(batch)
         torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
         optimizer.step()
         sync()
@@ -118,6 +156,7 @@ def worker(args) -> dict:
     # whole epochs over the same patients for every batch size: a sample of a few steps
     # would compare batch sizes on patients of different lengths
     timed = [b for epoch in range(args.epochs) for b in sampler.batches(10**6 + epoch)]
+    data_seconds[0] = 0.0
     seconds = patients_done = events_done = sets_done = slots = seq_slots = 0
     for i, indices in enumerate(timed):
         start = time.perf_counter()
@@ -130,6 +169,8 @@ def worker(args) -> dict:
         seq_slots += batch.sequence_mask.numel()
     cuda_allocated, cuda_reserved = cuda_peaks_mb(device)
     rss = peak_rss_mb()
+    data_wait = data_seconds[0] / seconds
+    syncs, ops = count_syncs_and_ops(forward_backward, collate(patients.take(timed[0])).to(device), device)
 
     # FLOPs of one more (untimed) step, per event, applied to the timed events
     with FlopCounterMode(display=False) as counter:
@@ -140,6 +181,7 @@ def worker(args) -> dict:
     return {
         "batch_size": batch_size,
         "steps": len(timed),
+        "mean_set_size": events_done / sets_done,
         "patients_per_s": patients_done / seconds,
         "events_per_s": events_done / seconds,
         "seconds_per_step": seconds / len(timed),
@@ -152,6 +194,10 @@ def worker(args) -> dict:
         "model_flops_per_s": model_flops,
         "matmul_flops_per_s": matmul,
         "fraction_of_matmul": model_flops / matmul,
+        "host_syncs_per_step": syncs,  # aten::_local_scalar_dense in forward + backward
+        "data_wait_fraction": data_wait,  # batch gathering, collate and copy: share of step time
+        "kernels_per_step" if device.type == "cuda" else "ops_per_step": ops,
+        "recompiles": None,  # no compiled step yet
         "device": device.type,
         "threads": args.threads,
         "precision": args.precision,
@@ -163,7 +209,7 @@ def _table(results: list[dict]) -> str:
     cuda = any(r["cuda_max_allocated_mb"] is not None for r in results)
     head = ["batch", "patients/s", "events/s", "s/step", "fill", "seq fill", "peak RSS MiB"]
     head += ["CUDA alloc MiB", "CUDA reserved MiB"] if cuda else []
-    head += ["model GFLOP/s", "matmul GFLOP/s", "of matmul"]
+    head += ["model GFLOP/s", "matmul GFLOP/s", "of matmul", "syncs", "ops" if not cuda else "kernels", "data wait"]
     rows = []
     for r in results:
         row = [str(r["batch_size"]), f"{r['patients_per_s']:.2f}", f"{r['events_per_s']:.0f}",
@@ -172,7 +218,8 @@ def _table(results: list[dict]) -> str:
         if cuda:
             row += [f"{r['cuda_max_allocated_mb']:.0f}", f"{r['cuda_max_reserved_mb']:.0f}"]
         row += [f"{r['model_flops_per_s'] / 1e9:.2f}", f"{r['matmul_flops_per_s'] / 1e9:.1f}",
-                f"{100 * r['fraction_of_matmul']:.1f}%"]  # fmt: skip
+                f"{100 * r['fraction_of_matmul']:.1f}%", str(r["host_syncs_per_step"]),
+                str(r.get("kernels_per_step", r.get("ops_per_step"))), f"{100 * r['data_wait_fraction']:.1f}%"]  # fmt: skip
         rows.append(row)
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
