@@ -64,6 +64,12 @@ class Batch:
         }
         return Batch(**moved)
 
+    def pin_memory(self) -> "Batch":
+        """The batch in page-locked host memory (DataLoader's pin_memory calls this), so
+        that `to(cuda, non_blocking=True)` copies it asynchronously."""
+        return Batch(**{f.name: getattr(self, f.name).pin_memory() if isinstance(getattr(self, f.name), torch.Tensor)
+                        else getattr(self, f.name) for f in fields(self)})  # fmt: skip
+
     @property
     def n_patients(self) -> int:
         return len(self.patient_ids)

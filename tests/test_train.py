@@ -382,3 +382,15 @@ def test_threads():
     assert resolve_threads(None, 1) == 1
     assert resolve_threads(1000, 1) == available  # capped at the CPUs this process may use
     assert resolve_threads(None, None) == available
+
+
+def test_loader_workers_give_the_same_run(data, reference, tmp_path):
+    """Batches built ahead by 2 DataLoader workers: the same steps, weights and log (the
+    sampler stays the one source of batch order), and the wait for data is recorded."""
+    out = tmp_path / "bs4"
+    assert _run(data, out, loader_workers=2) == 0
+    _assert_same_run(out, reference)
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["loader_workers"] == 2 and 0 <= summary["data_wait_fraction"] < 1
+    built_here = json.loads((reference / "metrics.json").read_text())
+    assert built_here["loader_workers"] == 0 and 0 < built_here["data_wait_fraction"] < 1

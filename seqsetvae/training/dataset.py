@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
+import torch
 
 from seqsetvae.batching import Batch, collate
 from seqsetvae.data.reader import ShardReader
@@ -34,3 +37,33 @@ class ShardBatches:
 
     def __call__(self, indices: np.ndarray) -> Batch:
         return collate(self.reader.take(indices))
+
+
+class PlannedBatches(torch.utils.data.Dataset):
+    """Item i: the collated batch of `plan[i]` (index arrays in the order of training)."""
+
+    def __init__(self, batches: ShardBatches, plan: list[np.ndarray]) -> None:
+        self.batches, self.plan = batches, plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.batches(self.plan[i])
+
+
+def prefetched(batches: ShardBatches, plan: list[np.ndarray], workers: int, pin: bool) -> Iterator[Batch]:
+    """The batches of `plan`, in its order: built here (`workers` 0) or by DataLoader
+    worker processes ahead of the training step (two batches each), in pinned memory
+    when `pin`. The plan, i.e. the sampler, stays the one source of batch order, so a
+    run is the same with any number of workers."""
+    if workers == 0:
+        for indices in plan:
+            yield batches(indices).pin_memory() if pin else batches(indices)
+        return
+    loader = torch.utils.data.DataLoader(
+        PlannedBatches(batches, plan), batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin,
+        prefetch_factor=2,
+        generator=torch.Generator().manual_seed(0),  # its worker seeds, not a draw from the training's stream
+    )  # fmt: skip
+    yield from loader

@@ -103,19 +103,22 @@ def split_batch(events: np.ndarray, world: int) -> list[np.ndarray]:
     return [np.sort(order[rank == r]) for r in range(world)]
 
 
-def rank_part(indices: np.ndarray, n_events: np.ndarray, n_sets: np.ndarray, world: World, latent_dim: int,
-              dtype: torch.dtype, device: torch.device) -> tuple[np.ndarray, float, torch.Tensor]:  # fmt: skip
-    """This rank's patients of the global batch `indices`, its share of the loss (0 for a
-    rank left without a patient: it computes one patient's loss times 0, so that it
-    takes part in the gradient all-reduce), and its sets' rows of the global batch's
-    posterior noise [S_rank, latent_dim] (every rank draws the same global noise)."""
-    mine, share = split_batch(n_events[indices], world.size)[world.rank], 1.0
-    if len(mine) == 0:  # the epoch's last, short batch
-        mine, share = np.zeros(1, dtype=np.int64), 0.0
+def rank_share(indices: np.ndarray, n_events: np.ndarray, world: World) -> tuple[np.ndarray, float]:
+    """This rank's positions in the global batch `indices` and its share of the loss: 0
+    for a rank left without a patient (the epoch's last, short batch), which then
+    computes one patient's loss times 0, so that it takes part in the all-reduce."""
+    mine = split_batch(n_events[indices], world.size)[world.rank]
+    return (mine, 1.0) if len(mine) else (np.zeros(1, dtype=np.int64), 0.0)
+
+
+def rank_noise(indices: np.ndarray, mine: np.ndarray, n_sets: np.ndarray, latent_dim: int, dtype: torch.dtype,
+               device: torch.device) -> torch.Tensor:  # fmt: skip
+    """This rank's sets' rows [S_rank, latent_dim] of the posterior noise of the global
+    batch, which every rank draws whole (so their random streams stay in step)."""
     sets = n_sets[indices]
     noise = torch.randn((int(sets.sum()), latent_dim), dtype=dtype, device=device)  # [S_global, d]
     rows = ranges(exclusive_cumsum(sets)[:-1][mine], sets[mine])
-    return indices[mine], share, noise[torch.as_tensor(rows, device=device)]
+    return noise[torch.as_tensor(rows, device=device)]
 
 
 def backward_global(output, weights, batch, size: dict, share: float, world: World,

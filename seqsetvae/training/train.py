@@ -41,6 +41,7 @@ from seqsetvae.io import atomic_path, write_json
 from seqsetvae.settings import load_settings
 from seqsetvae.training import checkpoint as ckpt
 from seqsetvae.training import distributed, noise_scale
+from seqsetvae.training.dataset import prefetched
 from seqsetvae.training.distributed import World
 from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
 from seqsetvae.training.optimizer import build_optimizer, class_weights, set_learning_rate
@@ -59,7 +60,7 @@ from seqsetvae.training.validation import is_better, validate
 # train keys that do not change what is computed: a checkpoint written under other
 # values of these is resumed all the same (the run's own seed is part of the identity)
 _NOT_IN_FINGERPRINT = {"batch_sizes", "seeds", "threads", "log_every", "checkpoint_every", "max_skipped_batches",
-                      "cpu_fallback", "devices"}  # devices: in the identity as the world size, when above 1
+                      "cpu_fallback", "devices", "loader_workers"}  # devices: in the identity as the world size, when above 1
 # the budget: a checkpoint of the same identity under another budget is continued
 _BUDGET = ("epochs",)
 
@@ -146,6 +147,7 @@ def _fresh_state() -> dict:
         "best": {"validation": None, "epoch": None, "step": None, "val_auroc": None, "val_loss": None},
         "metrics_bytes": 0,  # length of the working metrics.jsonl at this state
         "skipped_batches": 0,  # non-finite loss or gradient: skipped before the optimiser step
+        "data_wait_s": 0.0,  # of train_time_s: building the batch, or waiting for a loader worker
         "budget_changes": [],  # {"step", "epochs_from", "epochs_to"} of each continued budget change
         # the largest over every process (segment) of the run, not only the last one
         "peaks": {"peak_rss_mb": 0.0, "cuda_max_allocated_mb": None, "cuda_max_reserved_mb": None},
@@ -172,6 +174,10 @@ class Trainer:
         self.checkpoints = self.out / "checkpoints"
         self.log_path = self.checkpoints / "metrics.jsonl"
         self.autocast = autocast(train["precision"], device)
+        # batches built by DataLoader workers ahead of the step (auto: 2 on CUDA, none on a
+        # CPU, whose cores the step itself uses), pinned and copied without blocking on CUDA
+        self.workers = train["loader_workers"] if train["loader_workers"] is not None else (2 if device.type == "cuda" else 0)
+        self.pin = device.type == "cuda"
 
         self.embedding = load_embedding(Path(args.embedding))
         self.train_batches = ShardBatches(args.shards, "train")
@@ -316,19 +322,28 @@ class Trainer:
 
     # -- training -----------------------------------------------------------------------
 
-    def step(self, indices: np.ndarray, epoch: int) -> dict | None:
-        """One optimizer step on the patients `indices`; returns its metrics line, or None
-        when the batch was skipped (non-finite loss or gradient)."""
-        start = time.perf_counter()
+    def part(self, indices: np.ndarray) -> tuple[np.ndarray, float]:
+        """(positions in the global batch `indices` this process trains on, its loss share)."""
+        if not self.world.distributed:
+            return np.arange(len(indices)), 1.0
+        return distributed.rank_share(indices, self.train_batches.reader.n_events, self.world)
+
+    def step(self, indices: np.ndarray, epoch: int, batch=None, part=None, wait: float = 0.0) -> dict | None:
+        """One optimizer step on the global batch `indices` (this process's `batch` of it,
+        prefetched, or built here); returns its metrics line, or None when the batch was
+        skipped (non-finite loss or gradient). `wait`: seconds spent waiting for `batch`."""
+        start = time.perf_counter() - wait
         state = self.state
         reader = self.train_batches.reader
-        local, share, noise = indices, 1.0, None
+        mine, share = part if part is not None else self.part(indices)
+        if batch is None:
+            batch = self.train_batches(indices[mine])
+        state["data_wait_s"] += wait if wait else time.perf_counter() - start
+        batch = batch.to(self.device, non_blocking=self.pin)
+        noise = None
         if self.world.distributed:
-            local, share, noise = distributed.rank_part(
-                indices, reader.n_events, reader.n_sets, self.world, self.model.config.latent_dim,
-                next(self.model.parameters()).dtype, self.device,
-            )  # fmt: skip
-        batch = self.train_batches(local).to(self.device)
+            noise = distributed.rank_noise(indices, mine, reader.n_sets, self.model.config.latent_dim,
+                                           next(self.model.parameters()).dtype, self.device)  # fmt: skip
         weights = loss_weights(self.settings["model"], state["step"], self.epochs_done)
         # the learning rate of this step: the schedule at the progress this batch completes
         lr = set_learning_rate(
@@ -478,11 +493,17 @@ class Trainer:
             epoch = sampler.epoch
             bar = tqdm(total=len(sampler), initial=sampler.position, desc=f"epoch {epoch + 1}",
                        disable=not tty or not self.world.is_main)  # fmt: skip
-            for indices in sampler:
+            # the epoch's remaining batches, this process's part of each, built ahead
+            parts = [self.part(indices) for indices in sampler.batches(epoch)[sampler.position :]]
+            plan = [indices[mine] for indices, (mine, _) in zip(sampler.batches(epoch)[sampler.position :], parts)]
+            loader = prefetched(self.train_batches, plan, self.workers, self.pin)
+            for indices, part in zip(sampler, parts):
                 # measurements mid-way between validations: at (k + 0.5) / per_epoch epochs
                 if self.due(train["noise_scale"]["per_epoch"], len(state["noise_measurements"]), offset=0.5):
                     self.measure_noise_scale()
-                line = self.step(indices, epoch)
+                waited = time.perf_counter()
+                batch = next(loader)
+                line = self.step(indices, epoch, batch, part, wait=time.perf_counter() - waited)
                 step = state["step"]
                 bar.update(1)
                 if line is None:  # skipped: no step to log or checkpoint
@@ -555,6 +576,8 @@ class Trainer:
                 "sequence_fill_ratio": state["sets"] / state["sequence_slots"],
                 "wall_time_s": self.wall_time(),
                 "train_time_s": seconds,
+                "data_wait_fraction": state["data_wait_s"] / seconds,
+                "loader_workers": self.workers,
                 "epochs": train["epochs"],
                 "steps": state["step"],
                 "steps_per_epoch": state["step"] / train["epochs"],
