@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--settings", default="{}", help="JSON with model/train sections (defaults: the schema's)")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--sync-check", action="store_true",
+                        help="CUDA: run one whole step under torch.cuda.set_sync_debug_mode('error')")  # fmt: skip
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one batch size, in-process
     return parser
 
@@ -138,9 +140,12 @@ def worker(args) -> dict:
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
 
+    pin = device.type == "cuda"
+
     def step(indices, index: int):
         start = time.perf_counter()
-        batch = collate(patients.take(indices)).to(device)
+        batch = collate(patients.take(indices))
+        batch = (batch.pin_memory() if pin else batch).to(device, non_blocking=pin)
         data_seconds[0] += time.perf_counter() - start  # on the critical path: no loader overlaps it
         forward_backward(batch)
         torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
@@ -148,8 +153,27 @@ def worker(args) -> dict:
         sync()
         return batch
 
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # as training does (runtime.resolve_device)
+        torch.backends.cudnn.allow_tf32 = True
     for i in range(args.warmup):
         step(next(warmup_batches), i)
+    sync_check = None
+    if args.sync_check and device.type == "cuda":
+        # a synchronising call in the step (a .item(), a data-dependent shape, a pageable
+        # copy) raises here instead of silently stalling the GPU queue
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            batch = collate(patients.take(next(warmup_batches))).pin_memory().to(device, non_blocking=True)
+            forward_backward(batch)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
+            optimizer.step()
+            sync_check = "passed"
+        except RuntimeError as error:
+            sync_check = f"failed: {str(error).splitlines()[0][:200]}"
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -198,6 +222,7 @@ def worker(args) -> dict:
         "data_wait_fraction": data_wait,  # batch gathering, collate and copy: share of step time
         "kernels_per_step" if device.type == "cuda" else "ops_per_step": ops,
         "recompiles": None,  # no compiled step yet
+        "sync_check": sync_check,
         "device": device.type,
         "threads": args.threads,
         "precision": args.precision,
@@ -237,6 +262,7 @@ def main(argv: list[str]) -> int:
         command = [sys.executable, "-m", "seqsetvae.benchmarks.train", "--worker", str(batch_size)]
         for name in ("epochs", "warmup", "patients", "mean_sets", "mean_events", "threads", "device", "precision", "settings"):
             command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        command += ["--sync-check"] if args.sync_check else []
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             print(done.stderr, file=sys.stderr)
