@@ -131,7 +131,14 @@ def test_two_processes_train_like_one(data, two_process_run, tmp_path):  # noqa:
     a, b = load_file(str(one / "final.safetensors")), load_file(str(two_process_run / "final.safetensors"))
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-4, msg=name)
+        x, y = a[name], b[name]
+        if name.endswith("self_attn.in_proj_bias"):
+            # the key bias has a gradient of exactly 0 (a softmax is blind to a shift of all
+            # its scores); AdamW turns each run's float32 rounding noise in it into steps of
+            # about lr, so it drifts apart (9e-5 here) without changing any output
+            d = len(x) // 3
+            x, y = torch.cat([x[:d], x[2 * d :]]), torch.cat([y[:d], y[2 * d :]])
+        torch.testing.assert_close(y, x, rtol=0, atol=1e-5, msg=name)
     single, double = (json.loads((d / "metrics.json").read_text()) for d in (one, two_process_run))
     assert double["devices"] == 2 and single["devices"] == 1
     assert double["patients_seen"] == single["patients_seen"] == 44 and double["steps"] == single["steps"] == 16
