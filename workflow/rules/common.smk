@@ -8,7 +8,12 @@ REPORTS = config["reports"]
 BATCH_SIZES = config["train"]["batch_sizes"]
 SYNTHETIC = config["data"]["source"] == "synthetic"
 # the layout of data.events (docs/input_formats.md); synthetic data is written as csv
-FORMAT = "csv" if SYNTHETIC else config["data"]["format"]
+FORMAT = config["data"]["format"]
+if SYNTHETIC and FORMAT != "csv":
+    raise ValueError(
+        f"data.format is {FORMAT!r} but data.source is 'synthetic' (written as csv):"
+        " set data.source: files and data.events to read your dataset"
+    )
 
 RAW_EVENTS = f"{RESULTS}/raw/events.csv"
 RAW_LABELS = f"{RESULTS}/raw/labels.csv"
