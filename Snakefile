@@ -28,7 +28,6 @@ localrules:
     qc,
     memory,
     report,
-    format_labels,
     meds_predictions,
 
 

@@ -19,8 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = REPO / "profiles" / "slurm"
 LOCAL_PROFILE = REPO / "profiles" / "local"
 # rules whose jobs run inside the Snakemake process, never as cluster jobs
-LOCAL_RULES = {"all", "shards", "train_all", "splits", "embedding", "qc", "memory", "report"}
-CLUSTER_RULES = {"synthetic_data", "ingest", "stats", "make_shards", "train", "evaluate", "baseline"}
+LOCAL_RULES = {"all", "shards", "train_all", "splits", "embedding", "qc", "memory", "report", "meds_predictions"}
+# format_labels reads a whole non-CSV dataset (every P2019 file): a cluster job
+CLUSTER_RULES = {"synthetic_data", "ingest", "stats", "make_shards", "train", "evaluate", "baseline", "format_labels"}
 DATA_RULES = {"synthetic_data", "ingest", "stats", "make_shards"}
 
 needs_slurm_plugin = pytest.mark.skipif(
@@ -117,7 +118,8 @@ def test_slurm_dry_run_jobs_and_resources(tmp_path, tiny_pipeline_config):
     }
     jobs = by_rule(dry_run(tmp_path, config, "--profile", str(SLURM_PROFILE)))
     counts = {rule: len(found) for rule, found in jobs.items()}
-    assert counts == {**{rule: 1 for rule in (LOCAL_RULES | CLUSTER_RULES) - {"shards", "train_all"}},
+    not_synthetic = {"format_labels", "meds_predictions"}  # rules of non-CSV datasets only
+    assert counts == {**{rule: 1 for rule in (LOCAL_RULES | CLUSTER_RULES) - {"shards", "train_all"} - not_synthetic},
                       "train": 2, "evaluate": 2, "memory": 2}  # fmt: skip
     assert sorted(job["wildcards"] for job in jobs["train"]) == ["bs=1, seed=0", "bs=2, seed=0"]
     for rule in DATA_RULES:
