@@ -290,6 +290,7 @@ def test_physionet2019_onset_hours_never_reach_the_shards(tmp_path):
         ("physionet2012", "missing_outcomes", r"PhysioNet 2012 outcomes file .*Outcomes-a.txt: cannot be read"),
         ("physionet2019", "missing_dir", r"PhysioNet 2019 directory .*p2019: not found \(data.events\)"),
         ("physionet2019", "no_iculos", r"PhysioNet 2019 file .*1004.psv: missing column 'ICULOS'"),
+        ("physionet2019", "no_label", r"PhysioNet 2019 file .*1004.psv: missing column 'SepsisLabel'"),
         ("physionet2019", "text_cell", r"PhysioNet 2019 file .*1004.psv, column 'HR': not a number"),
         ("seqsetvae_v0", "two_splits", r"patient '1001' has two files, .*test/1001.parquet and .*train/1001.0.parquet"),
         ("seqsetvae_v0", "missing_oc", r"labels file .*oc.csv: not found"),
@@ -348,6 +349,8 @@ def test_bad_inputs_of_each_format_name_the_file_and_column(tmp_path, fmt, break
             shutil.rmtree(tmp_path / "p2019")
         elif breakage == "no_iculos":
             lines = [line.replace("ICULOS", "Hour") if i == 0 else line for i, line in enumerate(lines)]
+        elif breakage == "no_label":
+            lines = [line.replace("SepsisLabel", "Sepsis") if i == 0 else line for i, line in enumerate(lines)]
         else:
             lines[1] = "high" + lines[1][lines[1].index("|"):]
         if breakage != "missing_dir":

@@ -336,9 +336,10 @@ class Trainer:
         state = self.state
         reader = self.train_batches.reader
         mine, share = part if part is not None else self.part(indices)
-        if batch is None:
+        if batch is None:  # built here: the wait is the building
             batch = self.train_batches(indices[mine])
-        state["data_wait_s"] += wait if wait else time.perf_counter() - start
+            wait = time.perf_counter() - start
+        state["data_wait_s"] += wait
         batch = batch.to(self.device, non_blocking=self.pin)
         noise = None
         if self.world.distributed:
@@ -494,8 +495,9 @@ class Trainer:
             bar = tqdm(total=len(sampler), initial=sampler.position, desc=f"epoch {epoch + 1}",
                        disable=not tty or not self.world.is_main)  # fmt: skip
             # the epoch's remaining batches, this process's part of each, built ahead
-            parts = [self.part(indices) for indices in sampler.batches(epoch)[sampler.position :]]
-            plan = [indices[mine] for indices, (mine, _) in zip(sampler.batches(epoch)[sampler.position :], parts)]
+            remaining = sampler.batches(epoch)[sampler.position :]
+            parts = [self.part(indices) for indices in remaining]
+            plan = [indices[mine] for indices, (mine, _) in zip(remaining, parts)]
             loader = prefetched(self.train_batches, plan, self.workers, self.pin)
             for indices, part in zip(sampler, parts):
                 # measurements mid-way between validations: at (k + 0.5) / per_epoch epochs

@@ -49,6 +49,9 @@ def _files(directory: Path, suffix: str, what: str) -> list[Path]:
 def _read(path: Path, what: str, **options) -> pa.Table:
     try:
         return pacsv.read_csv(path, **options)
+    except pa.ArrowKeyError:  # a column asked for by include_columns
+        wanted = options["convert_options"].include_columns
+        raise InputError(f"{what} file {path}: missing column {', '.join(map(repr, wanted))}") from None
     except (pa.ArrowInvalid, OSError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{what} file {path}: cannot be read ({message[:160]})") from None
@@ -211,10 +214,12 @@ def write_labels(name: str, events: Path, labels: str | None, out: str, splits_o
     else:
         files = _files(events, ".psv", "PhysioNet 2019")
         ids, label = [], np.zeros(len(files), dtype=np.int8)
-        for i, path in enumerate(files):  # one label per file
-            names, matrix = _p2019_matrix(path)
+        only_label = pacsv.ConvertOptions(include_columns=[P2019_LABEL], column_types={P2019_LABEL: pa.float64()})
+        for i, path in enumerate(files):  # one label per file, from its label column only
+            column = _read(path, "PhysioNet 2019", parse_options=pacsv.ParseOptions(delimiter="|"),
+                           convert_options=only_label)[P2019_LABEL]  # fmt: skip
             ids.append(path.name[: -len(".psv")])
-            label[i] = int(np.nanmax(matrix[:, names.index(P2019_LABEL)], initial=0) == 1)
+            label[i] = int(pc.max(column).as_py() == 1)
         result = pa.table({"patient_id": pa.array(ids, pa.string()), "label": pa.array(label)})
     write_csv(result, out)
     return {"patients": len(result)}
