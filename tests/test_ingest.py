@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from seqsetvae.cli import main as cli
+from seqsetvae.data import formats as formats_module
 from seqsetvae.data import ingest as ingest_module
 from seqsetvae.data.splits import make_splits
 from seqsetvae.errors import InputError
@@ -76,7 +77,7 @@ def assert_balanced(qc):
 @pytest.mark.parametrize("partitions", [4, 100])  # 100: more than the patients, the sorting split
 def test_round_trip_partitions_hold_exactly_the_rows(tmp_path, synthetic_raw, monkeypatch, partitions):
     events_csv, labels_csv, _ = synthetic_raw
-    monkeypatch.setattr(ingest_module, "BLOCK_BYTES", 1 << 16)  # many blocks per file
+    monkeypatch.setattr(formats_module, "BLOCK_BYTES", 1 << 16)  # many blocks per file
     settings = load_settings({"data": {"partitions": partitions, "incomplete_splits": "warn"}})
     make_splits(settings, labels_csv, None, tmp_path / "splits.csv")
     out = tmp_path / "events"

@@ -2,7 +2,7 @@
 
 Two passes, both vectorised and memory-bounded:
 
-1. Stream the event files in blocks of `BLOCK_BYTES`; validate each block (patient id,
+1. Stream the event files in blocks (`formats.BLOCK_BYTES` of CSV, or a format's batches); validate each block (patient id,
    variable, time, value), drop bad rows counted by reason, and append the rest,
    compactly encoded (patient and variable as integer codes), to one Arrow IPC file
    per partition (partition = FNV-1a hash of the canonical patient id modulo the
@@ -46,23 +46,19 @@ import pyarrow.parquet as pq
 from seqsetvae.data.csvio import (
     canonical_ids,
     canonical_ids_encoded,
-    compression,
     dictionary_parts,
-    iter_blocks,
     parse_labels,
     parse_numbers,
-    read_header,
     read_table,
     row_examples,
 )
-from seqsetvae.data.formats import EventSource, Locator, csv_locator, event_source
+from seqsetvae.data.formats import EventSource, Locator, event_source
 from seqsetvae.data.splits import label_columns
 from seqsetvae.errors import InputError
 from seqsetvae.io import atomic_path, write_json
 from seqsetvae.settings import load_settings
 
 SPLITS = ("train", "valid", "test")
-BLOCK_BYTES = 16 << 20
 AUTO_PARTITION_BYTES = 64 << 20  # ~2.5M rows of a typical event CSV per partition
 EXAMPLES_PER_REASON = 5
 # |value| above this is no measurement (a unit or export error): dropped as
@@ -213,13 +209,12 @@ class Labels:
 class FirstPass:
     """Streaming validation of the event files into per-partition raw Arrow files."""
 
-    def __init__(self, labels: Labels, columns: dict, data: dict, raw_dir: Path, n_partitions: int):
+    def __init__(self, labels: Labels, source: EventSource, data: dict, raw_dir: Path, n_partitions: int):
         self.labels, self.data, self.raw_dir = labels, data, raw_dir
-        self.required = {role: columns[role] for role in ("patient_id", "time", "variable", "value")}
-        # the formats' adapters give minutes; time_unit is the CSV format's
-        self.time_scale = 60.0 if data["time_unit"] == "hours" and data["format"] == "csv" else 1.0
+        self.required = source.columns
+        self.time_scale = source.minutes_per_unit
         window = data["observation_window_hours"]
-        self.window_minutes = None if window is None or data["format"] == "meds" else window * 60.0
+        self.window_minutes = None if window is None or source.windowed else window * 60.0
         self.counts = np.zeros(len(ROW_REASONS) + 1, dtype=np.int64)
         self.examples: dict[str, list[tuple[str, int]]] = {reason: [] for reason in ROW_REASONS}
         self.variables: list[str] = []
@@ -242,13 +237,7 @@ class FirstPass:
         for writer in self.writers:
             writer.close()
 
-    def run(self, path: Path) -> None:
-        row_offset = 0
-        for batch in iter_blocks(path, "events", self.required, BLOCK_BYTES, dictionary=("patient_id", "variable")):
-            self._block(batch, csv_locator(path, row_offset, batch.num_rows))
-            row_offset += batch.num_rows
-
-    def run_source(self, source: EventSource) -> None:
+    def run(self, source: EventSource) -> None:
         for batch, locator in source.batches():
             self._block(batch, locator)
 
@@ -402,38 +391,22 @@ def ingest(settings: dict, event_paths: list[str], labels_path: str, splits_path
     data = settings["data"]
     pa.set_cpu_count(max(1, threads))
     pa.set_io_thread_count(max(1, threads))
-    if not event_paths:
-        raise InputError("ingest: no events file given")
-    source = None
-    if data["format"] == "csv":
-        columns = data["columns"]
-        required = {role: columns[role] for role in ("patient_id", "time", "variable", "value")}
-        paths = [read_header(path, "events", required) for path in event_paths]
-        size = sum(p.stat().st_size * (4 if compression(p) else 1) for p in paths)
-    else:
-        if len(event_paths) != 1:
-            raise InputError(f"ingest: data.format {data['format']} reads one dataset path, got {len(event_paths)}")
-        source = event_source(settings, event_paths[0], labels_path)
-        required = columns = source.columns
-        paths = source.paths()
-        size = source.size_bytes()
-    n_partitions = auto_partitions(size) if data["partitions"] == "auto" else int(data["partitions"])
+    source = event_source(settings, event_paths, labels_path)
+    required = source.columns
+    paths = source.paths()
+    n_partitions = auto_partitions(source.size_bytes()) if data["partitions"] == "auto" else int(data["partitions"])
     labels = Labels(labels_path, splits_path, label_columns(data), n_partitions)
 
     with atomic_path(out, directory=True) as tmp:
         raw_dir = tmp / ".raw"
         raw_dir.mkdir()
-        first_pass = FirstPass(labels, columns, data, raw_dir, n_partitions)
+        first_pass = FirstPass(labels, source, data, raw_dir, n_partitions)
         try:
-            if source is not None:
-                first_pass.run_source(source)
-            for path in paths if source is None else []:
-                first_pass.run(path)
+            first_pass.run(source)
         finally:
             first_pass.close()
         counts = dict(zip(ROW_REASONS, (int(c) for c in first_pass.counts[1:])))
         rows_in = int(first_pass.counts.sum())
-        format_drops = source.drops if source is not None else None
         _check_invalid_share(counts, rows_in, first_pass.examples, required, data["max_invalid_fraction"])
         near_misses = near_miss_ids(first_pass.unlabelled_unique(), labels.ids)
         _check_dropped_share(counts, rows_in, first_pass.examples, required, data["max_dropped_fraction"], near_misses)
@@ -441,7 +414,7 @@ def ingest(settings: dict, event_paths: list[str], labels_path: str, splits_path
         n_events, n_sets, duplicates = second_pass(raw_dir, tmp, labels, first_pass.variables, n_partitions)
         shutil.rmtree(raw_dir)
         qc = _qc(labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data,
-                 format_drops)  # fmt: skip
+                 source.drops)  # fmt: skip
         _check_labels_without_events(qc, labels, first_pass, labels_path, data)
         qc["warnings"] = [_near_miss_note(near_misses)] if near_misses else []
         if qc["rows_kept"] == 0:
@@ -598,12 +571,11 @@ def _qc(labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_par
         format_drops) -> dict:  # fmt: skip
     rows_dropped = dict(counts)
     examples = {reason: [f"{file}:{row}" for file, row in rows] for reason, rows in first_pass.examples.items() if rows}
-    if format_drops is not None:  # the format's own reasons, before the shared ones
-        for reason, count in format_drops.counts.items():
-            rows_dropped[reason] = rows_dropped.get(reason, 0) + count
-            rows_in += count
-            if format_drops.examples[reason]:
-                examples.setdefault(reason, []).extend(f"{f}:{r}" for f, r in format_drops.examples[reason])
+    for reason, count in format_drops.counts.items():  # the format's own reasons, before the shared ones
+        rows_dropped[reason] = rows_dropped.get(reason, 0) + count
+        rows_in += count
+        if format_drops.examples[reason]:
+            examples.setdefault(reason, []).extend(f"{f}:{r}" for f, r in format_drops.examples[reason])
     rows_dropped |= duplicates
     rows_kept = rows_in - sum(rows_dropped.values())
     if rows_kept != int(n_events.sum()):  # a bug, not bad input

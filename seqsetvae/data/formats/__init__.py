@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from seqsetvae.data.csvio import compression, iter_blocks, read_header
 from seqsetvae.errors import InputError
 from seqsetvae.io import atomic_path
 from seqsetvae.settings import load_settings
@@ -38,6 +39,7 @@ FORMATS = ("csv", "meds", "physionet2012", "physionet2019", "seqsetvae_v0")
 EXAMPLES_PER_REASON = 5
 # events gathered from many small files before one batch goes to ingest's first pass
 BATCH_EVENTS = 1 << 20
+BLOCK_BYTES = 16 << 20  # of CSV text per first-pass block
 
 
 @dataclass
@@ -84,6 +86,8 @@ class EventSource:
     format: str
     columns: dict[str, str]  # role -> this format's name for it, for messages
     drops: Drops
+    minutes_per_unit = 1.0  # the batches' time unit (the adapters give minutes)
+    windowed = False  # whether the source applies data.observation_window_hours itself
 
     def paths(self) -> list[Path]:
         raise NotImplementedError
@@ -94,6 +98,31 @@ class EventSource:
     def batches(self) -> Iterator[tuple[pa.RecordBatch, Locator]]:
         """Record batches of `patient_id, time, variable, value` (time in minutes)."""
         raise NotImplementedError
+
+
+class CsvFiles(EventSource):
+    """The long CSV format: blocks of each file's four columns, as strings."""
+
+    format = "csv"
+
+    def __init__(self, paths: list[str], columns: dict, time_unit: str):
+        self.columns = {role: columns[role] for role in ("patient_id", "time", "variable", "value")}
+        self.minutes_per_unit = 60.0 if time_unit == "hours" else 1.0
+        self.files = [read_header(path, "events", self.columns) for path in paths]
+        self.drops = Drops({})
+
+    def paths(self) -> list[Path]:
+        return self.files
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size * (4 if compression(p) else 1) for p in self.files)  # compressed: ~4x
+
+    def batches(self):
+        for path in self.files:
+            row_offset = 0
+            for batch in iter_blocks(path, "events", self.columns, BLOCK_BYTES, dictionary=("patient_id", "variable")):
+                yield batch, csv_locator(path, row_offset, batch.num_rows)
+                row_offset += batch.num_rows
 
 
 def event_batch(patient_ids, time, variable, value) -> pa.RecordBatch:
@@ -170,11 +199,18 @@ def adapter(name: str):
     return module
 
 
-def event_source(settings: dict, events: str, labels_csv: str) -> EventSource:
-    """The event source of `data.format` over `events`, with the labels CSV that
-    `seqsetvae labels` wrote (MEDS reads its prediction times from it)."""
-    name = settings["data"]["format"]
-    return adapter(name).source(name, Path(events), Path(labels_csv), settings["data"])
+def event_source(settings: dict, events: list[str], labels_csv: str) -> EventSource:
+    """The event source of `data.format` over `events` (CSV files, or one dataset path),
+    with the labels CSV (MEDS reads its prediction times from the one `seqsetvae labels`
+    wrote)."""
+    data = settings["data"]
+    if not events:
+        raise InputError("ingest: no events file given")
+    if data["format"] == "csv":
+        return CsvFiles(events, data["columns"], data["time_unit"])
+    if len(events) != 1:
+        raise InputError(f"ingest: data.format {data['format']} reads one dataset path, got {len(events)}")
+    return adapter(data["format"]).source(data["format"], Path(events[0]), Path(labels_csv), data)
 
 
 def carries_splits(data: dict) -> bool:

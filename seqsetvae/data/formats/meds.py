@@ -91,6 +91,7 @@ def _batches(path: Path, columns: list[str]):
 
 class MEDS(EventSource):
     format = "meds"
+    windowed = True  # the window ends at each subject's prediction time
     columns = {"patient_id": "subject_id", "time": "time", "variable": "code", "value": "numeric_value"}
 
     def __init__(self, root: Path, labels_csv: Path, window_hours: float | None):
