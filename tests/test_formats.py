@@ -291,7 +291,7 @@ def test_physionet2019_onset_hours_never_reach_the_shards(tmp_path):
         ("physionet2019", "missing_dir", r"PhysioNet 2019 directory .*p2019: not found \(data.events\)"),
         ("physionet2019", "no_iculos", r"PhysioNet 2019 file .*1004.psv: missing column 'ICULOS'"),
         ("physionet2019", "no_label", r"PhysioNet 2019 file .*1004.psv: missing column 'SepsisLabel'"),
-        ("physionet2019", "text_cell", r"PhysioNet 2019 file .*1004.psv, column 'HR': not a number"),
+        ("physionet2019", "text_cell", r"PhysioNet 2019 file .*1004.psv: rows 1, column 'HR': not a number \('high'\)"),
         ("seqsetvae_v0", "two_splits", r"patient '1001' has two files, .*test/1001.parquet and .*train/1001.0.parquet"),
         ("seqsetvae_v0", "missing_oc", r"labels file .*oc.csv: not found"),
         ("seqsetvae_v0", "no_minute", r"seqsetvae_v0 file .*1001.0.parquet: missing column 'minute'"),

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from seqsetvae.data.csvio import canonical_ids
+from seqsetvae.data.csvio import canonical_ids, parse_numbers, row_examples
 from seqsetvae.data.formats import Drops, EventSource, Gather, Locator, write_csv
 from seqsetvae.errors import InputError
 
@@ -150,9 +150,11 @@ def _p2019_matrix(path: Path) -> tuple[list[str], np.ndarray]:
         try:
             columns.append(pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            _, problem = parse_numbers(column.combine_chunks().cast(pa.string()))
+            bad = np.flatnonzero(problem == 2)  # not numeric (NaN and empty cells are missing values)
             raise InputError(
-                f"PhysioNet 2019 file {path}, column {name!r}: not a number (e.g. {column[0].as_py()!r} ...); "
-                "cells are numbers or NaN"
+                f"PhysioNet 2019 file {path}: rows {row_examples(bad + 1)}, column {name!r}: not a number "
+                f"({column[int(bad[0])].as_py()!r}); cells are numbers or NaN"
             ) from None
     return table.column_names, np.column_stack(columns) if columns else np.zeros((len(table), 0))
 
