@@ -15,8 +15,17 @@ Layout (chosen for speed; see README "The model"):
   (`set_patient`, `set_position`, `sequence_mask`).
 
 `collate(RaggedPatients) -> Batch`; `Batch.to(device)`; `n_patients`, `n_sets`,
-`n_events`, `fill_ratio` (real events / event slots the set encoder and decoder process)
-and `sequence_fill_ratio` (real sets / slots of the `[B, T_max]` grid).
+`n_events` (real ones), `fill_ratio` (real events / event slots the set encoder and
+decoder process) and `sequence_fill_ratio` (real sets / slots of the `[B, T_max]` grid).
+
+**Bucketed padding** (`collate(..., pad=True)`, for a compiled step with CUDA graphs,
+which replay one recorded graph per input shape): every count (patients, sets, events,
+pairs, grid length, distinct variables) is rounded up to a ladder of sizes at most 25%
+apart (`bucket`), so a run sees a few dozen shapes instead of one per batch. The extra
+rows form one padding patient: its padding sets hold padding events of value 0, whose
+only pairs are with themselves. They touch no real row (every reduction is per set or
+per patient), weigh 0 in the losses (`set_weight`, `patient_weight`), and the model
+returns real rows only, so padding changes no result.
 """
 
 from __future__ import annotations
@@ -52,8 +61,13 @@ class Batch:
     set_position: torch.Tensor  # int64 [S], index of the set in its patient's sequence
     sets_per_patient: torch.Tensor  # int64 [B]
     # sequences (padded grid for the transformer)
+    grid_set: torch.Tensor  # int64 [B, T_max], the set at each grid slot (S: an empty slot)
     sequence_mask: torch.Tensor  # bool [B, T_max], True at real sets
-    max_set_size: int  # events in the largest set (a Python int: no device sync to read it)
+    # what the losses count: 1 for a real set / patient, 0 for bucket padding
+    set_weight: torch.Tensor  # float32 [S]
+    patient_weight: torch.Tensor  # float32 [B]
+    real_sets: int  # the real rows come first: sets [:real_sets], events [:real_events]
+    real_events: int
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         moved = {
@@ -76,15 +90,19 @@ class Batch:
 
     @property
     def n_sets(self) -> int:
-        return int(self.set_sizes.shape[0])
+        return self.real_sets
 
     @property
     def n_events(self) -> int:
-        return int(self.variable_ids.shape[0])
+        return self.real_events
 
     @property
     def n_pairs(self) -> int:
         return int(self.pair_query.shape[0])
+
+    @property
+    def padded(self) -> bool:
+        return int(self.labels.shape[0]) > self.n_patients
 
     @property
     def max_sequence_length(self) -> int:
@@ -110,8 +128,16 @@ def _positions_in_segments(sizes: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) - np.repeat(starts, sizes)
 
 
-def collate(patients: RaggedPatients) -> Batch:
-    """Pack `patients` (one RaggedPatients, any number >= 1) into a Batch, vectorised.
+def bucket(n: int) -> int:
+    """The smallest size >= n of the ladder 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, ...
+    (four steps per doubling: at most 25% padding)."""
+    step = 1 << max(n.bit_length() - 3, 1)
+    return max(8, -(-n // step) * step)
+
+
+def collate(patients: RaggedPatients, pad: bool = False) -> Batch:
+    """Pack `patients` (one RaggedPatients, any number >= 1) into a Batch, vectorised;
+    with `pad`, every count rounded up to its bucket (module docstring).
 
     Raises InputError naming the patients that hold no set (the model needs at least
     one set per patient), and ValueError if the offsets are inconsistent.
@@ -126,48 +152,87 @@ def collate(patients: RaggedPatients) -> Batch:
         raise InputError(f"collate: patient(s) {names} hold no set (no events); the model needs at least one")
 
     set_sizes = patients.set_sizes().astype(np.int64)
-    n_sets = len(set_sizes)
-    set_starts = patients.set_offsets[:-1].astype(np.int64)
+    n_sets, real_events = len(set_sizes), int(set_sizes.sum())
+    variable_ids = patients.variable_ids.astype(np.int64)
+    values = patients.values.astype(np.float32)
+    labels = patients.labels.astype(np.int64)
+    set_times = patients.set_times.astype(np.float64)
+    pad_pairs = np.zeros(0, np.int64)  # extra self-pairs of the last padding event
+    if pad:
+        # one padding patient: padding sets of one event each, the last one holding the
+        # rest of the padding events; every padding event pairs with itself only
+        extra_sets = bucket(n_sets + 1) - n_sets
+        extra_events = bucket(real_events + extra_sets) - real_events
+        sets_per_patient = np.append(sets_per_patient, extra_sets)
+        set_sizes = np.concatenate([set_sizes, np.ones(extra_sets - 1, np.int64), [extra_events - extra_sets + 1]])
+        variable_ids = np.append(variable_ids, np.full(extra_events, variable_ids[0]))
+        values = np.append(values, np.zeros(extra_events, np.float32))
+        labels = np.append(labels, 0)
+        set_times = np.append(set_times, np.zeros(extra_sets))
+        real_pairs = int((set_sizes[:n_sets] ** 2).sum())
+        pad_pairs = np.zeros(bucket(real_pairs + extra_events) - real_pairs - extra_events, np.int64)
+    real_sets, n_sets = n_sets, len(set_sizes)
+    set_starts = np.cumsum(set_sizes) - set_sizes
 
     event_set = np.repeat(np.arange(n_sets, dtype=np.int64), set_sizes)
     event_slot = _positions_in_segments(set_sizes)
 
-    # every ordered (query, key) event pair within a set: k = a * n + b
-    pair_set = np.repeat(np.arange(n_sets, dtype=np.int64), set_sizes * set_sizes)
-    k = _positions_in_segments(set_sizes * set_sizes)
+    # every ordered (query, key) event pair within a real set: k = a * n + b
+    real_sizes = set_sizes[:real_sets]
+    pair_set = np.repeat(np.arange(real_sets, dtype=np.int64), real_sizes * real_sizes)
+    k = _positions_in_segments(real_sizes * real_sizes)
     n = set_sizes[pair_set]
-    pair_query = set_starts[pair_set] + k // n
-    pair_key = set_starts[pair_set] + k % n
+    pad_events = np.arange(real_events, len(event_set), dtype=np.int64)
+    pad_queries = np.concatenate([pad_events, pad_pairs + pad_events[-1:]]) if pad else pad_pairs
+    pair_query = np.concatenate([set_starts[pair_set] + k // n, pad_queries])
+    pair_key = np.concatenate([set_starts[pair_set] + k % n, pad_queries])
+    pairs_per_event = np.bincount(pair_query, minlength=len(event_set)).astype(np.int64)
 
-    set_patient = np.repeat(np.arange(patients.n_patients, dtype=np.int64), sets_per_patient)
+    n_patients = len(sets_per_patient)
+    set_patient = np.repeat(np.arange(n_patients, dtype=np.int64), sets_per_patient)
     set_position = _positions_in_segments(sets_per_patient)
-    max_len = int(sets_per_patient.max())
-    sequence_mask = np.arange(max_len)[None, :] < sets_per_patient[:, None]
+    # the padding patient's sets all read the sequence state of its first one
+    set_position[real_sets:] = 0
+    grid_length = int(sets_per_patient[: patients.n_patients].max())
+    grid_length = bucket(grid_length) if pad else grid_length
+    grid_set = np.full((n_patients, grid_length), n_sets, dtype=np.int64)
+    grid_set[set_patient[:real_sets], set_position[:real_sets]] = np.arange(real_sets)
+    if pad:
+        grid_set[-1, 0] = real_sets
+    sequence_mask = grid_set < n_sets
 
-    batch_variables, event_variable = np.unique(patients.variable_ids.astype(np.int64), return_inverse=True)
+    batch_variables, event_variable = np.unique(variable_ids, return_inverse=True)
+    if pad:  # more distinct ids never enter an event: a wider table, the same tokens
+        batch_variables = np.append(batch_variables, np.full(bucket(len(batch_variables)) - len(batch_variables),
+                                                             batch_variables[0]))  # fmt: skip
 
     def t(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)
 
+    weight = lambda n, real: t(np.arange(n) < real, torch.float32)  # noqa: E731
     return Batch(
         patient_ids=list(patients.patient_ids),
-        labels=t(patients.labels, torch.int64),
-        variable_ids=t(patients.variable_ids, torch.int64),
-        values=t(patients.values, torch.float32),
+        labels=t(labels, torch.int64),
+        variable_ids=t(variable_ids, torch.int64),
+        values=t(values, torch.float32),
         batch_variables=t(batch_variables, torch.int64),
         event_variable=t(event_variable.reshape(-1), torch.int64),
         event_set=t(event_set, torch.int64),
         event_slot=t(event_slot, torch.int64),
         pair_query=t(pair_query, torch.int64),
         pair_key=t(pair_key, torch.int64),
-        pairs_per_event=t(set_sizes[event_set], torch.int64),
+        pairs_per_event=t(pairs_per_event, torch.int64),
         set_sizes=t(set_sizes, torch.int64),
-        set_times=t(patients.set_times, torch.float64),
+        set_times=t(set_times, torch.float64),
         set_patient=t(set_patient, torch.int64),
         set_position=t(set_position, torch.int64),
         sets_per_patient=t(sets_per_patient, torch.int64),
+        grid_set=t(grid_set, torch.int64),
         sequence_mask=t(sequence_mask, torch.bool),
-        max_set_size=int(set_sizes.max()),
+        set_weight=weight(n_sets, real_sets),
+        patient_weight=weight(n_patients, patients.n_patients),
+        real_sets=real_sets,
+        real_events=real_events,
     )
 
 

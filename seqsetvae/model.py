@@ -307,11 +307,12 @@ class SequenceModel(nn.Module):
         return torch.sign(minutes) * torch.log1p(minutes.abs())
 
     def forward(self, z: torch.Tensor, batch: Batch) -> torch.Tensor:
-        B, T, d = batch.n_patients, batch.max_sequence_length, z.shape[-1]
+        (B, T), d = batch.sequence_mask.shape, z.shape[-1]
         time = self.time(self.time_feature(batch.set_times).unsqueeze(-1).to(z.dtype))
         position = sinusoid(torch.arange(T, device=z.device), d).to(z.dtype).index_select(0, batch.set_position)
         x = self.norm(z + time + position)  # [S, d]
-        grid = x.new_zeros(B, T, d).index_put((batch.set_patient, batch.set_position), x)  # [B, T, d]
+        # each grid slot reads its set's row, an empty slot the zero row appended at S
+        grid = torch.cat([x, x.new_zeros(1, d)]).index_select(0, batch.grid_set.view(-1)).view(B, T, d)
         causal = torch.triu(torch.ones(T, T, dtype=torch.bool, device=z.device), diagonal=1)
         h = self.transformer(grid, mask=causal, src_key_padding_mask=~batch.sequence_mask, is_causal=True)
         return h[batch.set_patient, batch.set_position]  # [S, d]
@@ -332,8 +333,7 @@ class PMA(nn.Module):
         # deviation: the original drew random seeds (+ noise) at every call, so its
         # reconstructions were random even in evaluation; these seeds are learned and
         # deterministic, distinct per slot so a set's outputs can differ.
-        code = sinusoid(torch.arange(batch.max_set_size, device=rows.device), rows.shape[-1])
-        seeds = self.seed(code.to(rows.dtype)).index_select(0, batch.event_slot)  # [E, d]
+        seeds = self.seed(sinusoid(batch.event_slot, rows.shape[-1]).to(rows.dtype))  # [E, d]
         out = self.mab.rows_to_rows(seeds, self.key(rows), pair_key, pairs_per_event)
         return self.dropout(out + seeds)
 
@@ -357,7 +357,7 @@ class SetDecoder(nn.Module):
         # level 1: the set is one row, h_t; each event's seed attends to it (one pair each)
         ones_s, ones_e = torch.ones_like(batch.set_sizes), torch.ones_like(batch.event_set)
         z = self.isabs[0](h, ones_s)  # [S, d]
-        rows = self.expansions[0](z, batch, batch.event_set, ones_e) + expand(h, batch.set_sizes, batch.n_events)  # [E, d]
+        rows = self.expansions[0](z, batch, batch.event_set, ones_e) + expand(h, batch.set_sizes, len(batch.event_set))  # [E, d]
         # deeper levels: one row per event; seeds attend to all rows of their set
         for isab, pma in zip(self.isabs[1:], self.expansions[1:]):
             z = isab(rows, batch.set_sizes)  # [E, d]
@@ -409,7 +409,7 @@ def chamfer_per_set(recon: torch.Tensor, target: torch.Tensor, batch: Batch, eps
         ],
         dim=-1,
     )  # [P, 3]
-    E = batch.n_events
+    E = recon.shape[0]
     nearest = segment_min(pair_terms, ri, E) + segment_min(pair_terms, tj, E)  # [E, 3], both directions
     per_set = segment_sum(nearest, batch.set_sizes) / (2.0 * batch.set_sizes.unsqueeze(-1))  # [S, 3]
     return per_set @ per_set.new_tensor([1.0, 1.0, 3.0])
@@ -441,6 +441,7 @@ class SeqSetVAE(nn.Module):
         self.sequence = SequenceModel(config)
         self.decoder = SetDecoder(config)
         self.classifier = Classifier(config)
+        self.compiled = self.cuda_graphs = False  # compile_step(); with mode="reduce-overhead"
 
     def tokens(self, batch: Batch) -> torch.Tensor:
         """[E, reduced]: normalize(W emb[variable]) * value, projecting each variable once."""
@@ -448,15 +449,37 @@ class SeqSetVAE(nn.Module):
         return table.index_select(0, batch.event_variable) * batch.values.unsqueeze(-1).to(table.dtype)
 
     def forward(self, batch: Batch, weights: LossWeights, noise: torch.Tensor | None = None) -> ModelOutput:
-        """`noise` [S, d]: the posterior's standard normal draws, when the caller draws
-        them (a multi-device step takes its rows of the global batch's draws)."""
+        """`noise` [S, d]: the posterior's standard normal draws (drawn here in training
+        when not given; a multi-device step passes its rows of the global batch's draws)."""
+        if self.training and noise is None:
+            noise = torch.randn(batch.n_sets, self.config.latent_dim, device=batch.values.device)
+        if noise is not None and batch.padded:  # padding sets draw nothing: zeros
+            noise = torch.cat([noise, noise.new_zeros(len(batch.set_sizes) - batch.n_sets, noise.shape[1])])
+        # the schedule's weights as a tensor: a compiled step would specialise on floats
+        w = torch.tensor([weights.pred, weights.recon, weights.beta], device=batch.values.device)
+        if self.compiled:  # fixed sizes, not batch dimensions (no guard ties them to one)
+            torch._dynamo.mark_static(w, 0)
+            if noise is not None:
+                torch._dynamo.mark_static(noise, 1)
+        if self.cuda_graphs:  # a new step: the previous replay's outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
+        out = self.padded_forward(batch, w, noise)
+        S, B = batch.n_sets, batch.n_patients  # real rows come first; padding is cut off here
+        return ModelOutput(
+            logits=out["logits"][:B], loss=out["loss"], recon=out["recon"], kl=out["kl"], ce=out["ce"],
+            weights=weights, mu=out["mu"][:S], h=out["h"][:S],
+            recon_per_set=out["recon_per_set"][:S], kl_per_set=out["kl_per_set"][:S],
+            kl_raw_per_set=out["kl_raw_per_set"][:S], ce_per_patient=out["ce_per_patient"][:B],
+        )  # fmt: skip
+
+    def padded_forward(self, batch: Batch, w: torch.Tensor, noise: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The network and its losses on every row of `batch`, padding included; `w` [3]:
+        pred, recon and beta weights. It reads tensors and their shapes only (no Python
+        number of the batch), so one compiled graph serves every batch shape."""
         c = self.config
         tokens = self.tokens(batch)  # [E, r]
         mu, logvar = self.encoder(tokens, batch)  # [S, d] each
-        if self.training:
-            z = mu + torch.exp(0.5 * logvar) * (torch.randn_like(mu) if noise is None else noise.to(mu.dtype))
-        else:
-            z = mu
+        z = mu + torch.exp(0.5 * logvar) * noise.to(mu.dtype) if noise is not None else mu
         h = self.sequence(z, batch)  # [S, d]
         recon = self.decoder(h, batch)  # [E, r]
         # deviation: the classifier reads the sequence of posterior means, in training as in
@@ -475,21 +498,28 @@ class SeqSetVAE(nn.Module):
         # a patient's CE times its class's weight; the mean over patients is not renormalised
         # by the batch's weights, so the loss of a batch is the mean of its patients' losses
         ce_per_patient = ce_per_patient * self.class_weights.index_select(0, batch.labels)
-        recon_loss, kl, ce = recon_per_set.mean(), kl_set.mean(), ce_per_patient.mean()
-        return ModelOutput(
-            logits=logits,
-            loss=weights.pred * ce + weights.recon * recon_loss + weights.beta * kl,
-            recon=recon_loss,
-            kl=kl,
-            ce=ce,
-            weights=weights,
-            mu=mu,
-            h=h,
-            recon_per_set=recon_per_set,
-            kl_per_set=kl_set,
-            kl_raw_per_set=kl_raw,
-            ce_per_patient=ce_per_patient,
-        )
+        # means over the real sets and patients (padding weighs 0)
+        sets, patients = batch.set_weight, batch.patient_weight
+        recon_loss = (recon_per_set * sets).sum() / sets.sum()
+        kl = (kl_set * sets).sum() / sets.sum()
+        ce = (ce_per_patient * patients).sum() / patients.sum()
+        return {
+            "logits": logits, "loss": w[0] * ce + w[1] * recon_loss + w[2] * kl, "recon": recon_loss, "kl": kl,
+            "ce": ce, "mu": mu, "h": h, "recon_per_set": recon_per_set, "kl_per_set": kl_set,
+            "kl_raw_per_set": kl_raw, "ce_per_patient": ce_per_patient,
+        }  # fmt: skip
+
+    def compile_step(self, mode: str | None = None) -> None:
+        """Compile `padded_forward` (and, through AOTAutograd, its backward) with
+        torch.compile: dynamic shapes, so batches of new sizes reuse the graph; `mode`
+        "reduce-overhead" replays CUDA graphs, one per input shape (pad the batches to
+        buckets, `collate(pad=True)`, to keep those few)."""
+        # no duck sizing: two batch dimensions that happen to be equal (3 patients, 3 loss
+        # weights; 40 variables, 40 sets) would otherwise be traced as one size, and the
+        # first batch where they differ would recompile
+        torch.fx.experimental._config.use_duck_shape = False
+        self.padded_forward = torch.compile(self.padded_forward, dynamic=True, mode=mode)
+        self.compiled, self.cuda_graphs = True, mode == "reduce-overhead"
 
     def parameter_groups(self, lr: float, setvae_lr_factor: float = 0.1, weight_decay: float | None = None) -> list[dict]:
         """AdamW groups: the SetVAE encoder (W and the set encoder) at lr x setvae_lr_factor."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from seqsetvae.batching import Batch, collate, random_patients
+from seqsetvae.batching import Batch, bucket, collate, random_patients
 from seqsetvae.data.ragged import RaggedPatients
 from seqsetvae.errors import InputError
 
@@ -93,17 +93,56 @@ def test_fill_ratio_at_least_085_on_default_like_data(batch_size):
     assert batch.fill_ratio >= 0.85
 
 
+@pytest.mark.parametrize("pad", [False, True])
 @pytest.mark.parametrize("seed", range(4))
-def test_segment_lengths_cover_their_rows_exactly(seed):
+def test_segment_lengths_cover_their_rows_exactly(seed, pad):
     """The model's segment reductions run with `unsafe=True` (no host copy of the
     lengths): every lengths tensor collate builds must be non-negative and sum to the
     rows it segments, or segment_reduce would read out of bounds."""
-    batch = collate(random_patients(6, mean_sets=4, mean_events=15, seed=seed))
+    batch = collate(random_patients(6, mean_sets=4, mean_events=15, seed=seed), pad=pad)
     for lengths, rows in (
-        (batch.set_sizes, batch.n_events),  # events of each set
+        (batch.set_sizes, batch.event_set.shape[0]),  # events of each set
         (batch.pairs_per_event, batch.pair_key.shape[0]),  # pairs of each query event
-        (batch.sets_per_patient, batch.n_sets),  # sets of each patient
+        (batch.sets_per_patient, batch.set_sizes.shape[0]),  # sets of each patient
     ):
         assert lengths.dtype == torch.int64 and bool((lengths >= 0).all())
         assert int(lengths.sum()) == rows
     assert bool((batch.set_sizes > 0).all()) and bool((batch.sets_per_patient > 0).all())
+
+
+def test_bucket_ladder_has_four_sizes_per_doubling_and_at_most_25_percent_padding():
+    assert [bucket(n) for n in (1, 8, 9, 11, 16, 17, 33, 100, 1000, 1025)] == [8, 8, 10, 12, 16, 20, 40, 112, 1024, 1280]
+    sizes = np.array([bucket(n) for n in range(1, 20_000)])
+    assert np.all(np.diff(sizes) >= 0) and np.all(sizes >= np.arange(1, 20_000))
+    assert np.all(sizes[7:] <= 1.25 * np.arange(8, 20_000))
+    assert len(np.unique(sizes[(sizes > 1024) & (sizes <= 2048)])) == 4
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_padded_batch_keeps_every_real_row_and_rounds_every_count_to_a_bucket(seed):
+    patients = random_patients(5, mean_sets=7, mean_events=30, seed=seed)
+    plain, padded = collate(patients), collate(patients, pad=True)
+    S, E, P, B = plain.n_sets, plain.n_events, plain.n_pairs, plain.n_patients
+    assert (padded.n_sets, padded.n_events, padded.n_patients) == (S, E, B)
+    for count in (len(padded.set_sizes), len(padded.event_set), padded.n_pairs, padded.max_sequence_length,
+                  len(padded.batch_variables)):  # fmt: skip
+        assert count == bucket(count)
+    assert len(padded.labels) == B + 1 and len(padded.set_sizes) > S and len(padded.event_set) > E
+    # the real prefix of every per-row field is the unpadded batch's
+    for name in ("variable_ids", "values", "event_set", "event_slot", "pairs_per_event"):
+        torch.testing.assert_close(getattr(padded, name)[:E], getattr(plain, name), msg=name)
+    for name in ("set_sizes", "set_times", "set_patient", "set_position"):
+        torch.testing.assert_close(getattr(padded, name)[:S], getattr(plain, name), msg=name)
+    torch.testing.assert_close(padded.pair_query[:P], plain.pair_query)
+    torch.testing.assert_close(padded.pair_key[:P], plain.pair_key)
+    torch.testing.assert_close(padded.batch_variables[padded.event_variable[:E]], plain.variable_ids)
+    T = plain.max_sequence_length
+    assert torch.equal(padded.grid_set[:B, :T], plain.grid_set.where(plain.grid_set < S, len(padded.set_sizes)))
+    assert not padded.sequence_mask[:B, T:].any() and padded.sequence_mask[B].tolist()[:2] == [True, False]
+    # padding: zero values, weight 0, pairs only with itself
+    assert torch.all(padded.values[E:] == 0)
+    assert padded.set_weight.tolist() == [1.0] * S + [0.0] * (len(padded.set_sizes) - S)
+    assert padded.patient_weight.tolist() == [1.0] * B + [0.0]
+    assert torch.equal(padded.pair_query[P:], padded.pair_key[P:]) and bool((padded.pair_query[P:] >= E).all())
+    assert bool((padded.set_patient[S:] == B).all())
+    assert padded.fill_ratio == E / len(padded.event_set) < 1.0

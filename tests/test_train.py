@@ -35,7 +35,7 @@ TINY_TRAIN = {"epochs": 2, "lr": 0.003, "checkpoint_every": 3, "log_every": 2, "
 STEP_KEYS = {"kind", "epoch", "step", "samples", "epochs", "loss", "recon", "kl", "ce", "grad_norm", "beta", "lr",
              "recon_weight", "pred_weight", "patients_per_s", "events_per_s", "fill_ratio", "sequence_fill_ratio",
              "batch_patients", "batch_events", "batch_sets"}  # fmt: skip
-EPOCH_KEYS = {"kind", "epoch", "step", "train_loss", "wall_time_s"}
+EPOCH_KEYS = {"kind", "epoch", "step", "train_loss", "wall_time_s", "compiled_graphs"}
 VALIDATION_KEYS = {"kind", "validation", "step", "samples", "epochs", "train_loss", "val_loss", "val_auroc", "val_auprc",
                    "train_time_s", "wall_time_s"}  # fmt: skip
 NOISE_KEYS = {"kind", "step", "epochs", "b_small", "b_big", "sq_norm_small", "sq_norm_big", "gradient_sq", "trace_sigma"}
@@ -394,3 +394,21 @@ def test_loader_workers_give_the_same_run(data, reference, tmp_path):
     assert summary["loader_workers"] == 2 and 0 <= summary["data_wait_fraction"] < 1
     built_here = json.loads((reference / "metrics.json").read_text())
     assert built_here["loader_workers"] == 0 and 0 < built_here["data_wait_fraction"] < 1
+
+
+def test_a_compiled_step_trains_from_two_graphs(data, reference, tmp_path, monkeypatch):
+    """train.compile on the CPU (with the quick aot_eager backend here; inductor's
+    numbers are tests/test_compile.py's): the run completes, its losses follow the eager
+    run's, and the whole run, 12 steps of 4 batch shapes and 4 validations, used one
+    training and one evaluation graph."""
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="aot_eager", dynamic=True))
+    out = tmp_path / "bs4"
+    assert _run(data, out, compile=True) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["compile"] == "default" and summary["compiled_graphs"] == 2
+    assert [r["compiled_graphs"] for r in _lines(out) if r["kind"] == "epoch"] == [2, 2]
+    eager = [r["loss"] for r in _lines(reference) if r["kind"] == "step"]
+    compiled = [r["loss"] for r in _lines(out) if r["kind"] == "step"]
+    assert np.all(np.isfinite(compiled)) and compiled[0] == pytest.approx(eager[0], rel=1e-4)
+    assert json.loads((reference / "metrics.json").read_text())["compile"] is None

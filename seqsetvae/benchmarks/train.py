@@ -3,6 +3,7 @@
     seqsetvae bench train [--batch-sizes 1 4 8 16] [--patients 64] [--epochs 1] [--warmup 2]
                           [--mean-sets 110] [--mean-events 300] [--settings JSON]
                           [--threads 2] [--device cpu|cuda] [--precision fp32|bf16]
+                          [--compile auto|true|false]
 
 Each batch size runs in a fresh subprocess (so the peak RSS is that batch size's own) on
 in-memory synthetic patients (by default about 110 sets and 300 events per patient, the
@@ -18,7 +19,12 @@ the FLOP/s of a plain matmul measured in the same process, i.e. the fraction of 
 this machine reaches on dense math; and, from one profiled forward + backward, the
 host-device synchronisations (`host_syncs_per_step`), the launched CUDA kernels
 (`kernels_per_step`) or top-level aten ops on the CPU (`ops_per_step`), and the share of
-step time spent building the batch (`data_wait_fraction`).
+step time spent building the batch (`data_wait_fraction`). With a compiled step
+(`--compile`, default `train.compile` of the settings: on for CUDA), batches are padded
+to buckets as training pads them for CUDA graphs, the warm-up steps compile, and
+`recompiles` counts the graphs built during the timed epochs (the target is 0); the
+FLOPs are counted on one eager step before compiling (the counter does not see inside
+compiled graphs).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--settings", default="{}", help="JSON with model/train sections (defaults: the schema's)")
+    parser.add_argument("--compile", choices=["auto", "true", "false"],
+                        help="train.compile for this benchmark (default: the settings')")  # fmt: skip
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--sync-check", action="store_true",
                         help="CUDA: run one whole step under torch.cuda.set_sync_debug_mode('error')")  # fmt: skip
@@ -103,9 +111,13 @@ def worker(args) -> dict:
     from seqsetvae.training.sampler import LengthGroupedBatchSampler
     from seqsetvae.training.schedule import evaluation_weights
     from seqsetvae.training.optimizer import build_optimizer
+    from seqsetvae.training.runtime import compiled_graphs, compiled_step
 
     batch_size = args.worker
-    settings = load_settings(args.settings)
+    settings = json.loads(args.settings)
+    if args.compile is not None:
+        settings.setdefault("train", {})["compile"] = {"true": True, "false": False}.get(args.compile, args.compile)
+    settings = load_settings(settings)
     train = settings["train"]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -141,10 +153,12 @@ def worker(args) -> dict:
         out.loss.backward()
 
     pin = device.type == "cuda"
+    mode = compiled_step(train["compile"], device)
+    pad = mode == "reduce-overhead"  # CUDA graphs: bucketed shapes, as training pads them
 
     def step(indices, index: int):
         start = time.perf_counter()
-        batch = collate(patients.take(indices))
+        batch = collate(patients.take(indices), pad=pad)
         batch = (batch.pin_memory() if pin else batch).to(device, non_blocking=pin)
         data_seconds[0] += time.perf_counter() - start  # on the critical path: no loader overlaps it
         forward_backward(batch)
@@ -156,6 +170,12 @@ def worker(args) -> dict:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as training does (runtime.resolve_device)
         torch.backends.cudnn.allow_tf32 = True
+    # FLOPs of one eager step, per event (applied to the timed events below)
+    with FlopCounterMode(display=False) as counter:
+        batch = step(next(warmup_batches), 0)
+    flops_per_event = counter.get_total_flops() / batch.n_events
+    if mode is not None:
+        model.compile_step(mode)
     for i in range(args.warmup):
         step(next(warmup_batches), i)
     sync_check = None
@@ -164,7 +184,7 @@ def worker(args) -> dict:
         # copy) raises here instead of silently stalling the GPU queue
         torch.cuda.set_sync_debug_mode("error")
         try:
-            batch = collate(patients.take(next(warmup_batches))).pin_memory().to(device, non_blocking=True)
+            batch = collate(patients.take(next(warmup_batches)), pad=pad).pin_memory().to(device, non_blocking=True)
             forward_backward(batch)
             torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
             optimizer.step()
@@ -181,6 +201,7 @@ def worker(args) -> dict:
     # would compare batch sizes on patients of different lengths
     timed = [b for epoch in range(args.epochs) for b in sampler.batches(10**6 + epoch)]
     data_seconds[0] = 0.0
+    graphs_before = compiled_graphs()
     seconds = patients_done = events_done = sets_done = slots = seq_slots = 0
     for i, indices in enumerate(timed):
         start = time.perf_counter()
@@ -191,15 +212,11 @@ def worker(args) -> dict:
         sets_done += batch.n_sets
         slots += batch.n_events / batch.fill_ratio
         seq_slots += batch.sequence_mask.numel()
+    recompiles = compiled_graphs() - graphs_before if mode is not None else None
     cuda_allocated, cuda_reserved = cuda_peaks_mb(device)
     rss = peak_rss_mb()
     data_wait = data_seconds[0] / seconds
-    syncs, ops = count_syncs_and_ops(forward_backward, collate(patients.take(timed[0])).to(device), device)
-
-    # FLOPs of one more (untimed) step, per event, applied to the timed events
-    with FlopCounterMode(display=False) as counter:
-        batch = step(next(warmup_batches), args.warmup + len(timed))
-    flops_per_event = counter.get_total_flops() / batch.n_events
+    syncs, ops = count_syncs_and_ops(forward_backward, collate(patients.take(timed[0]), pad=pad).to(device), device)
     model_flops = flops_per_event * events_done / seconds
     matmul = matmul_flops_per_s(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
     return {
@@ -221,7 +238,9 @@ def worker(args) -> dict:
         "host_syncs_per_step": syncs,  # aten::_local_scalar_dense in forward + backward
         "data_wait_fraction": data_wait,  # batch gathering, collate and copy: share of step time
         "kernels_per_step" if device.type == "cuda" else "ops_per_step": ops,
-        "recompiles": None,  # no compiled step yet
+        "compile": mode,  # None: eager
+        "compiled_graphs": compiled_graphs() if mode is not None else None,
+        "recompiles": recompiles,  # graphs built during the timed epochs (after warm-up)
         "sync_check": sync_check,
         "device": device.type,
         "threads": args.threads,
@@ -234,7 +253,8 @@ def _table(results: list[dict]) -> str:
     cuda = any(r["cuda_max_allocated_mb"] is not None for r in results)
     head = ["batch", "patients/s", "events/s", "s/step", "fill", "seq fill", "peak RSS MiB"]
     head += ["CUDA alloc MiB", "CUDA reserved MiB"] if cuda else []
-    head += ["model GFLOP/s", "matmul GFLOP/s", "of matmul", "syncs", "ops" if not cuda else "kernels", "data wait"]
+    head += ["model GFLOP/s", "matmul GFLOP/s", "of matmul", "syncs", "ops" if not cuda else "kernels", "data wait",
+             "recompiles"]  # fmt: skip
     rows = []
     for r in results:
         row = [str(r["batch_size"]), f"{r['patients_per_s']:.2f}", f"{r['events_per_s']:.0f}",
@@ -244,7 +264,8 @@ def _table(results: list[dict]) -> str:
             row += [f"{r['cuda_max_allocated_mb']:.0f}", f"{r['cuda_max_reserved_mb']:.0f}"]
         row += [f"{r['model_flops_per_s'] / 1e9:.2f}", f"{r['matmul_flops_per_s'] / 1e9:.1f}",
                 f"{100 * r['fraction_of_matmul']:.1f}%", str(r["host_syncs_per_step"]),
-                str(r.get("kernels_per_step", r.get("ops_per_step"))), f"{100 * r['data_wait_fraction']:.1f}%"]  # fmt: skip
+                str(r.get("kernels_per_step", r.get("ops_per_step"))), f"{100 * r['data_wait_fraction']:.1f}%",
+                "-" if r["recompiles"] is None else str(r["recompiles"])]  # fmt: skip
         rows.append(row)
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
@@ -260,8 +281,10 @@ def main(argv: list[str]) -> int:
     results = []
     for batch_size in args.batch_sizes:
         command = [sys.executable, "-m", "seqsetvae.benchmarks.train", "--worker", str(batch_size)]
-        for name in ("epochs", "warmup", "patients", "mean_sets", "mean_events", "threads", "device", "precision", "settings"):
-            command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        for name in ("epochs", "warmup", "patients", "mean_sets", "mean_events", "threads", "device", "precision", "settings",
+                     "compile"):  # fmt: skip
+            if getattr(args, name) is not None:
+                command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
         command += ["--sync-check"] if args.sync_check else []
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
@@ -273,7 +296,8 @@ def main(argv: list[str]) -> int:
     print(
         f"bench train: {args.epochs} timed epoch(s) over the same {args.patients} patients after "
         f"{args.warmup} warm-up steps per batch size, "
-        f"{first['device']}, {args.threads} threads, {args.precision}, torch {first['torch_version']}"
+        f"{first['device']}, {args.threads} threads, {args.precision}, torch {first['torch_version']}, "
+        f"step {'compiled (' + first['compile'] + ')' if first['compile'] else 'eager'}"
     )
     print(_table(results))
     by_size = {r["batch_size"]: r for r in results}

@@ -19,9 +19,10 @@ class ShardBatches:
     over events in Python.
     """
 
-    def __init__(self, shards_dir: str, split: str) -> None:
+    def __init__(self, shards_dir: str, split: str, pad: bool = False) -> None:
         self.reader = ShardReader(shards_dir, split)
         self.split = split
+        self.pad = pad  # counts rounded up to buckets (a compiled step with CUDA graphs)
 
     def __len__(self) -> int:
         return len(self.reader)
@@ -36,7 +37,7 @@ class ShardBatches:
         return np.asarray(self.reader.labels, dtype=np.int64)
 
     def __call__(self, indices: np.ndarray) -> Batch:
-        return collate(self.reader.take(indices))
+        return collate(self.reader.take(indices), pad=self.pad)
 
 
 class PlannedBatches(torch.utils.data.Dataset):

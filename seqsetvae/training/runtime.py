@@ -97,6 +97,25 @@ def autocast(precision: str, device: torch.device):
     return nullcontext
 
 
+def compiled_step(setting: str | bool, device: torch.device) -> str | None:
+    """`train.compile` resolved: None (eager), or the torch.compile mode of the step.
+    On CUDA "reduce-overhead": CUDA graphs, whose replays skip the per-kernel launch cost
+    of a step of ~1,500 small kernels. On a CPU the default mode: `auto` leaves it off
+    there, where it measured slower (docs/performance.md) and costs minutes to compile."""
+    on = device.type == "cuda" if setting == "auto" else bool(setting)
+    if not on:
+        return None
+    return "reduce-overhead" if device.type == "cuda" else "default"
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has built in this process (a count above the warm-up's is a
+    recompilation)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def load_embedding(path: Path) -> torch.Tensor:
     try:
         tensors = load_file(str(path))

@@ -47,6 +47,8 @@ from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
 from seqsetvae.training.optimizer import build_optimizer, class_weights, set_learning_rate
 from seqsetvae.training.runtime import (
     autocast,
+    compiled_graphs,
+    compiled_step,
     load_embedding,
     machine,
     resolve_device,
@@ -179,9 +181,14 @@ class Trainer:
         self.workers = train["loader_workers"] if train["loader_workers"] is not None else (2 if device.type == "cuda" else 0)
         self.pin = device.type == "cuda"
 
+        # train.compile: torch.compile of the step; CUDA graphs replay one graph per input
+        # shape, so their batches are padded to buckets (seqsetvae.batching)
+        self.compile_mode = compiled_step(train["compile"], device)
+        pad = self.compile_mode == "reduce-overhead"
+
         self.embedding = load_embedding(Path(args.embedding))
-        self.train_batches = ShardBatches(args.shards, "train")
-        self.valid_batches = ShardBatches(args.shards, "valid")
+        self.train_batches = ShardBatches(args.shards, "train", pad=pad)
+        self.valid_batches = ShardBatches(args.shards, "valid", pad=pad)
         self.vocab_size = self.train_batches.reader.vocab_size
         if self.embedding.shape[0] != self.vocab_size:
             raise InputError(
@@ -196,6 +203,9 @@ class Trainer:
         config = ModelConfig.from_settings(settings["model"])
         self.model = SeqSetVAE(config, self.embedding, class_weights(self.train_batches.labels, train["class_weights"]))
         self.model.to(device)
+        self.graphs_before = compiled_graphs()  # the count is per process
+        if self.compile_mode is not None:
+            self.model.compile_step(self.compile_mode)
         # what a training step calls: the model, or DDP around it (its gradients averaged
         # over the ranks); validation, noise-scale measurements and checkpoints use the model
         self.net = self.model
@@ -480,10 +490,15 @@ class Trainer:
         state = self.state
         train_loss = state["epoch_loss_sum"] / max(state["epoch_patients"], 1)
         self.record({"kind": "epoch", "epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
-                     "wall_time_s": self.wall_time()})  # fmt: skip
+                     "wall_time_s": self.wall_time(), "compiled_graphs": self.graphs()})  # fmt: skip
         _log(f"epoch {epoch + 1}/{self.train['epochs']} done: train loss {train_loss:.4f}, best {state['best']}")
         state["epoch_loss_sum"], state["epoch_patients"] = 0.0, 0
         self.checkpoint(f"end of epoch {epoch + 1}")
+
+    def graphs(self) -> int | None:
+        """Graphs compiled so far (train.compile): one per mode (train, validation) and
+        none more after the first batches; None when the step runs eagerly."""
+        return compiled_graphs() - self.graphs_before if self.compile_mode is not None else None
 
     def fit(self) -> bool:
         """Train to the end of the budget (False: stopped early by --stop-after-steps)."""
@@ -598,6 +613,8 @@ class Trainer:
                 "budget_changes": state["budget_changes"],
                 "threads": self.threads,
                 "precision": train["precision"],
+                "compile": self.compile_mode,  # None: eager
+                "compiled_graphs": self.graphs(),
                 "torch_version": torch.__version__,
                 "best": state["best"],
                 "best_val_auroc": state["best"]["val_auroc"],
