@@ -456,7 +456,9 @@ class SeqSetVAE(nn.Module):
         if noise is not None and batch.padded:  # padding sets draw nothing: zeros
             noise = torch.cat([noise, noise.new_zeros(len(batch.set_sizes) - batch.n_sets, noise.shape[1])])
         # the schedule's weights as a tensor: a compiled step would specialise on floats
-        w = torch.tensor([weights.pred, weights.recon, weights.beta], device=batch.values.device)
+        w = torch.tensor([weights.pred, weights.recon, weights.beta])
+        if batch.values.is_cuda:  # a pageable copy would synchronise with the device
+            w = w.pin_memory().to(batch.values.device, non_blocking=True)
         if self.compiled:  # fixed sizes, not batch dimensions (no guard ties them to one)
             torch._dynamo.mark_static(w, 0)
             if noise is not None:
