@@ -451,7 +451,9 @@ class SeqSetVAE(nn.Module):
     def forward(self, batch: Batch, weights: LossWeights, noise: torch.Tensor | None = None) -> ModelOutput:
         """`noise` [S, d]: the posterior's standard normal draws (drawn here in training
         when not given; a multi-device step passes its rows of the global batch's draws)."""
-        if self.training and noise is None:
+        if not self.training:  # evaluation reads the posterior means
+            noise = None
+        elif noise is None:
             noise = torch.randn(batch.n_sets, self.config.latent_dim, device=batch.values.device)
         if noise is not None and batch.padded:  # padding sets draw nothing: zeros
             noise = torch.cat([noise, noise.new_zeros(len(batch.set_sizes) - batch.n_sets, noise.shape[1])])
