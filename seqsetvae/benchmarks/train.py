@@ -201,7 +201,7 @@ def worker(args) -> dict:
     # would compare batch sizes on patients of different lengths
     timed = [b for epoch in range(args.epochs) for b in sampler.batches(10**6 + epoch)]
     data_seconds[0] = 0.0
-    graphs_before = compiled_graphs()
+    graphs_before = compiled_graphs() if mode is not None else 0
     seconds = patients_done = events_done = sets_done = slots = seq_slots = 0
     for i, indices in enumerate(timed):
         start = time.perf_counter()

@@ -203,7 +203,7 @@ class Trainer:
         config = ModelConfig.from_settings(settings["model"])
         self.model = SeqSetVAE(config, self.embedding, class_weights(self.train_batches.labels, train["class_weights"]))
         self.model.to(device)
-        self.graphs_before = compiled_graphs()  # the count is per process
+        self.graphs_before = compiled_graphs() if self.compile_mode is not None else 0  # per process
         if self.compile_mode is not None:
             self.model.compile_step(self.compile_mode)
         # what a training step calls: the model, or DDP around it (its gradients averaged
