@@ -157,7 +157,7 @@ def collate(patients: RaggedPatients, pad: bool = False) -> Batch:
     values = patients.values.astype(np.float32)
     labels = patients.labels.astype(np.int64)
     set_times = patients.set_times.astype(np.float64)
-    pad_pairs = np.zeros(0, np.int64)  # extra self-pairs of the last padding event
+    extra_pairs = 0  # self-pairs of the last padding event beyond its first
     if pad:
         # one padding patient: padding sets of one event each, the last one holding the
         # rest of the padding events; every padding event pairs with itself only
@@ -170,7 +170,7 @@ def collate(patients: RaggedPatients, pad: bool = False) -> Batch:
         labels = np.append(labels, 0)
         set_times = np.append(set_times, np.zeros(extra_sets))
         real_pairs = int((set_sizes[:n_sets] ** 2).sum())
-        pad_pairs = np.zeros(bucket(real_pairs + extra_events) - real_pairs - extra_events, np.int64)
+        extra_pairs = bucket(real_pairs + extra_events) - real_pairs - extra_events
     real_sets, n_sets = n_sets, len(set_sizes)
     set_starts = np.cumsum(set_sizes) - set_sizes
 
@@ -183,7 +183,7 @@ def collate(patients: RaggedPatients, pad: bool = False) -> Batch:
     k = _positions_in_segments(real_sizes * real_sizes)
     n = set_sizes[pair_set]
     pad_events = np.arange(real_events, len(event_set), dtype=np.int64)
-    pad_queries = np.concatenate([pad_events, pad_pairs + pad_events[-1:]]) if pad else pad_pairs
+    pad_queries = np.concatenate([pad_events, np.repeat(pad_events[-1:], extra_pairs)])
     pair_query = np.concatenate([set_starts[pair_set] + k // n, pad_queries])
     pair_key = np.concatenate([set_starts[pair_set] + k % n, pad_queries])
     pairs_per_event = np.bincount(pair_query, minlength=len(event_set)).astype(np.int64)
