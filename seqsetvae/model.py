@@ -29,7 +29,7 @@ reads only that set's rows, so a patient's outputs do not depend on its batch-ma
 Only the sequence transformer sees a padded `[B, T_max]` grid, with a causal mask plus
 a key-padding mask.
 
-Deviations from MODEL.md (each with its reason) are listed in README "The model" and
+Deviations from docs/model.md (each with its reason) are listed in README "The model" and
 marked `# deviation:` below.
 """
 
@@ -64,6 +64,7 @@ class ModelConfig:
     free_bits: float = 0.1
     label_smoothing: float = 0.1
     time_encoding: str = "log1p_minutes"  # log1p_minutes | hours
+    token: str = "value"  # value | value_and_variable
 
     @classmethod
     def from_settings(cls, model: dict | None) -> "ModelConfig":
@@ -278,7 +279,7 @@ class SetEncoder(nn.Module):
         for isab in self.levels:
             x = x + isab(x, batch.set_sizes)
         # deviation: only the deepest level's posterior is computed; the shallower
-        # levels' (mu, logvar) enter no loss and no output in MODEL.md, so they would be
+        # levels' (mu, logvar) enter no loss and no output in docs/model.md, so they would be
         # dead computation.
         pooled = segment_sum(x, batch.set_sizes) / batch.set_sizes.unsqueeze(-1).to(x.dtype)  # [S, d]
         mu, logvar = self.posterior(pooled).chunk(2, dim=-1)
@@ -437,6 +438,10 @@ class SeqSetVAE(nn.Module):
         weights = torch.ones(config.num_classes) if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
         self.reduce = nn.Linear(embedding.shape[1], config.reduced_dim)  # W: input_dim -> reduced_dim
+        # deviation (model.token: value_and_variable): a second projection of the variable's
+        # embedding joins the token, so that a value at the train mean (z = 0) still says
+        # which variable was measured
+        self.presence = nn.Linear(embedding.shape[1], config.reduced_dim) if config.token == "value_and_variable" else None
         self.encoder = SetEncoder(config)
         self.sequence = SequenceModel(config)
         self.decoder = SetDecoder(config)
@@ -445,8 +450,12 @@ class SeqSetVAE(nn.Module):
 
     def tokens(self, batch: Batch) -> torch.Tensor:
         """[E, reduced]: normalize(W emb[variable]) * value, projecting each variable once."""
-        table = F.normalize(self.reduce(self.embedding.index_select(0, batch.batch_variables)), dim=-1)  # [U, r]
-        return table.index_select(0, batch.event_variable) * batch.values.unsqueeze(-1).to(table.dtype)
+        embedding = self.embedding.index_select(0, batch.batch_variables)  # [U, D]
+        table = F.normalize(self.reduce(embedding), dim=-1)  # [U, r]
+        tokens = table.index_select(0, batch.event_variable) * batch.values.unsqueeze(-1).to(table.dtype)
+        if self.presence is not None:
+            tokens = tokens + F.normalize(self.presence(embedding), dim=-1).index_select(0, batch.event_variable)
+        return tokens
 
     def forward(self, batch: Batch, weights: LossWeights, noise: torch.Tensor | None = None) -> ModelOutput:
         """`noise` [S, d]: the posterior's standard normal draws (drawn here in training
@@ -527,7 +536,8 @@ class SeqSetVAE(nn.Module):
 
     def parameter_groups(self, lr: float, setvae_lr_factor: float = 0.1, weight_decay: float | None = None) -> list[dict]:
         """AdamW groups: the SetVAE encoder (W and the set encoder) at lr x setvae_lr_factor."""
-        setvae = [*self.reduce.parameters(), *self.encoder.parameters()]
+        tokens = [*self.reduce.parameters(), *(self.presence.parameters() if self.presence is not None else [])]
+        setvae = [*tokens, *self.encoder.parameters()]
         setvae_ids = {id(p) for p in setvae}
         rest = [p for p in self.parameters() if id(p) not in setvae_ids]
         groups = [

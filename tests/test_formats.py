@@ -429,3 +429,68 @@ def test_original_layout_through_snakemake_with_its_embedding_table(tmp_path):
 
     table = load_file(results / "embedding" / "embedding.safetensors")
     assert next(iter(table.values())).shape == (len(VARIABLES), 8)
+
+
+def write_early_prediction_stays(root: Path, seed: int = 0) -> None:
+    """40 hourly .psv stays of 2-14 rows: ICULOS from 1-3, sepsis onset at a random row or
+    never, an Age column (static: repeated on every row), a few missing cells."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for p in range(40):
+        n, start = int(rng.integers(2, 15)), int(rng.integers(1, 4))
+        onset = int(rng.integers(0, n)) if rng.random() < 0.5 else n
+        lines = ["|".join(["HR", "Lactate", "Age", "ICULOS", "SepsisLabel"])]
+        for r in range(n):
+            hr = f"{rng.integers(60, 120)}" if rng.random() < 0.8 else "NaN"
+            lactate = f"{rng.integers(5, 40) / 10}" if rng.random() < 0.3 else "NaN"
+            lines.append("|".join([hr, lactate, "63", str(start + r), "1" if r >= onset else "0"]))
+        (root / f"p{p:04d}.psv").write_text("\n".join(lines) + "\n")
+
+
+def test_physionet2019_early_prediction_cohort_against_a_direct_computation(tmp_path):
+    import pandas as pd
+
+    hour = 6
+    write_early_prediction_stays(tmp_path / "p2019")
+    qc = run_data_stages(tmp_path / "out", {"format": "physionet2019", "events": tmp_path / "p2019"},
+                         prediction_hour=hour)  # fmt: skip
+    found = measurements(tmp_path / "out")
+
+    expected, excluded, cells = {}, {"stay_shorter_than_prediction_hour": 0, "sepsis_by_prediction_hour": 0}, {}
+    for path in sorted((tmp_path / "p2019").glob("*.psv")):  # the task, stay by stay
+        frame = pd.read_csv(path, sep="|")
+        if len(frame) < hour or (frame["SepsisLabel"][:hour] == 1).any():
+            reason = "stay_shorter_than_prediction_hour" if len(frame) < hour else "sepsis_by_prediction_hour"
+            excluded[reason] += 1
+            cells[reason] = cells.get(reason, 0) + int(frame[["HR", "Lactate", "Age"]].notna().sum().sum())
+            continue
+        window = frame[:hour]
+        events = sorted(
+            (60.0 * row.ICULOS, variable)
+            for i, row in enumerate(window.itertuples())
+            for variable in ("HR", "Lactate", "Age")
+            if not np.isnan(getattr(row, variable)) and (variable != "Age" or i == 0)
+        )
+        expected[path.stem] = (int((frame["SepsisLabel"][hour:] == 1).any()), events)
+        cells["after_prediction_hour"] = cells.get("after_prediction_hour", 0) + int(
+            frame[hour:][["HR", "Lactate", "Age"]].notna().sum().sum())  # fmt: skip
+        cells["repeated_static_descriptor"] = cells.get("repeated_static_descriptor", 0) + hour - 1
+
+    assert min(excluded.values()) > 0 and 0 < sum(y for y, _ in expected.values()) < len(expected)
+    assert set(found) == set(expected)
+    for stay, (_, label, sets) in found.items():
+        events = sorted((t, variable) for t, members in sets for variable, _ in members)
+        assert (label, events) == expected[stay], stay  # nothing of a row after the W-th
+    cohort = qc["cohort"]
+    assert cohort == {"prediction_hour": hour, "stays": 40, "eligible": len(expected),
+                      "positive": sum(y for y, _ in expected.values()), "excluded": excluded}  # fmt: skip
+    assert {k: v for k, v in qc["rows_dropped"].items() if v} == {k: v for k, v in cells.items() if v}
+    labels = (tmp_path / "out" / "labels.csv").read_text().splitlines()
+    assert len(labels) - 1 == len(expected)  # excluded stays have no label row
+
+
+def test_prediction_hour_is_a_physionet2019_key():
+    from seqsetvae.settings import load_settings
+
+    with pytest.raises(InputError, match=r"data.prediction_hour: a physionet2019 task; data.format is 'csv'"):
+        load_settings({"data": {"format": "csv", "prediction_hour": 24}})

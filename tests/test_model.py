@@ -5,6 +5,7 @@ set, strict causality, the vectorised losses against slow loop references, and a
 overfitting run. Small model in float64, eval mode unless said otherwise.
 """
 
+import dataclasses
 import math
 
 import numpy as np
@@ -309,6 +310,24 @@ def test_total_loss_weighs_the_terms():
     torch.testing.assert_close(out.kl, out.kl_per_set.mean())
     assert out.mu.shape == out.h.shape == (batch.n_sets, SMALL.latent_dim)
     assert out.logits.shape == (3, 2)
+
+
+def test_value_and_variable_token_names_the_variable_of_a_value_at_the_mean():
+    """model.token value (docs/model.md): a z = 0 value is the zero token, whatever the
+    variable; value_and_variable: the variable's own direction, distinct per variable."""
+    patients = random_patients(2, mean_sets=4, mean_events=12, vocab_size=VOCAB, seed=3)
+    patients.values[:] = 0.0
+    batch = collate(patients)
+    assert torch.count_nonzero(small_model().tokens(batch)) == 0
+    model = small_model(config=dataclasses.replace(SMALL, token="value_and_variable"))
+    tokens = model.tokens(batch)
+    torch.testing.assert_close(tokens.norm(dim=-1), torch.ones(len(tokens), dtype=tokens.dtype))
+    variables = batch.batch_variables[batch.event_variable]
+    first = {int(v): tokens[i] for i, v in reversed(list(enumerate(variables)))}
+    assert len(first) > 3 and all(torch.equal(tokens[i], first[int(v)]) for i, v in enumerate(variables))
+    assert min(torch.dist(a, b) for i, a in enumerate(first.values()) for b in list(first.values())[i + 1:]) > 1e-3
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in model.parameter_groups(1e-3)}
+    assert id(model.presence.weight) in groups["setvae_encoder"]
 
 
 # -- API --------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def test_pipeline_end_to_end(tmp_path):
         assert shown(quality.iloc[i]["test AUROC (mean)"], entry["test_auroc"]["mean"])
         assert entry["validation_points"] == 3
     assert study["test_split"]["patients"] == len(test_ids)
-    assert [b["name"] for b in study["baselines"]] == ["logistic_regression", "gradient_boosting"]
+    assert [b["name"] for b in study["baselines"]] == ["logistic_regression", "gradient_boosting", "gru"]
     baseline = pd.read_parquet(results / "baselines" / "logistic_regression_predictions.parquet")
     assert sorted(baseline.patient_id) == test_ids
     assert study["summary"] == [line[2:] for line in text.split("## Summary\n", 1)[1].split("\n## ", 1)[0].strip().splitlines()]

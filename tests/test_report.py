@@ -297,6 +297,44 @@ def test_no_batch_size_1_uses_the_smallest_as_reference(tmp_path):
     assert study["reference_batch_size"] == 4 and study["batch_sizes"][0]["relative_speed"] == 1.0
 
 
+def test_a_gru_baseline_is_a_row_and_can_be_the_best_baseline(tmp_path):
+    results = build_results(tmp_path, (1, 4), seeds=(0,))
+    write_baseline(results, "gru", 5.0, 0.90)  # the best on validation
+    out = tmp_path / "reports" / "batch_comparison.md"
+    names = ["logistic_regression", "gradient_boosting", "gru"]
+    argv = ["--settings", json.dumps(SETTINGS), "--results", str(results), "--batch-sizes", "1", "4", "--seeds", "0",
+            "--baselines", *names, "--out", str(out)]  # fmt: skip
+    assert report.main(argv) == 0
+    text, study = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    assert [b["name"] for b in study["baselines"]] == names and study["best_baseline"] == "gru"
+    gru = study["baselines"][2]
+    assert gru["test_auroc"]["estimate"] == json.loads((results / "baselines" / "gru.json").read_text())["auroc"]
+    quality = table(text, "## Test-set quality")
+    assert quality["model"].tolist()[-1] == "baseline: gru"
+    assert shown(quality.iloc[-1]["test AUROC (mean)"], gru["test_auroc"]["estimate"])
+    # the paired deltas are against the gru's own test predictions
+    def frame(*path):
+        return pd.read_parquet(results.joinpath(*path)).probability.to_numpy()[None, :]
+
+    groups = {f"bs{b}": frame("eval", f"bs{b}", "seed0_predictions.parquet") for b in (1, 4)}
+    groups |= {n: frame("baselines", f"{n}_predictions.parquet") for n in names}
+    expected = paired_differences(LABELS, groups, [("bs1", "gru"), ("bs4", "gru")], 200, 0)
+    against = table(text, "### Paired differences against the best baseline (gru, chosen on the validation split)")
+    for i, e in enumerate(study["batch_sizes"]):
+        d = e["delta_auroc_vs_best_baseline"]
+        assert d == {k: expected[i]["auroc"][k] for k in ("estimate", "ci", "p", "p_adjusted")}
+        assert shown(against.iloc[i]["Δ AUROC"], d["estimate"], signed=True)
+    # and every batch size against every baseline, Holm within each baseline
+    every = table(text, "### Paired AUROC differences against every baseline")
+    for name in names:
+        expected = paired_differences(LABELS, groups, [("bs1", name), ("bs4", name)], 200, 0)
+        entry = next(b for b in study["baselines"] if b["name"] == name)
+        for i, d in enumerate(entry["batch_sizes_minus_baseline"]):
+            assert d["batch_size"] == (1, 4)[i]
+            assert d["auroc"] == {k: expected[i]["auroc"][k] for k in ("estimate", "ci", "p", "p_adjusted")}
+            assert every.iloc[i][f"Δ AUROC vs {name} [95% CI], Holm p"].startswith(f"{d['auroc']['estimate']:+.3f} ")
+
+
 def test_environment_section(tmp_path):
     results = build_results(tmp_path, (1, 4), seeds=(0,))
     text, _ = run_report(tmp_path, results, (1, 4), (0,))

@@ -416,6 +416,8 @@ def ingest(settings: dict, event_paths: list[str], labels_path: str, splits_path
         qc = _qc(labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data,
                  source.drops)  # fmt: skip
         _check_labels_without_events(qc, labels, first_pass, labels_path, data)
+        if source.cohort is not None:  # the format's task: stays in, eligible, excluded by reason
+            qc["cohort"] = source.cohort
         qc["warnings"] = [_near_miss_note(near_misses)] if near_misses else []
         if qc["rows_kept"] == 0:
             raise InputError(

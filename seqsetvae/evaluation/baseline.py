@@ -1,6 +1,6 @@
-"""`seqsetvae baseline`: simple models on per-patient summaries of the same shards.
+"""`seqsetvae baseline`: simple models on per-patient summaries (and time bins) of the same shards.
 
-    seqsetvae baseline --settings JSON --shards DIR --out-dir results/baselines
+    seqsetvae baseline --settings JSON --shards DIR --vocab F --out-dir results/baselines [--threads N]
 
 What the VAE must beat to be worth its cost. Every patient of a split becomes one row of
 summary features computed from the shards the VAE trains on (the same normalised
@@ -13,14 +13,16 @@ values, truncation and splits), vectorised over all events of the split at once:
   (log1p of the hours between the first and the last set).
 
 Each model of `baseline.models` is fitted on the train split, its one hyper-parameter
-(if any) chosen on the validation split by AUROC, and scored on the test split with the
-same metrics, bootstrap and predictions format as a VAE run (`seqsetvae evaluate`):
-`{name}.json` and `{name}_predictions.parquet` in `--out-dir`.
+(if any; the GRU's epoch) chosen on the validation split by AUROC, and scored on the
+test split with the same metrics, bootstrap and predictions format as a VAE run
+(`seqsetvae evaluate`): `{name}.json` and `{name}_predictions.parquet` in `--out-dir`.
 
 - `logistic_regression`: missing values imputed by 0 (the train mean, in z units) beside
   the observed flags, standardised, L2-regularised, C chosen from `baseline.lr_c_grid`.
 - `gradient_boosting`: scikit-learn's `HistGradientBoostingClassifier` (missing values
   handled natively), default settings, seeded.
+- `gru`: not on the summaries but on time bins of the same shards (`baseline.gru`), a
+  one-layer GRU, epoch chosen on the validation split (seqsetvae.evaluation.sequence_baseline).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from seqsetvae.evaluation.metrics import classification_metrics
 from seqsetvae.io import write_json
 from seqsetvae.settings import load_settings
 
-MODELS = ("logistic_regression", "gradient_boosting")
+MODELS = ("logistic_regression", "gradient_boosting", "gru")
 SPLITS = ("train", "valid", "test")
 
 
@@ -86,11 +88,19 @@ def patient_features(patients: RaggedPatients, vocab_size: int) -> np.ndarray:
     return np.concatenate(blocks, axis=1)
 
 
+def read_split(shards: Path, split: str) -> tuple[RaggedPatients, int]:
+    """(every patient of the split in the reader's order, vocabulary size)."""
+    reader = ShardReader(shards, split)
+    return reader.take(np.arange(len(reader))), reader.vocab_size
+
+
 def split_features(shards: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(features [P, F], labels [P], patient ids) of one split, in the reader's order."""
-    reader = ShardReader(shards, split)
-    patients = reader.take(np.arange(len(reader)))
-    return patient_features(patients, reader.vocab_size), patients.labels.astype(np.int64), patients.patient_ids
+    return summaries(*read_split(shards, split))
+
+
+def summaries(patients: RaggedPatients, vocab_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    return patient_features(patients, vocab_size), patients.labels.astype(np.int64), patients.patient_ids
 
 
 def make_model(name: str, settings: dict, seed: int, c: float | None = None):
@@ -136,6 +146,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--shards", required=True, help="shards directory (results/shards)")
     parser.add_argument("--vocab", required=True, help="stats/vocabulary.json (feature names)")
     parser.add_argument("--out-dir", required=True, help="folder of {model}.json and {model}_predictions.parquet")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of the gru (default: torch's)")
     args = parser.parse_args(argv)
     settings = load_settings(args.settings)
     baseline, evaluate = settings["baseline"], settings["evaluate"]
@@ -144,7 +155,8 @@ def main(argv: list[str]) -> int:
     from seqsetvae.io import read_json
 
     vocabulary = read_json(args.vocab)["variables"]
-    data = {split: split_features(shards, split) for split in SPLITS}
+    read = {split: read_split(shards, split) for split in SPLITS}
+    data = {split: summaries(*read[split]) for split in SPLITS}
     for split, (x, y, _) in data.items():
         if len(y) == 0:
             raise InputError(f"{shards}/{split}: the {split} split has no patients; the baselines need all three splits")
@@ -157,8 +169,15 @@ def main(argv: list[str]) -> int:
     x_test, y_test, test_ids = data["test"]
     for name in baseline["models"]:
         start = time.perf_counter()
-        model, chosen = fit_baseline(name, data, baseline, evaluate["seed"])
-        probabilities = model.predict_proba(x_test)[:, 1].astype(np.float64)
+        if name == "gru":
+            from seqsetvae.evaluation.sequence_baseline import gru_baseline
+
+            probabilities, chosen, features = gru_baseline(read, baseline["gru"], evaluate["seed"], args.threads)
+        else:
+            model, chosen = fit_baseline(name, data, baseline, evaluate["seed"])
+            probabilities = model.predict_proba(x_test)[:, 1].astype(np.float64)
+            features = {"n": len(names), "per_variable": ["mean", "last", "log_count", "observed"],
+                        "per_patient": names[-3:]}  # fmt: skip
         metrics = classification_metrics(y_test, probabilities, evaluate["bootstrap_resamples"], evaluate["seed"])
         predictions = out / f"{name}_predictions.parquet"
         write_predictions(predictions, list(test_ids), y_test, probabilities)
@@ -167,8 +186,7 @@ def main(argv: list[str]) -> int:
             {
                 "name": name,
                 "split": "test",
-                "features": {"n": len(names), "per_variable": ["mean", "last", "log_count", "observed"],
-                             "per_patient": names[-3:]},  # fmt: skip
+                "features": features,
                 "train_patients": int(len(data["train"][1])),
                 "chosen_on_valid": chosen,
                 **metrics,

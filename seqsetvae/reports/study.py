@@ -232,6 +232,12 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict) -> dict:
         pairs = [(f"bs{b}", best_baseline["name"]) for b in sizes]
         vs_baseline = dict(zip(sizes, paired.paired_differences(labels, groups, pairs, resamples, boot_seed)))
 
+    # every batch size against every baseline, too (Holm within each baseline's family)
+    vs_each = {
+        base["name"]: dict(zip(sizes, paired.paired_differences(labels, groups, [(f"bs{b}", base["name"]) for b in sizes], resamples, boot_seed)))
+        for base in baselines
+    }  # fmt: skip
+
     curves = {b: mean_curve(rs) for b, rs in by_size.items()}
     best_mean = max((float(c["val_auroc"].max()) for c in curves.values() if len(c) and c["val_auroc"].notna().any()), default=None)
     share = report.get("target_share", 0.95)
@@ -280,6 +286,11 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict) -> dict:
                 "chosen_on_valid": b.get("chosen_on_valid"),
                 "test_auroc": {"estimate": b["auroc"], "ci": b["auroc_ci"]},
                 "test_auprc": {"estimate": b["auprc"], "ci": b["auprc_ci"]},
+                "batch_sizes_minus_baseline": [
+                    {"batch_size": size, "auroc": delta(vs_each[b["name"]][size], "auroc"),
+                     "auprc": delta(vs_each[b["name"]][size], "auprc")}
+                    for size in sizes
+                ],  # fmt: skip
             }
             for b in baselines
         ],

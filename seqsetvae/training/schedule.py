@@ -5,7 +5,7 @@ counted optimiser steps, batch size 16 would take 16 times fewer steps than batc
 through the same warm-up and never reach the phases that batch size 1 reaches, so every
 schedule here is in epochs (`model.*_epochs`, `train.lr_warmup_epochs`, the cosine over
 the whole budget `train.epochs`). Experts can pin a loss schedule to optimiser steps
-(`model.*_steps`, MODEL.md's original 5000/5000/10000) or use the original's step-based
+(`model.*_steps`, docs/model.md's original 5000/5000/10000) or use the original's step-based
 warm restarts (`train.lr_schedule: cosine_restarts`).
 
 Progress is measured after the step's batch: a step that ends the first epoch has
@@ -43,21 +43,21 @@ def loss_weights(model: dict, step: int, epochs: float) -> LossWeights:
     """Training weights after `step` steps and `epochs` epochs (the `model:` section's schedule).
 
     beta: 0 -> max_beta over the beta warm-up; prediction: 0 -> pred_weight over its
-    warm-up; reconstruction: 1 -> 0.5 over the reconstruction decay (MODEL.md).
+    warm-up; reconstruction: 1 -> 0.5 over the reconstruction decay (docs/model.md).
     """
     return LossWeights(
         beta=model["max_beta"] * _progress(model, "beta_warmup", step, epochs),
-        recon=1.0 - 0.5 * _progress(model, "recon_decay", step, epochs),
+        recon=model["recon_weight"] * (1.0 - 0.5 * _progress(model, "recon_decay", step, epochs)),
         pred=model["pred_weight"] * _progress(model, "pred_warmup", step, epochs),
     )
 
 
 def evaluation_weights(model: dict) -> LossWeights:
-    """Validation and test weights: the schedule's end (MODEL.md: recon 0.5, pred w; full beta).
+    """Validation and test weights: the schedule's end (docs/model.md: recon 0.5, pred w; full beta).
 
     Fixed, so that validation losses compare across the points of a run and across runs.
     """
-    return LossWeights(beta=model["max_beta"], recon=0.5, pred=model["pred_weight"])
+    return LossWeights(beta=model["max_beta"], recon=0.5 * model["recon_weight"], pred=model["pred_weight"])
 
 
 def lr_factor(train: dict, step: int, epochs: float) -> float:

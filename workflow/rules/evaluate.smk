@@ -73,7 +73,7 @@ rule baseline:
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics[0]),
     shell:
         "logged {log:q} seqsetvae baseline --settings {params.settings:q} --shards {input.shards:q}"
-        " --vocab {input.vocab:q} --out-dir {params.out_dir:q}"
+        " --vocab {input.vocab:q} --out-dir {params.out_dir:q} --threads {threads}"
 
 
 rule meds_predictions:

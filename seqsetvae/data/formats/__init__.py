@@ -88,6 +88,7 @@ class EventSource:
     drops: Drops
     minutes_per_unit = 1.0  # the batches' time unit (the adapters give minutes)
     windowed = False  # whether the source applies data.observation_window_hours itself
+    cohort: dict | None = None  # a task's cohort counts (stays, eligible, excluded by reason)
 
     def paths(self) -> list[Path]:
         raise NotImplementedError

@@ -12,10 +12,19 @@ literature gives its models.
 (`ICULOS`); every non-missing cell of a measurement column is an event at minute
 `60 * ICULOS`; the static descriptors (Age, Gender, Unit1, Unit2, HospAdmTime) are one
 event each at the stay's first row, their repeats on later rows are counted
-(`repeated_static_descriptor`). The label is sepsis during the stay (`SepsisLabel` 1 at
-any hour) and, so that it cannot leak, no cell of the hour from which `SepsisLabel` is
-1, or of any later hour, becomes an event (`after_label_onset`): the model predicts
-from the hours before the challenge's onset label (6 h before clinical sepsis onset).
+(`repeated_static_descriptor`). Two tasks:
+
+- early prediction (`data.prediction_hour` W): the first W hourly rows of a stay are
+  its input (`after_prediction_hour` counts the later rows' cells) and the label is
+  `SepsisLabel` 1 at any later row. Stays with fewer than W rows
+  (`stay_shorter_than_prediction_hour`) or with `SepsisLabel` 1 within their first W
+  rows (`sepsis_by_prediction_hour`) are not in the cohort: their cells are counted
+  under those reasons and the stays in `cohort` of qc.json.
+- sepsis at any hour (`prediction_hour` null): the whole stay, cut so that no cell of
+  the hour from which `SepsisLabel` is 1, or of any later hour, becomes an event
+  (`after_label_onset`). No measured value of the septic hours reaches the model, but
+  where the stay ends does: a septic stay stops at its onset, every other stay runs to
+  discharge, so its length and last hours give the label away.
 """
 
 from __future__ import annotations
@@ -159,16 +168,56 @@ def _p2019_matrix(path: Path) -> tuple[list[str], np.ndarray]:
     return table.column_names, np.column_stack(columns) if columns else np.zeros((len(table), 0))
 
 
+EXCLUDED = ("stay_shorter_than_prediction_hour", "sepsis_by_prediction_hour")
+
+
+def early_prediction(sepsis_label: np.ndarray, hour: int) -> tuple[str | None, int]:
+    """(exclusion reason or None, label) of one stay for prediction at `hour`: the stay
+    needs `hour` rows without sepsis; its label is sepsis at any later row."""
+    if len(sepsis_label) < hour:
+        return EXCLUDED[0], 0
+    if (sepsis_label[:hour] == 1).any():
+        return EXCLUDED[1], 0
+    return None, int((sepsis_label[hour:] == 1).any())
+
+
 class PhysioNet2019(EventSource):
     format = "physionet2019"
     columns = {"patient_id": "file name", "time": P2019_TIME, "variable": "column", "value": "cell"}
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, prediction_hour: int | None = None):
         self.files = _files(directory, ".psv", "PhysioNet 2019")
-        self.drops = Drops({"after_label_onset": P2019_LABEL, "repeated_static_descriptor": "static descriptor"})
+        self.prediction_hour = prediction_hour
+        reasons = {"after_label_onset": P2019_LABEL, "repeated_static_descriptor": "static descriptor"}
+        if prediction_hour is not None:
+            reasons = {"after_prediction_hour": P2019_TIME, **dict.fromkeys(EXCLUDED, P2019_LABEL),
+                       "repeated_static_descriptor": "static descriptor"}  # fmt: skip
+            self.cohort = {"prediction_hour": prediction_hour, "stays": 0, "eligible": 0, "positive": 0,
+                           "excluded": dict.fromkeys(EXCLUDED, 0)}  # fmt: skip
+        self.drops = Drops(reasons)
 
     def paths(self) -> list[Path]:
         return self.files
+
+    def _cut(self, time, label, row, locator) -> np.ndarray:
+        """bool [cells]: the cells that are not the task's input, counted by reason."""
+        if self.prediction_hour is None:
+            onset = time[label == 1].min(initial=np.inf)
+            # the onset hour and every later hour: unknown to a model predicting sepsis
+            after = (time[row] >= onset) | (np.isnan(time[row]) & np.isfinite(onset))
+            self.drops.add("after_label_onset", locator, np.flatnonzero(after))
+            return after
+        excluded, positive = early_prediction(label, self.prediction_hour)
+        self.cohort["stays"] += 1
+        if excluded is not None:
+            self.cohort["excluded"][excluded] += 1
+            self.drops.add(excluded, locator, np.arange(len(row)))
+            return np.ones(len(row), dtype=bool)
+        self.cohort["eligible"] += 1
+        self.cohort["positive"] += positive
+        after = row >= self.prediction_hour
+        self.drops.add("after_prediction_hour", locator, np.flatnonzero(after))
+        return after
 
     def batches(self):
         gather = Gather()
@@ -176,19 +225,16 @@ class PhysioNet2019(EventSource):
             names, matrix = _p2019_matrix(path)
             time = matrix[:, names.index(P2019_TIME)] * 60.0
             label = matrix[:, names.index(P2019_LABEL)]
-            onset = time[label == 1].min(initial=np.inf)
             event_columns = [i for i, name in enumerate(names) if name not in (P2019_TIME, P2019_LABEL)]
             row, column = np.nonzero(~np.isnan(matrix[:, event_columns]))
             column = np.asarray(event_columns, dtype=np.int64)[column]
             static = np.isin(column, [names.index(n) for n in P2019_STATIC if n in names])
             row_number = row.astype(np.int64) + 1
             locator = _one_file(path, row_number)
-            # the onset hour and every later hour: unknown to a model predicting sepsis
-            after = (time[row] >= onset) | (np.isnan(time[row]) & np.isfinite(onset))
-            self.drops.add("after_label_onset", locator, np.flatnonzero(after))
-            repeat = static & (row > 0) & ~after
+            cut = self._cut(time, label, row, locator)
+            repeat = static & (row > 0) & ~cut
             self.drops.add("repeated_static_descriptor", locator, np.flatnonzero(repeat))
-            keep = np.flatnonzero(~after & ~repeat)
+            keep = np.flatnonzero(~cut & ~repeat)
             # a static descriptor's event is at the stay's first hour
             codes = gather.variable_codes(names)[column[keep]]
             yield from gather.add(
@@ -202,7 +248,7 @@ class PhysioNet2019(EventSource):
 
 
 def source(name: str, events: Path, labels_csv: Path, data: dict) -> EventSource:
-    return PhysioNet2012(events) if name == "physionet2012" else PhysioNet2019(events)
+    return PhysioNet2012(events) if name == "physionet2012" else PhysioNet2019(events, data["prediction_hour"])
 
 
 def write_labels(name: str, events: Path, labels: str | None, out: str, splits_out: str | None, data: dict) -> dict:
@@ -215,13 +261,22 @@ def write_labels(name: str, events: Path, labels: str | None, out: str, splits_o
         result = pa.table({"patient_id": canonical_ids(table["RecordID"]), "label": table[P2012_LABEL]})
     else:
         files = _files(events, ".psv", "PhysioNet 2019")
-        ids, label = [], np.zeros(len(files), dtype=np.int8)
+        hour = data["prediction_hour"]
+        ids, labels, excluded = [], [], dict.fromkeys(EXCLUDED, 0)
         only_label = pacsv.ConvertOptions(include_columns=[P2019_LABEL], column_types={P2019_LABEL: pa.float64()})
-        for i, path in enumerate(files):  # one label per file, from its label column only
+        for path in files:  # one label per file, from its label column only
             column = _read(path, "PhysioNet 2019", parse_options=pacsv.ParseOptions(delimiter="|"),
                            convert_options=only_label)[P2019_LABEL]  # fmt: skip
+            sepsis = column.to_numpy()
+            reason, label = early_prediction(sepsis, hour) if hour is not None else (None, int((sepsis == 1).any()))
+            if reason is not None:  # not in the cohort; ingest counts its cells and the stay
+                excluded[reason] += 1
+                continue
             ids.append(path.name[: -len(".psv")])
-            label[i] = int(pc.max(column).as_py() == 1)
-        result = pa.table({"patient_id": pa.array(ids, pa.string()), "label": pa.array(label)})
+            labels.append(label)
+        result = pa.table({"patient_id": pa.array(ids, pa.string()), "label": pa.array(labels, pa.int8())})
+        if hour is not None:
+            write_csv(result, out)
+            return {"stays": len(files), "eligible": len(ids), "positive": int(sum(labels)), **excluded}
     write_csv(result, out)
     return {"patients": len(result)}
