@@ -1,6 +1,6 @@
 """The model's batch: B patients packed into one two-level structure, built without loops.
 
-Layout (chosen for speed; see README "The model"):
+Layout (chosen for speed; see docs/model.md, section 4):
 
 - **Events are packed**, not padded: one row per real event, `[E]`, in the order of the
   input (patient, then set, then event). Every per-event operation of the set encoder

@@ -29,7 +29,7 @@ reads only that set's rows, so a patient's outputs do not depend on its batch-ma
 Only the sequence transformer sees a padded `[B, T_max]` grid, with a causal mask plus
 a key-padding mask.
 
-Deviations from docs/model.md (each with its reason) are listed in README "The model" and
+Deviations from docs/model.md (each with its reason) are listed in docs/model.md (section 5) and
 marked `# deviation:` below.
 """
 

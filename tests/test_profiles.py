@@ -157,7 +157,7 @@ def test_local_run_gives_training_every_core(tmp_path, tiny_pipeline_config):
 
 @needs_slurm_plugin
 def test_train_and_evaluate_can_share_one_cluster_job(tmp_path, tiny_pipeline_config):
-    """README's optional grouping: one group job per run, holding its train and evaluate."""
+    """docs/slurm.md's optional grouping: one group job per run, holding its train and evaluate."""
     groups = ["--groups", "train=train_evaluate", "evaluate=train_evaluate"]
     jobs = dry_run(tmp_path, tiny_pipeline_config(), "--profile", str(SLURM_PROFILE), *groups)
     members = {}

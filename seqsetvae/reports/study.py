@@ -212,7 +212,7 @@ def protocol(settings: dict, runs: list[Run], n_train: int) -> dict:
 
 
 def build_study(runs: list[Run], baselines: list[dict], settings: dict) -> dict:
-    """The `batch_comparison.json` object (see README "Reading the report") of loaded runs."""
+    """The `batch_comparison.json` object (see docs/report.md) of loaded runs."""
     report = settings.get("report", {})
     evaluate = settings.get("evaluate", {})
     resamples, boot_seed = evaluate.get("bootstrap_resamples", 1000), evaluate.get("seed", 0)
