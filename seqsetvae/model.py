@@ -44,7 +44,6 @@ import torch.nn.functional as F
 
 from seqsetvae.batching import Batch
 from seqsetvae.errors import InputError
-from seqsetvae.training.schedule import LossWeights
 
 # -- configuration ----------------------------------------------------------------------
 
@@ -77,6 +76,16 @@ class ModelConfig:
             if config.latent_dim % heads:
                 raise InputError(f"configuration key model.{key}: {heads} does not divide model.latent_dim {config.latent_dim}")
         return config
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """What the total loss weighs each term by: pred * CE + recon * Chamfer + beta * KL
+    (seqsetvae.training.schedule sets them from the run's progress)."""
+
+    beta: float
+    recon: float
+    pred: float
 
 
 @dataclass

@@ -6,7 +6,7 @@ import torch
 from seqsetvae.batching import collate, random_patients
 from seqsetvae.model import ModelConfig, SeqSetVAE
 from seqsetvae.training.runtime import compiled_graphs, compiled_step
-from seqsetvae.training.schedule import LossWeights
+from seqsetvae.model import LossWeights
 
 # one level and one transformer layer: the same kinds of ops as the default model in
 # half the graph, so that inductor's C++ compilation takes a few minutes, not ten

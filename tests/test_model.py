@@ -17,7 +17,7 @@ from seqsetvae.batching import collate, random_patients
 from seqsetvae.data.ragged import RaggedPatients
 from seqsetvae.errors import InputError
 from seqsetvae.model import ModelConfig, SeqSetVAE, chamfer_per_set, kl_per_set
-from seqsetvae.training.schedule import LossWeights
+from seqsetvae.model import LossWeights
 
 SMALL = ModelConfig(
     reduced_dim=16,

@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from seqsetvae.data import SPLITS
 from seqsetvae.data.csvio import (
     canonical_ids,
     canonical_ids_encoded,
@@ -58,7 +59,6 @@ from seqsetvae.errors import InputError
 from seqsetvae.io import atomic_path, write_json
 from seqsetvae.settings import load_settings
 
-SPLITS = ("train", "valid", "test")
 AUTO_PARTITION_BYTES = 64 << 20  # ~2.5M rows of a typical event CSV per partition
 EXAMPLES_PER_REASON = 5
 # |value| above this is no measurement (a unit or export error): dropped as

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from seqsetvae.data import SPLITS
 from seqsetvae.data.reader import map_safetensors
 from seqsetvae.errors import InputError
 from seqsetvae.io import read_json, write_json
 
-SPLITS = ("train", "valid", "test")
 
 
 def _merge(a: dict, b: dict) -> dict:

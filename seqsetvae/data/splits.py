@@ -19,12 +19,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from seqsetvae.data import SPLITS
 from seqsetvae.data.csvio import canonical_ids, parse_labels, read_table, row_examples
 from seqsetvae.errors import InputError
 from seqsetvae.io import atomic_path
 from seqsetvae.settings import load_settings
 
-SPLITS = ("train", "valid", "test")
 SPLIT_ALIASES = {
     "train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test",
     "tuning": "valid", "held_out": "test",  # MEDS's split names

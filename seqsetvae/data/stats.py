@@ -23,12 +23,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from seqsetvae.data import SPLITS
 from seqsetvae.errors import InputError
 from seqsetvae.io import read_json, write_json
 from seqsetvae.settings import load_settings
 
 EVENT_COLUMNS = ("patient_id", "time", "variable", "value", "split")
-SPLITS = ("train", "valid", "test")
 
 
 # ----------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seqsetvae.data import SPLITS
 from seqsetvae.data.ragged import RaggedPatients
 from seqsetvae.data.reader import ShardReader
 from seqsetvae.errors import InputError
@@ -41,7 +42,6 @@ from seqsetvae.io import write_json
 from seqsetvae.settings import load_settings
 
 MODELS = ("logistic_regression", "gradient_boosting", "gru")
-SPLITS = ("train", "valid", "test")
 
 
 def feature_names(vocabulary: list[str]) -> list[str]:

@@ -16,16 +16,8 @@ every weight and learning rate from its counters.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class LossWeights:
-    """What the total loss weighs each term by: pred * CE + recon * Chamfer + beta * KL."""
-
-    beta: float
-    recon: float
-    pred: float
+from seqsetvae.model import LossWeights
 
 
 def ramp(done: float, length: float | None) -> float:
