@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from seqsetvae.batching import Batch
 from seqsetvae.errors import InputError
+from seqsetvae.segments import at_least_float32, expand, segment_min, segment_softmax, segment_sum, sinusoid
 
 # -- configuration ----------------------------------------------------------------------
 
@@ -64,6 +65,7 @@ class ModelConfig:
     label_smoothing: float = 0.1
     time_encoding: str = "log1p_minutes"  # log1p_minutes | hours
     token: str = "value"  # value | value_and_variable
+    readout: str = "attention_last"  # attention_last | centered
 
     @classmethod
     def from_settings(cls, model: dict | None) -> "ModelConfig":
@@ -102,84 +104,6 @@ class ModelOutput:
     kl_per_set: torch.Tensor  # [S] (free bits applied: what the loss sees)
     kl_raw_per_set: torch.Tensor  # [S] (the posterior's KL, for reporting)
     ce_per_patient: torch.Tensor  # [B]
-
-
-# -- segment operations (packed rows, each segment a run of consecutive rows) ------------
-#
-# `lengths [K]` gives the rows of each segment in order (sum(lengths) == N). Reductions use
-# torch.segment_reduce, which reads each segment's rows alone, so a segment's result does
-# not depend on any other segment (exact batch invariance). The custom backward passes
-# pair segment_reduce with repeat_interleave: both stream over contiguous rows, several
-# times faster on CPU than index_add / index_select with an index tensor. `unsafe=True`
-# skips segment_reduce's check of the lengths, which copies them to the host (a device
-# synchronisation per call, ~70 per training step): collate builds them, and
-# tests/test_batching.py checks that they are whole and sum to the rows.
-
-
-def at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """x in float32 if it is in a half type (bf16 autocast); float32/float64 kept."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-class _SegmentSum(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(lengths)
-        ctx.rows = src.shape[0]
-        return torch.segment_reduce(src.contiguous(), "sum", lengths=lengths, axis=0, unsafe=True)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (lengths,) = ctx.saved_tensors
-        return torch.repeat_interleave(grad, lengths, dim=0, output_size=ctx.rows), None
-
-
-class _Expand(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, lengths: torch.Tensor, rows: int) -> torch.Tensor:
-        ctx.save_for_backward(lengths)
-        return torch.repeat_interleave(x, lengths, dim=0, output_size=rows)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (lengths,) = ctx.saved_tensors
-        return torch.segment_reduce(grad.contiguous(), "sum", lengths=lengths, axis=0, unsafe=True), None, None
-
-
-def segment_sum(src: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """[K, ...]: sum of each segment's rows of src [N, ...]."""
-    return _SegmentSum.apply(src, lengths)
-
-
-def expand(x: torch.Tensor, lengths: torch.Tensor, rows: int) -> torch.Tensor:
-    """[N, ...]: row k of x [K, ...] repeated lengths[k] times (one copy per segment row)."""
-    return _Expand.apply(x, lengths, rows)
-
-
-def segment_softmax(scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Softmax of scores [N, ...] over the rows of each segment, in float32 at least."""
-    scores = at_least_float32(scores)
-    rows = scores.shape[0]
-    peak = torch.segment_reduce(scores.detach().contiguous(), "max", lengths=lengths, axis=0, unsafe=True)
-    exp = torch.exp(scores - expand(peak, lengths, rows))
-    return exp / expand(segment_sum(exp, lengths), lengths, rows)
-
-
-def segment_min(src: torch.Tensor, segment: torch.Tensor, n_segments: int) -> torch.Tensor:
-    """[n_segments, ...]: minimum of the rows of src [N, ...] with segment id `segment` (any order)."""
-    index = segment.view(-1, *([1] * (src.dim() - 1))).expand_as(src)
-    out = src.new_full((n_segments, *src.shape[1:]), math.inf)
-    return out.scatter_reduce(0, index, src, "amin", include_self=False)
-
-
-def sinusoid(positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """[N, dim] fixed sin/cos code of integer positions [N] (Vaswani et al.)."""
-    freq = torch.exp(torch.arange(0, dim, 2, device=positions.device) * (-math.log(10000.0) / dim))
-    angle = positions.float()[:, None] * freq[None, :]
-    code = torch.zeros(len(positions), dim, device=positions.device)
-    code[:, 0::2] = torch.sin(angle)
-    code[:, 1::2] = torch.cos(angle[:, : dim // 2])
-    return code
 
 
 # -- attention blocks on packed sets -------------------------------------------------------
@@ -377,12 +301,23 @@ class SetDecoder(nn.Module):
 
 class Classifier(nn.Module):
     """Attention pooling over the sequence (softmax over t of h_t . z_t) beside the last
-    state h_T, then an MLP."""
+    state h_T, then an MLP. With `model.readout: centered`, the mean of the sets'
+    posterior means joins them, and the MLP reads the features minus their running mean
+    over training patients."""
+
+    # the running mean's window, in training patients (the same for every batch size)
+    CENTERING_PATIENTS = 512
 
     def __init__(self, c: ModelConfig):
         super().__init__()
         d = c.latent_dim
-        self.mlp = nn.Sequential(nn.Linear(2 * d, d // 2), nn.ReLU(), nn.Dropout(c.dropout), nn.Linear(d // 2, c.num_classes))
+        self.centered = c.readout == "centered"
+        width = 3 * d if self.centered else 2 * d
+        self.mlp = nn.Sequential(nn.Linear(width, d // 2), nn.ReLU(), nn.Dropout(c.dropout), nn.Linear(d // 2, c.num_classes))
+        if self.centered:
+            self.register_buffer("feature_mean", torch.zeros(width))
+            self.register_buffer("patients_seen", torch.zeros(1, dtype=torch.float64))
+        self.track_mean = True  # False: training-mode passes that must not move it (noise-scale measurements)
 
     def forward(self, h: torch.Tensor, z: torch.Tensor, batch: Batch) -> torch.Tensor:
         # deviation: scores scaled by 1/sqrt(latent) (scaled dot product) so the softmax
@@ -394,7 +329,36 @@ class Classifier(nn.Module):
         # mean, whose patient-to-patient spread shrinks with the number of sets; h_T has
         # attended to the whole stay and carries its length (the position code at T)
         last = h.index_select(0, torch.cumsum(batch.sets_per_patient, 0) - 1)  # [B, d]
-        return self.mlp(torch.cat([pooled, last], dim=-1))
+        if not self.centered:
+            return self.mlp(torch.cat([pooled, last], dim=-1))
+        # deviation (model.readout: centered; docs/learning_on_real_data.md): the features
+        # share a large component across patients (layer-normed states, means over ~24
+        # sets) beside a small patient-to-patient spread; Adam's steps on uncentred inputs
+        # go mostly into that shared part, and in a few epochs the MLP barely learnt to read
+        # the spread. The sets' mean posterior mean is the stay's bag-of-sets summary.
+        sets = batch.sets_per_patient.clamp(min=1).unsqueeze(-1).to(z.dtype)
+        features = torch.cat([pooled, last, segment_sum(z, batch.sets_per_patient) / sets], dim=-1)  # [B, 3d]
+        mean = self.feature_mean.to(features.dtype)
+        if self.training and self.track_mean:
+            mean = self.update_mean(features.detach(), batch.patient_weight)
+        return self.mlp(features - mean)
+
+    @torch.no_grad()
+    def update_mean(self, features: torch.Tensor, patient_weight: torch.Tensor) -> torch.Tensor:
+        """Move the running mean towards this batch's real patients; returns the mean this
+        batch is centred by: the one before the update (a patient's output then does not
+        depend on its batch-mates), except on the first batch, which has no earlier one."""
+        weight = patient_weight.to(features.dtype)
+        n = weight.sum()
+        batch_mean = (features * weight.unsqueeze(-1)).sum(0) / n
+        seen = self.patients_seen.to(features.dtype)  # [1]
+        # an exact average while fewer than the window have been seen, then exponential
+        # forgetting with a time constant of CENTERING_PATIENTS patients
+        rate = torch.maximum(n / (seen + n), -torch.expm1(-n / self.CENTERING_PATIENTS))
+        before = torch.where(seen > 0, self.feature_mean.to(features.dtype), batch_mean)
+        self.feature_mean.copy_(before + rate * (batch_mean - before))
+        self.patients_seen.copy_(self.patients_seen + n)
+        return before
 
 
 # -- losses -------------------------------------------------------------------------------------

@@ -403,3 +403,71 @@ def test_overfits_a_tiny_separable_dataset():
         out = model(batch, W)
     assert first > 0.6 and out.ce.item() < 0.3  # label smoothing 0.1 floors the CE near 0.2
     assert torch.equal(out.logits.argmax(-1), batch.labels)
+
+
+# -- the centred readout (model.readout: centered) --------------------------------------------------
+
+CENTERED = ModelConfig(**{**SMALL.__dict__, "dropout": 0.0, "readout": "centered"})
+
+
+def mlp_inputs(model, batch):
+    """The classifier MLP's input rows of one forward (features minus the mean used)."""
+    seen = []
+    handle = model.classifier.mlp.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    try:
+        model(batch, W)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_centered_readout_keeps_a_running_mean_of_training_patients_only():
+    model = small_model(config=CENTERED).train()
+    readout = model.classifier
+    first, second = collate(mixed_patients()), collate(random_patients(3, mean_sets=5, mean_events=20, vocab_size=VOCAB, seed=7))
+    centred = mlp_inputs(model, first)  # the first batch is centred by its own mean
+    torch.testing.assert_close(centred.mean(0), torch.zeros_like(centred[0]), atol=1e-12, rtol=0)
+    m1 = readout.feature_mean.clone()
+    assert readout.patients_seen.item() == first.n_patients and m1.abs().sum() > 0
+    features = mlp_inputs(model, second) + m1  # later batches: the mean before their update
+    rate = max(3 / (first.n_patients + 3), 1 - math.exp(-3 / readout.CENTERING_PATIENTS))
+    torch.testing.assert_close(readout.feature_mean, m1 + rate * (features.mean(0) - m1), rtol=1e-12, atol=1e-12)
+    assert readout.patients_seen.item() == first.n_patients + 3
+    # evaluation, and training-mode passes that are not training, leave it
+    moved = readout.feature_mean.clone()
+    model.eval()
+    with torch.no_grad():
+        model(first, W)
+    model.train()
+    readout.track_mean = False
+    model(first, W)
+    readout.track_mean = True
+    assert torch.equal(readout.feature_mean, moved) and readout.patients_seen.item() == first.n_patients + 3
+    # padding patients (bucketed batches) do not count
+    padded_model, plain_model = small_model(config=CENTERED).train(), small_model(config=CENTERED).train()
+    padded_model(collate(mixed_patients(), pad=True), W)
+    plain_model(collate(mixed_patients()), W)
+    torch.testing.assert_close(padded_model.classifier.feature_mean, plain_model.classifier.feature_mean, rtol=1e-12, atol=1e-12)
+    assert padded_model.classifier.patients_seen.item() == first.n_patients
+
+
+def test_centered_readout_saves_its_mean_and_keeps_patients_independent():
+    model = small_model(config=CENTERED).train()
+    model(collate(mixed_patients()), W)  # moves the running mean away from zero
+    model.eval()
+    state = model.state_dict()
+    assert "classifier.feature_mean" in state and "classifier.patients_seen" in state
+    restored = small_model(config=CENTERED)  # same weights and embedding; a zero mean until loaded
+    assert restored.classifier.feature_mean.abs().sum() == 0
+    restored.load_state_dict(state)
+    patients = mixed_patients()
+    with torch.no_grad():
+        together = model(collate(patients), W).logits
+        again = restored(collate(patients), W).logits
+        alone = torch.cat([model(collate(patients.take([i])), W).logits for i in range(patients.n_patients)])
+    torch.testing.assert_close(again, together, rtol=0, atol=0)
+    torch.testing.assert_close(alone, together, rtol=1e-10, atol=1e-10)
+    # the mean is what the MLP reads against: another mean, other logits
+    restored.classifier.feature_mean.add_(1.0)
+    with torch.no_grad():
+        assert not torch.allclose(restored(collate(patients), W).logits, together)

@@ -480,8 +480,12 @@ class Trainer:
             return torch.cat([g.reshape(-1) for g in grads if g is not None]).double().cpu().numpy()
 
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
-            measurement = noise_scale.measure_halves(gradient, indices)
+        self.model.classifier.track_mean = False  # a measurement, not training: the readout's running mean stays
+        try:
+            with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+                measurement = noise_scale.measure_halves(gradient, indices)
+        finally:
+            self.model.classifier.track_mean = True
         measurement = {"step": self.state["step"], "epochs": self.epochs_done, **measurement}
         self.state["noise_measurements"].append(measurement)
         self.record({"kind": "noise_scale", **measurement})
