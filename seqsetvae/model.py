@@ -349,8 +349,11 @@ class Classifier(nn.Module):
         batch is centred by: the one before the update (a patient's output then does not
         depend on its batch-mates), except on the first batch, which has no earlier one."""
         weight = patient_weight.to(features.dtype)
-        n = weight.sum()
-        batch_mean = (features * weight.unsqueeze(-1)).sum(0) / n
+        totals = torch.cat([(features * weight.unsqueeze(-1)).sum(0), weight.sum().unsqueeze(0)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(totals)  # the global batch's mean on every rank (train.devices)
+        n = totals[-1:]
+        batch_mean = totals[:-1] / n
         seen = self.patients_seen.to(features.dtype)  # [1]
         # an exact average while fewer than the window have been seen, then exponential
         # forgetting with a time constant of CENTERING_PATIENTS patients
