@@ -20,7 +20,8 @@ the embedding stage's file is the one source of it), so rebuilding a model for
 evaluation needs the same embedding file.
 
 Layout (see seqsetvae.batching): events are packed `[E, d]` with a set id per event, so
-the set encoder and decoder touch real events only (no padding). Attention from a set's
+the set encoder and decoder touch real events only (no padding); the attention blocks
+are in seqsetvae.attention, the per-segment operations in seqsetvae.segments. Attention from a set's
 inducing points to its events is a segment softmax over the event rows of that set;
 attention from events to their set's induced vectors gathers those vectors per event;
 event-to-event attention inside a set (decoder) and the Chamfer loss run over the list
@@ -42,6 +43,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from seqsetvae.attention import ISAB, MAB
 from seqsetvae.batching import Batch
 from seqsetvae.errors import InputError
 from seqsetvae.segments import at_least_float32, expand, segment_min, segment_softmax, segment_sum, sinusoid
@@ -104,92 +106,6 @@ class ModelOutput:
     kl_per_set: torch.Tensor  # [S] (free bits applied: what the loss sees)
     kl_raw_per_set: torch.Tensor  # [S] (the posterior's KL, for reporting)
     ce_per_patient: torch.Tensor  # [B]
-
-
-# -- attention blocks on packed sets -------------------------------------------------------
-
-
-class MAB(nn.Module):
-    """Multihead attention block: h = LN(q + MHA(q, kv)); out = LN(h + FF(h)).
-
-    Three entry points, one per way queries meet keys in a packed batch. Where a side is
-    shared or small (the inducing points; a set's 16 induced vectors), the key / value /
-    output projections are folded onto the other side, which is algebraically the same
-    attention (key bias terms are constant over the keys and cancel in the softmax) and
-    avoids projecting S x m induced vectors.
-    """
-
-    def __init__(self, dim: int, heads: int, key_bias: bool = True):
-        super().__init__()
-        self.heads, self.head_dim = heads, dim // heads
-        self.q, self.v, self.o = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        # a key bias only shifts all of a query's scores equally (no effect after the
-        # softmax); the folded entry points drop it, so blocks that use them have none
-        self.k = nn.Linear(dim, dim, bias=key_bias)
-        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-
-    def tail(self, query: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        h = self.ln1(query + attended)
-        return self.ln2(h + self.ff(h))
-
-    def _queries(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, heads, dim]: scaled queries with W_k folded in: score = q_fold . key_input."""
-        q = self.q(x).view(-1, self.heads, self.head_dim) / math.sqrt(self.head_dim)
-        return torch.einsum("nhe,hed->nhd", q, self.k.weight.view(self.heads, self.head_dim, -1))
-
-    def shared_queries_to_sets(self, queries: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor):
-        """The same queries [m, d] attend to each set's rows of x [N, d] -> [S, m, d]."""
-        m = queries.shape[0]
-        q = self._queries(queries)  # [m, heads, d]
-        scores = (x @ q.reshape(m * self.heads, -1).T).view(-1, m, self.heads)  # [N, m, heads]
-        weights = segment_softmax(scores, lengths).to(x.dtype)  # over each set's rows
-        # W_o folded into the values: per head (x W_v,h + b_v,h) W_o,h^T  [N, heads, d]
-        v = self.v(x).view(-1, self.heads, self.head_dim)
-        values = torch.einsum("nhe,dhe->nhd", v, self.o.weight.view(-1, self.heads, self.head_dim))
-        mixed = torch.bmm(weights, values)  # [N, m, d], summed over heads
-        attended = segment_sum(mixed, lengths) + self.o.bias  # [S, m, d]
-        return self.tail(queries.unsqueeze(0), attended)
-
-    def rows_to_set_vectors(self, x: torch.Tensor, vectors: torch.Tensor, lengths: torch.Tensor):
-        """Each row of x [N, d] attends to its set's vectors [S, m, d] -> [N, d]."""
-        n = x.shape[0]
-        keys = expand(vectors, lengths, n)  # [N, m, d]
-        scores = torch.bmm(self._queries(x), keys.transpose(1, 2))  # [N, heads, m]
-        weights = torch.softmax(at_least_float32(scores), dim=-1).to(keys.dtype)
-        mixed = torch.bmm(weights, keys)  # [N, heads, d]: softmax-weighted key inputs
-        v = torch.einsum("nhd,hed->nhe", mixed, self.v.weight.view(self.heads, self.head_dim, -1))
-        attended = self.o((v + self.v.bias.view(self.heads, self.head_dim)).reshape(n, -1))
-        return self.tail(x, attended)
-
-    def rows_to_rows(self, query_in: torch.Tensor, kv_in: torch.Tensor, pair_key: torch.Tensor, pairs_per_query: torch.Tensor):
-        """Rows of query_in [Nq, d] attend to rows of kv_in [Nk, d] along (query, key) pairs.
-
-        Pairs are sorted by query: query row i owns the next pairs_per_query[i] pairs.
-        """
-        nq, n_pairs = query_in.shape[0], pair_key.shape[0]
-        q = self.q(query_in).view(nq, self.heads, self.head_dim) / math.sqrt(self.head_dim)
-        k = self.k(kv_in).view(-1, self.heads, self.head_dim)
-        v = self.v(kv_in).view(-1, self.heads, self.head_dim)
-        scores = (expand(q, pairs_per_query, n_pairs) * k.index_select(0, pair_key)).sum(-1)  # [P, heads]
-        weights = segment_softmax(scores, pairs_per_query).to(v.dtype)
-        attended = segment_sum(weights.unsqueeze(-1) * v.index_select(0, pair_key), pairs_per_query)  # [Nq, h, dh]
-        return self.tail(query_in, self.o(attended.reshape(nq, -1)))
-
-
-class ISAB(nn.Module):
-    """Induced set attention block on packed sets: MAB(x, MAB(I, x)), per set."""
-
-    def __init__(self, dim: int, heads: int, inducing_points: int):
-        super().__init__()
-        self.inducing = nn.Parameter(nn.init.xavier_uniform_(torch.empty(inducing_points, dim)))
-        self.induce = MAB(dim, heads, key_bias=False)  # inducing points attend to the set's rows
-        self.spread = MAB(dim, heads, key_bias=False)  # rows attend to their set's induced vectors
-
-    def forward(self, x: torch.Tensor, set_lengths: torch.Tensor) -> torch.Tensor:
-        """x [N, d], rows sorted by set, set s owning the next set_lengths[s] rows -> [N, d]."""
-        induced = self.induce.shared_queries_to_sets(self.inducing.to(x.dtype), x, set_lengths)  # [S, m, d]
-        return self.spread.rows_to_set_vectors(x, induced, set_lengths)  # [N, d]
 
 
 # -- the network ----------------------------------------------------------------------------
@@ -317,7 +233,9 @@ class Classifier(nn.Module):
         if self.centered:
             self.register_buffer("feature_mean", torch.zeros(width))
             self.register_buffer("patients_seen", torch.zeros(1, dtype=torch.float64))
-        self.track_mean = True  # False: training-mode passes that must not move it (noise-scale measurements)
+        # under train.devices, every rank moves the mean by the global batch (an all-reduce);
+        # False for a pass that one rank runs alone (the gradient-noise measurement)
+        self.sync_ranks = True
 
     def forward(self, h: torch.Tensor, z: torch.Tensor, batch: Batch) -> torch.Tensor:
         # deviation: scores scaled by 1/sqrt(latent) (scaled dot product) so the softmax
@@ -339,7 +257,7 @@ class Classifier(nn.Module):
         sets = batch.sets_per_patient.clamp(min=1).unsqueeze(-1).to(z.dtype)
         features = torch.cat([pooled, last, segment_sum(z, batch.sets_per_patient) / sets], dim=-1)  # [B, 3d]
         mean = self.feature_mean.to(features.dtype)
-        if self.training and self.track_mean:
+        if self.training:
             mean = self.update_mean(features.detach(), batch.patient_weight)
         return self.mlp(features - mean)
 
@@ -350,8 +268,9 @@ class Classifier(nn.Module):
         depend on its batch-mates), except on the first batch, which has no earlier one."""
         weight = patient_weight.to(features.dtype)
         totals = torch.cat([(features * weight.unsqueeze(-1)).sum(0), weight.sum().unsqueeze(0)])
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(totals)  # the global batch's mean on every rank (train.devices)
+        # is_initialized() first: a compiled step then never reads (nor guards on) sync_ranks
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and self.sync_ranks:
+            torch.distributed.all_reduce(totals)  # the global batch's mean on every rank
         n = totals[-1:]
         batch_mean = totals[:-1] / n
         seen = self.patients_seen.to(features.dtype)  # [1]
@@ -491,7 +410,7 @@ class SeqSetVAE(nn.Module):
         sets, patients = batch.set_weight, batch.patient_weight
         recon_loss = (recon_per_set * sets).sum() / sets.sum()
         kl = (kl_set * sets).sum() / sets.sum()
-        ce = (ce_per_patient * patients).sum() / patients.sum()
+        ce = (ce_per_patient * patients).sum() / patients.sum().clamp(min=1.0)  # 0, not 0/0, for a stand-in rank
         return {
             "logits": logits, "loss": w[0] * ce + w[1] * recon_loss + w[2] * kl, "recon": recon_loss, "kl": kl,
             "ce": ce, "mu": mu, "h": h, "recon_per_set": recon_per_set, "kl_per_set": kl_set,

@@ -138,7 +138,7 @@ def test_two_processes_train_like_one(data, two_process_run, tmp_path):  # noqa:
             # about lr, so it drifts apart (9e-5 here) without changing any output
             d = len(x) // 3
             x, y = torch.cat([x[:d], x[2 * d :]]), torch.cat([y[:d], y[2 * d :]])
-        torch.testing.assert_close(y, x, rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(y, x, rtol=0, atol=1e-5, msg=f"{name} {y.flatten()[:4]} {x.flatten()[:4]}")
     single, double = (json.loads((d / "metrics.json").read_text()) for d in (one, two_process_run))
     assert double["devices"] == 2 and single["devices"] == 1
     assert double["patients_seen"] == single["patients_seen"] == 44 and double["steps"] == single["steps"] == 16

@@ -14,6 +14,7 @@ a job killed at any moment resumes from a whole checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -27,6 +28,14 @@ from safetensors.torch import load_file, save_file
 from seqsetvae.io import atomic_path, read_json, write_json
 
 KEEP = 2  # checkpoints kept on disk (the newest ones)
+
+# train keys that do not change what is computed: a checkpoint written under other
+# values of these is resumed all the same (the run's own seed is part of the identity)
+# (devices: in the identity as the world size, when above 1)
+NOT_IN_FINGERPRINT = {"batch_sizes", "seeds", "threads", "log_every", "checkpoint_every", "max_skipped_batches",
+                      "cpu_fallback", "devices", "loader_workers"}  # fmt: skip
+# the budget: a checkpoint of the same identity under another budget is continued
+BUDGET = ("epochs",)
 
 
 # -- nested state <-> (JSON, tensors) ---------------------------------------------------
@@ -160,3 +169,35 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict:
     model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
     tensors = load_file(str(path / "state.safetensors"))
     return join_tensors(json.loads((path / "state.json").read_text()), tensors)
+
+
+# -- which run a checkpoint belongs to -----------------------------------------------
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_identity(
+    settings: dict, batch_size: int, seed: int, shards: Path, embedding: Path, device: torch.device, world_size: int = 1
+) -> str:
+    """What a checkpoint must match to be continued: model, optimiser and schedule settings,
+    batch size, seed, data, device and world size; not the budget (`BUDGET`)."""
+    train = {k: v for k, v in settings["train"].items() if k not in NOT_IN_FINGERPRINT and k not in BUDGET}
+    index = shards / "index.json"
+    payload = {
+        "model": settings["model"],
+        "train": train,
+        "batch_size": batch_size,
+        "seed": seed,
+        "shards_index": file_sha256(index) if index.exists() else None,
+        "embedding": file_sha256(embedding),
+        "device": device.type,
+    }
+    if world_size > 1:  # absent for one process, so that the runs of earlier versions resume
+        payload["world_size"] = world_size
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

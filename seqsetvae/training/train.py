@@ -16,7 +16,7 @@ the best validation AUROC), final.safetensors, run_config.json, and checkpoints/
 checkpoint and, on CPU, ends with the same weights as an uninterrupted run. A changed
 budget (`train.epochs`) continues from the last checkpoint (the schedules follow the new
 budget from there); checkpoints of another model, data, optimiser or seed (see
-`identity`) are moved to `superseded/` in the run directory, never resumed or deleted.
+`checkpoint.run_identity`) are moved to `superseded/` in the run directory, never resumed or deleted.
 A batch whose loss or gradient is not finite is skipped before the optimiser steps,
 counted and logged with its patients, up to `train.max_skipped_batches`.
 """
@@ -24,7 +24,6 @@ counted and logged with its patients, up to `train.max_skipped_batches`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import shutil
@@ -59,14 +58,6 @@ from seqsetvae.training.sampler import LengthGroupedBatchSampler
 from seqsetvae.training.schedule import evaluation_weights, loss_weights, lr_factor, scaled_lr
 from seqsetvae.training.validation import is_better, validate
 
-# train keys that do not change what is computed: a checkpoint written under other
-# values of these is resumed all the same (the run's own seed is part of the identity)
-_NOT_IN_FINGERPRINT = {"batch_sizes", "seeds", "threads", "log_every", "checkpoint_every", "max_skipped_batches",
-                      "cpu_fallback", "devices", "loader_workers"}  # devices: in the identity as the world size, when above 1
-# the budget: a checkpoint of the same identity under another budget is continued
-_BUDGET = ("epochs",)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqsetvae train", description=__doc__.split("\n")[0])
     parser.add_argument("--settings", default="{}", help="JSON with the model and train sections")
@@ -87,34 +78,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- setup ----------------------------------------------------------------------------
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def identity(settings: dict, batch_size: int, seed: int, shards: Path, embedding: Path, device: torch.device,
-             world_size: int = 1) -> str:  # fmt: skip
-    """What a checkpoint must match to be continued: model, optimiser and schedule settings,
-    batch size, seed, data, device and world size; not the budget (`_BUDGET`)."""
-    train = {k: v for k, v in settings["train"].items() if k not in _NOT_IN_FINGERPRINT and k not in _BUDGET}
-    index = shards / "index.json"
-    payload = {
-        "model": settings["model"],
-        "train": train,
-        "batch_size": batch_size,
-        "seed": seed,
-        "shards_index": file_sha256(index) if index.exists() else None,
-        "embedding": file_sha256(embedding),
-        "device": device.type,
-    }
-    if world_size > 1:  # absent for one process, so that the runs of earlier versions resume
-        payload["world_size"] = world_size
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 # -- the run --------------------------------------------------------------------------
@@ -221,7 +184,7 @@ class Trainer:
             max_events_per_batch=train["max_events_per_batch"],
             seed=seed,
         )
-        self.identity = identity(settings, args.batch_size, seed, Path(args.shards), Path(args.embedding), device,
+        self.identity = ckpt.run_identity(settings, args.batch_size, seed, Path(args.shards), Path(args.embedding), device,
                                  world.size)  # fmt: skip
         self.state = _fresh_state()
         self.segment_start = time.perf_counter()  # wall time of this process since the last checkpoint
@@ -351,6 +314,8 @@ class Trainer:
             wait = time.perf_counter() - start
         state["data_wait_s"] += wait
         batch = batch.to(self.device, non_blocking=self.pin)
+        if share == 0.0:  # a stand-in patient (distributed.rank_share): weighs nothing, moves no running mean
+            batch.patient_weight = torch.zeros_like(batch.patient_weight)
         noise = None
         if self.world.distributed:
             noise = distributed.rank_noise(indices, mine, reader.n_sets, self.model.config.latent_dim,
@@ -480,12 +445,17 @@ class Trainer:
             return torch.cat([g.reshape(-1) for g in grads if g is not None]).double().cpu().numpy()
 
         devices = [self.device] if self.device.type == "cuda" else []
-        self.model.classifier.track_mean = False  # a measurement, not training: the readout's running mean stays
+        # a measurement, not training: the buffers its training-mode passes move (the
+        # readout's running mean) are put back, as the RNG is
+        buffers = [b.detach().clone() for b in self.model.buffers()]
+        self.model.classifier.sync_ranks = False  # rank 0 measures alone
         try:
             with torch.random.fork_rng(devices=devices, device_type=self.device.type):
                 measurement = noise_scale.measure_halves(gradient, indices)
         finally:
-            self.model.classifier.track_mean = True
+            self.model.classifier.sync_ranks = True
+            for buffer, saved in zip(self.model.buffers(), buffers):
+                buffer.copy_(saved)
         measurement = {"step": self.state["step"], "epochs": self.epochs_done, **measurement}
         self.state["noise_measurements"].append(measurement)
         self.record({"kind": "noise_scale", **measurement})
