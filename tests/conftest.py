@@ -7,27 +7,15 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
-# The whole pipeline in about a minute on 2 CPU cores: 60 small synthetic patients, a
-# small model, 1 epoch, batch sizes 1 and 2, CPU, 1-CPU cluster jobs. Used by the
-# Snakemake end-to-end and SLURM tests (a config.yaml for `snakemake --configfile`).
+REPO = Path(__file__).resolve().parents[1]
+# The tests' one tiny pipeline configuration (.test/config.yaml: the whole pipeline in
+# about a minute on 2 CPU cores), less its output folders: each test writes the config
+# into its own working directory, where results/ and reports/ land.
 TINY_PIPELINE_CONFIG = {
-    "synthetic": {"patients": 60, "variables": 12, "mean_sets": 8, "mean_events": 24, "seed": 0},
-    "data": {"split_fractions": {"train": 0.6, "valid": 0.2, "test": 0.2}},
-    "embedding": {"dim": 16},
-    "shards": {"shard_size": 16},
-    "model": {
-        "reduced_dim": 16, "latent_dim": 32, "levels": 1, "inducing_points": 4, "heads": 2,
-        "transformer_layers": 1, "transformer_heads": 2, "ff_dim": 32,
-    },
-    "train": {"batch_sizes": [1, 2], "seeds": [0], "epochs": 1, "lr": 0.001, "checkpoint_every": 5, "log_every": 5,
-              "device": "cpu", "validations_per_epoch": 2},
-    "evaluate": {"bootstrap_resamples": 200, "seed": 0},
-    "resources": {
-        "data": {"mem_mb": 500, "runtime": 10, "threads": 1},
-        "train": {"mem_mb": 1000, "runtime": 10, "threads": 1, "gpus": 0},
-        "evaluate": {"mem_mb": 1000, "runtime": 10, "threads": 1, "gpus": 0},
-    },
+    key: value for key, value in yaml.safe_load((REPO / ".test" / "config.yaml").read_text()).items()
+    if key not in ("results", "reports")
 }  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -11,20 +12,15 @@ import pandas as pd
 import pytest
 import yaml
 from test_pipeline_data import planned_jobs
+from conftest import TINY_PIPELINE_CONFIG
 from test_report import shown, table
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZES, SEEDS = [1, 2], [0, 1]
-CONFIG = {
-    "synthetic": {"patients": 60, "variables": 12, "mean_sets": 8, "mean_events": 24, "seed": 0},
-    "data": {"split_fractions": {"train": 0.6, "valid": 0.2, "test": 0.2}},
-    "embedding": {"dim": 16},
-    "model": {"reduced_dim": 16, "latent_dim": 32, "levels": 1, "inducing_points": 4, "heads": 2,
-              "transformer_layers": 1, "transformer_heads": 2, "ff_dim": 32},
-    "train": {"batch_sizes": BATCH_SIZES, "seeds": SEEDS, "epochs": 1, "lr": 0.001, "device": "cpu",
-              "validations_per_epoch": 3, "noise_scale": {"per_epoch": 2, "patients": 4}},
-    "evaluate": {"bootstrap_resamples": 200, "seed": 0},
-}  # fmt: skip
+# .test/config.yaml with two seeds, three validation points and noise-scale measurements
+CONFIG = copy.deepcopy(TINY_PIPELINE_CONFIG)
+CONFIG["train"] |= {"batch_sizes": BATCH_SIZES, "seeds": SEEDS, "validations_per_epoch": 3,
+                    "noise_scale": {"per_epoch": 2, "patients": 4}}  # fmt: skip
 
 
 def snakemake(workdir: Path, *args: str, config: str = "config.yaml") -> subprocess.CompletedProcess:
