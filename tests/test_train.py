@@ -413,3 +413,35 @@ def test_a_compiled_step_trains_from_two_graphs(data, reference, tmp_path, monke
     compiled = [r["loss"] for r in _lines(out) if r["kind"] == "step"]
     assert np.all(np.isfinite(compiled)) and compiled[0] == pytest.approx(eager[0], rel=1e-4)
     assert json.loads((reference / "metrics.json").read_text())["compile"] is None
+
+
+def test_a_damaged_latest_checkpoint_is_moved_aside_and_the_previous_one_resumed(data, reference, tmp_path, capsys):
+    out = tmp_path / "bs4"
+    assert _run(data, out, extra=["--stop-after-steps", "8"]) == 0  # checkpoints kept: steps 6 and 8
+    kept = sorted(p.name for p in (out / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000006", "step-00000008"]
+    weights = out / "checkpoints" / "step-00000008" / "model.safetensors"
+    half = weights.read_bytes()[: weights.stat().st_size // 2]
+    weights.write_bytes(half)  # an interrupted copy
+    capsys.readouterr()
+    assert _run(data, out) == 0
+    err = capsys.readouterr().err
+    aside = out / "damaged_checkpoints" / "step-00000008"
+    assert f"checkpoint damaged ({out / 'checkpoints' / 'step-00000008'}: " in err
+    assert f"moved to {aside}; resuming from {out / 'checkpoints' / 'step-00000006'} instead" in err
+    assert (aside / "model.safetensors").read_bytes() == half  # kept as it was, not deleted
+    _assert_same_run(out, reference)  # resumed from step 6: the uninterrupted run's weights and log
+
+
+def test_no_complete_checkpoint_left_trains_from_step_zero(data, reference, tmp_path, capsys):
+    out = tmp_path / "bs4"
+    assert _run(data, out, extra=["--stop-after-steps", "8"]) == 0
+    for state in (out / "checkpoints").glob("step-*/state.safetensors"):
+        state.write_bytes(b"")  # zero bytes
+    (out / "checkpoints" / "step-00000006" / "state.json").write_bytes(np.random.default_rng(0).bytes(64))
+    capsys.readouterr()
+    assert _run(data, out) == 0
+    err = capsys.readouterr().err
+    assert err.count("checkpoint damaged") == 2 and "training starts from step 0" in err
+    assert sorted(p.name for p in (out / "damaged_checkpoints").iterdir()) == ["step-00000006", "step-00000008"]
+    _assert_same_run(out, reference)

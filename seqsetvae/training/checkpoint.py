@@ -165,10 +165,35 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
 
 def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict:
     """Load the weights into `model`; return the rest of the state (tensors restored)."""
+    weights, state = read_checkpoint(path)
+    model.load_state_dict(weights, strict=True)
+    return state
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint directory with a missing, truncated or unreadable file."""
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(model weights, the rest of the state) of checkpoint `path`, every file read whole;
+    DamagedCheckpoint names the file that is not."""
     path = Path(path)
-    model.load_state_dict(load_file(str(path / "model.safetensors")), strict=True)
-    tensors = load_file(str(path / "state.safetensors"))
-    return join_tensors(json.loads((path / "state.json").read_text()), tensors)
+    try:
+        body = json.loads((path / "state.json").read_text())
+        weights = load_file(str(path / "model.safetensors"))
+        tensors = load_file(str(path / "state.safetensors"))
+        return weights, join_tensors(body, tensors)
+    except Exception as error:  # JSON, OS and safetensors errors alike: the file cannot be used
+        raise DamagedCheckpoint(f"{path}: {type(error).__name__}: {error}") from None
+
+
+def checkpoints_newest_first(directory: str | Path) -> list[Path]:
+    """The checkpoint directories under `directory`: the one latest.json names first,
+    then the others from the newest step down."""
+    directory = Path(directory)
+    steps = sorted((p for p in directory.glob("step-*") if p.is_dir()), reverse=True)
+    latest = latest_checkpoint(directory)
+    return ([latest] if latest is not None else []) + [p for p in steps if p != latest]
 
 
 # -- which run a checkpoint belongs to -----------------------------------------------

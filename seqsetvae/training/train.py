@@ -206,13 +206,22 @@ class Trainer:
     def resume(self) -> None:
         """Continue from the newest checkpoint of this run's identity, if there is one; a
         changed budget continues too, unless the checkpoint is already past its end."""
-        latest = ckpt.latest_checkpoint(self.checkpoints)
+        latest, saved, damaged = None, None, []
+        for candidate in ckpt.checkpoints_newest_first(self.checkpoints):
+            try:  # every file read whole before any of it is used
+                weights, saved = ckpt.read_checkpoint(candidate)
+                latest = candidate
+                break
+            except ckpt.DamagedCheckpoint as error:
+                damaged.append((candidate, error))
+        distributed.barrier()  # every rank has read before rank 0 moves anything
+        if self.world.is_main:
+            self.move_damaged_aside(damaged, latest)
         if latest is not None:
-            saved = json.loads((latest / "state.json").read_text())
             progress = saved.get("run", {}).get("patients", 0) / self.n_train
             past_budget = progress > self.train["epochs"] + 1e-9
             if saved.get("identity") == self.identity and not past_budget:
-                saved = ckpt.load_checkpoint(latest, self.model)
+                self.model.load_state_dict(weights, strict=True)
                 self.optimizer.load_state_dict(saved["optimizer"])
                 self.sampler.load_state_dict(saved["sampler"])
                 ckpt.set_rng_state(saved["rng"], self.device)
@@ -238,6 +247,22 @@ class Trainer:
         with open(self.log_path, "ab") as log:
             log.truncate(self.state["metrics_bytes"])
         self.metrics_log = open(self.log_path, "a")
+
+    def move_damaged_aside(self, damaged: list, resumed: Path | None) -> None:
+        """Keep damaged checkpoints under `damaged_checkpoints/` (never deleted), each named
+        in a warning; say which checkpoint training resumes from instead."""
+        for path, error in damaged:
+            aside = self.out / "damaged_checkpoints" / path.name
+            number = 1
+            while aside.exists():
+                number += 1
+                aside = self.out / "damaged_checkpoints" / f"{path.name}-{number}"
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(path), str(aside))
+            instead = f"resuming from {resumed} instead" if resumed is not None else "no complete checkpoint is left"
+            _log(f"warning: checkpoint damaged ({error}): moved to {aside}; {instead}")
+        if damaged and resumed is None:
+            _log("warning: training starts from step 0")
 
     def move_aside(self, saved: dict, why: str | None) -> None:
         """Keep a run that cannot be continued (`saved`: its newest state.json) under
