@@ -83,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
 # -- the run --------------------------------------------------------------------------
 
 
+def _unused_path(folder: Path, name: str) -> Path:
+    """folder/name, or folder/name-2, -3, ... if taken (what is moved aside is never overwritten)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path, number = folder / name, 1
+    while path.exists():
+        number += 1
+        path = folder / f"{name}-{number}"
+    return path
+
+
 _QUIET = False  # the ranks other than 0 of a multi-device job
 
 
@@ -252,12 +262,7 @@ class Trainer:
         """Keep damaged checkpoints under `damaged_checkpoints/` (never deleted), each named
         in a warning; say which checkpoint training resumes from instead."""
         for path, error in damaged:
-            aside = self.out / "damaged_checkpoints" / path.name
-            number = 1
-            while aside.exists():
-                number += 1
-                aside = self.out / "damaged_checkpoints" / f"{path.name}-{number}"
-            aside.parent.mkdir(parents=True, exist_ok=True)
+            aside = _unused_path(self.out / "damaged_checkpoints", path.name)
             shutil.move(str(path), str(aside))
             instead = f"resuming from {resumed} instead" if resumed is not None else "no complete checkpoint is left"
             _log(f"warning: checkpoint damaged ({error}): moved to {aside}; {instead}")
@@ -268,12 +273,7 @@ class Trainer:
         """Keep a run that cannot be continued (`saved`: its newest state.json) under
         `superseded/`, never delete it."""
         name = (saved.get("identity") or saved.get("fingerprint") or "unknown")[:12]
-        aside = self.out / "superseded" / name
-        number = 1
-        while aside.exists():
-            number += 1
-            aside = self.out / "superseded" / f"{name}-{number}"
-        aside.parent.mkdir(parents=True, exist_ok=True)
+        aside = _unused_path(self.out / "superseded", name)
         shutil.move(str(self.checkpoints), str(aside))
         reason = why or "written under another model, data, optimiser, batch size, seed or device"
         _log(f"checkpoints in {self.checkpoints} are {reason}: moved to {aside}, training from step 0")
