@@ -7,6 +7,7 @@ pay for importing torch.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import sys
 
@@ -60,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(entry(rest) or 0)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT) and "No space left on device" not in str(error):
+            raise
+        # what was being written is removed (seqsetvae.io.atomic_path); say where and why
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}no space left on device ({error}); free space on that disk, or set `results:` "
+              f"to a larger one, and rerun", file=sys.stderr)  # fmt: skip
         return 1
 
 

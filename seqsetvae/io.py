@@ -1,4 +1,5 @@
-"""Small I/O helpers shared by every stage: atomic outputs and JSON."""
+"""Small I/O helpers shared by every stage: atomic outputs, and reading back what an
+earlier stage wrote (a damaged file is an error that names it, never a traceback)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from seqsetvae.errors import DamagedFile
 
 
 @contextlib.contextmanager
@@ -47,5 +50,47 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: str | os.PathLike, written_by: str | None = None) -> Any:
+    """The JSON document at `path`; with `written_by` (the rule that writes it) a file
+    that is not whole JSON is a DamagedFile naming it, not a traceback."""
+    if written_by is None:
+        return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_bytes())
+    except (OSError, ValueError) as error:  # ValueError: JSON and UTF-8 decoding
+        raise DamagedFile(path, f"{type(error).__name__}: {error}", written_by) from None
+
+
+# the folder of the results layout each rule writes into (workflow/rules/common.smk)
+RULE_OF_FOLDER = {"events": "ingest", "stats": "stats", "embedding": "embedding", "shards": "make_shards",
+                  "runs": "train", "eval": "evaluate", "baselines": "baseline", "memory": "memory"}  # fmt: skip
+
+
+def writer_of(path: str | os.PathLike) -> str | None:
+    """The rule that writes `path` in the results layout (its innermost known folder)."""
+    for part in reversed(Path(path).parts[:-1]):
+        if part in RULE_OF_FOLDER:
+            return RULE_OF_FOLDER[part]
+    return None
+
+
+def read_parquet(path: str | os.PathLike, written_by: str, columns: list[str] | None = None):
+    """The Parquet table at `path` (pyarrow), or a DamagedFile naming it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, pa.ArrowException) as error:
+        raise DamagedFile(path, f"{type(error).__name__}: {error}", written_by) from None
+
+
+def load_safetensors(path: str | os.PathLike, written_by: str) -> dict:
+    """Every tensor of a safetensors file (torch), read whole, or a DamagedFile naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError, ValueError) as error:
+        raise DamagedFile(path, f"{type(error).__name__}: {error}", written_by) from None

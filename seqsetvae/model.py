@@ -68,6 +68,7 @@ class ModelConfig:
     time_encoding: str = "log1p_minutes"  # log1p_minutes | hours
     token: str = "value"  # value | value_and_variable
     readout: str = "attention_last"  # attention_last | centered
+    head: str = "mlp"  # mlp | linear: the classifier on the readout's features
 
     @classmethod
     def from_settings(cls, model: dict | None) -> "ModelConfig":
@@ -229,7 +230,10 @@ class Classifier(nn.Module):
         d = c.latent_dim
         self.centered = c.readout == "centered"
         width = 3 * d if self.centered else 2 * d
-        self.mlp = nn.Sequential(nn.Linear(width, d // 2), nn.ReLU(), nn.Dropout(c.dropout), nn.Linear(d // 2, c.num_classes))
+        if c.head == "linear":  # deviation (docs/learning_on_real_data.md): one linear map of the features
+            self.mlp = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(width, c.num_classes))
+        else:
+            self.mlp = nn.Sequential(nn.Linear(width, d // 2), nn.ReLU(), nn.Dropout(c.dropout), nn.Linear(d // 2, c.num_classes))
         if self.centered:
             self.register_buffer("feature_mean", torch.zeros(width))
             self.register_buffer("patients_seen", torch.zeros(1, dtype=torch.float64))

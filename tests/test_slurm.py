@@ -4,8 +4,9 @@ profiles/slurm, compared with a local run of the same configuration.
 Checks that every cluster rule's job went through sbatch with the CPUs, memory and wall
 time of config.yaml's `resources:`, that the light rules stayed local, that the results
 equal the local run's (CPU training is deterministic), and that a training job
-cancelled with `scancel` mid-run is resubmitted (profile `retries`) and resumes from its
-checkpoint, still ending with the local run's weights. Training jobs ask for a GPU
+cancelled with `scancel` mid-run (SIGTERM) and one sent SLURM's early warning (SIGUSR1)
+each checkpoint the step they are on, are resubmitted (profile `retries`) and resume from
+that step, still ending with the local run's weights. Training jobs ask for a GPU
 (`train.device: auto`, `resources.train.gpus: 1`): start.sh's node offers a stand-in
 GPU on a machine without one, SLURM allocates it, and training falls back to the CPU
 (`train.cpu_fallback: true`; without it such a job fails at once).
@@ -115,24 +116,37 @@ def rule_of(job: dict) -> tuple[str, str]:
     return match.group(1), match.group(2) or ""
 
 
-def cancel_training_after_first_checkpoint(workdir: Path, snakemake: subprocess.Popen) -> dict:
-    """scancel the running bs1 training job once it has written a checkpoint; what was cancelled."""
-    run_dir = workdir / "results" / "runs" / "bs1" / "seed0"
+# each training job signalled once it has checkpointed: bs1 cancelled (SIGTERM, as on
+# preemption), bs2 sent the early warning the profile asks SLURM for before the time limit
+SIGNALS = {1: None, 2: "USR1"}
+
+
+def signal_training_after_first_checkpoint(workdir: Path, snakemake: subprocess.Popen) -> dict:
+    """Signal each running training job (SIGNALS) once it has written a checkpoint; what was signalled."""
+    signalled = {}
     deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline and snakemake.poll() is None:
-        if (run_dir / "checkpoints" / "latest.json").exists():
+    while time.monotonic() < deadline and snakemake.poll() is None and len(signalled) < len(SIGNALS):
+        for bs, name in SIGNALS.items():
+            run_dir = workdir / "results" / "runs" / f"bs{bs}" / "seed0"
+            if bs in signalled or not (run_dir / "checkpoints" / "latest.json").exists():
+                continue
             queue = subprocess.run(
                 ["squeue", "--noheader", "--format=%i|%k|%T"], capture_output=True, text=True, check=True
             )
             running = [line.split("|")[0] for line in queue.stdout.split()
-                       if line.split("|")[1:] == ["rule_train_wildcards_1_0", "RUNNING"]]  # fmt: skip
-            assert len(running) == 1, f"no running bs1 training job to cancel: {queue.stdout}"
-            assert not (run_dir / "metrics.json").exists(), "bs1 training ended before it could be cancelled"
+                       if line.split("|")[1:] == [f"rule_train_wildcards_{bs}_0", "RUNNING"]]  # fmt: skip
+            assert len(running) == 1, f"no running bs{bs} training job to signal: {queue.stdout}"
+            assert not (run_dir / "metrics.json").exists(), f"bs{bs} training ended before it could be signalled"
             checkpoint = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
-            subprocess.run(["scancel", running[0]], check=True)
-            return {"job_id": running[0], "latest": checkpoint}
+            # without --signal, scancel ends the job (SIGTERM to its steps, then SIGKILL);
+            # with it, the signal goes to the job's steps, as SLURM's --signal=USR1@120 does
+            subprocess.run(["scancel", *([f"--signal={name}"] if name else []), running[0]], check=True)
+            signalled[bs] = {"job_id": running[0], "latest": checkpoint, "signal": name or "TERM"}
         time.sleep(0.05)
-    pytest.fail("the bs1 training job never wrote a checkpoint")
+    missing = sorted(set(SIGNALS) - set(signalled))
+    if missing:
+        pytest.fail(f"training job(s) of batch size {missing} never wrote a checkpoint")
+    return signalled
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +177,7 @@ def runs(slurm_cluster, tmp_path_factory, tiny_pipeline_config):
         stdout=logs["cluster"], stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        cancelled = cancel_training_after_first_checkpoint(cluster, snakemake)
+        signalled = signal_training_after_first_checkpoint(cluster, snakemake)
         returncode = snakemake.wait(timeout=TIMEOUT_S)
         local_returncode = local_run.wait(timeout=TIMEOUT_S)
     finally:
@@ -177,7 +191,7 @@ def runs(slurm_cluster, tmp_path_factory, tiny_pipeline_config):
     assert returncode == 0, output[-8000:]
     print(f"local and SLURM runs: {time.monotonic() - started:.0f} s")
     jobs = [job for job in scontrol_jobs() if job.get("WorkDir") == str(cluster)]
-    return {"config": config, "local": local, "cluster": cluster, "cancelled": cancelled, "jobs": jobs,
+    return {"config": config, "local": local, "cluster": cluster, "signalled": signalled, "jobs": jobs,
             "output": output}  # fmt: skip
 
 
@@ -185,7 +199,8 @@ def test_cluster_rules_went_through_sbatch(runs):
     config, jobs = runs["config"], runs["jobs"]
     completed = Counter(rule_of(job) for job in jobs if job["JobState"] == "COMPLETED")
     assert completed == CLUSTER_JOBS
-    assert [rule_of(job) for job in jobs if job["JobState"] != "COMPLETED"] == [("train", "1_0")]  # the cancelled one
+    signalled = sorted(rule_of(job) for job in jobs if job["JobState"] != "COMPLETED")
+    assert signalled == [("train", f"{bs}_0") for bs in sorted(SIGNALS)]  # the signalled ones, retried
     for job in jobs:
         rule, _ = rule_of(job)
         wanted = config["resources"][RESOURCE_KIND[rule]]
@@ -231,17 +246,24 @@ def test_cluster_results_equal_local_results(runs):
             assert ours[key] == theirs[key], f"eval bs{b}: {key}"
 
 
-def test_cancelled_training_resumed_from_its_checkpoint(runs):
-    cancelled, cluster = runs["cancelled"], runs["cluster"]
-    (job,) = [job for job in runs["jobs"] if job["JobId"] == cancelled["job_id"]]
-    assert job["JobState"] == "CANCELLED" and rule_of(job) == ("train", "1_0")
-    steps = json.loads((cluster / "results" / "runs" / "bs1" / "seed0" / "metrics.json").read_text())["steps"]
-    # the resubmitted job's log (the first attempt's was overwritten)
-    log = (cluster / "results" / "logs" / "train" / "bs1" / "seed0.log").read_text()
+@pytest.mark.parametrize("bs", sorted(SIGNALS))
+def test_signalled_training_checkpointed_its_step_and_the_retry_resumed_from_it(runs, bs):
+    """Cancelled (SIGTERM) or warned (SIGUSR1): the job checkpoints the step it is on and
+    exits; the retry resumes from that step, and the results equal the local run's
+    (test_cluster_results_equal_local_results)."""
+    signalled, cluster = runs["signalled"][bs], runs["cluster"]
+    (job,) = [job for job in runs["jobs"] if job["JobId"] == signalled["job_id"]]
+    assert rule_of(job) == ("train", f"{bs}_0")
+    assert job["JobState"] == ("CANCELLED" if signalled["signal"] == "TERM" else "FAILED"), job
+    steps = json.loads((cluster / "results" / "runs" / f"bs{bs}" / "seed0" / "metrics.json").read_text())["steps"]
+    # the signalled job's SLURM log (the plugin keeps failed jobs' logs) has the stage's
+    # own word on where it stopped; the retry's training log says where it resumed
+    slurm_log = cluster / ".snakemake" / "slurm_logs" / "rule_train" / f"{bs}_0" / f"{signalled['job_id']}.log"
+    stopped = re.search(rf"error: stopped by SIG{signalled['signal']} after step (\d+)", slurm_log.read_text())
+    assert stopped, slurm_log.read_text()[-3000:]
+    log = (cluster / "results" / "logs" / "train" / f"bs{bs}" / "seed0.log").read_text()
     resumed = re.search(r"resuming from (\S+) \(step (\d+), epoch 1\)", log)
     assert resumed, log
-    assert runs["config"]["train"]["checkpoint_every"] <= int(resumed.group(2)) < steps
-    assert "resuming" not in (runs["local"] / "results" / "logs" / "train" / "bs1" / "seed0.log").read_text()
-    # the cancelled job's SLURM log is kept by the plugin (failed jobs' logs are never deleted)
-    slurm_logs = cluster / ".snakemake" / "slurm_logs" / "rule_train" / "1_0"
-    assert (slurm_logs / f"{cancelled['job_id']}.log").exists()
+    assert int(resumed.group(2)) == int(stopped.group(1)), "the retry redid steps"
+    assert signalled["latest"]["step"] <= int(stopped.group(1)) < steps
+    assert "resuming" not in (runs["local"] / "results" / "logs" / "train" / f"bs{bs}" / "seed0.log").read_text()

@@ -32,7 +32,8 @@ TINY_MODEL = {
     "token": "value_and_variable", "readout": "centered",  # config.yaml's (the readout's running mean is state)
 }  # fmt: skip
 TINY_TRAIN = {"epochs": 2, "lr": 0.003, "checkpoint_every": 3, "log_every": 2, "threads": 1, "device": "cpu",
-              "seeds": [3], "validations_per_epoch": 2, "noise_scale": {"per_epoch": 1, "patients": 4}}  # fmt: skip
+              "seeds": [3], "validations_per_epoch": 2, "noise_scale": {"per_epoch": 1, "patients": 4},
+              "weight_average_epochs": 0.5}  # fmt: skip
 STEP_KEYS = {"kind", "epoch", "step", "samples", "epochs", "loss", "recon", "kl", "ce", "grad_norm", "beta", "lr",
              "recon_weight", "pred_weight", "patients_per_s", "events_per_s", "fill_ratio", "sequence_fill_ratio",
              "batch_patients", "batch_events", "batch_sets"}  # fmt: skip
@@ -444,4 +445,35 @@ def test_no_complete_checkpoint_left_trains_from_step_zero(data, reference, tmp_
     err = capsys.readouterr().err
     assert err.count("checkpoint damaged") == 2 and "training starts from step 0" in err
     assert sorted(p.name for p in (out / "damaged_checkpoints").iterdir()) == ["step-00000006", "step-00000008"]
+    _assert_same_run(out, reference)
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_a_stop_signal_checkpoints_the_step_in_flight_and_the_rerun_redoes_nothing(data, reference, tmp_path,
+                                                                                    monkeypatch, capsys, name):  # fmt: skip
+    """The signal (sent to this very process, as a cluster sends it) arrives during step 5;
+    the run checkpoints step 5 at once (periodic checkpoints only at 3 and the epoch end),
+    exits with 128 + the signal, and its rerun ends with the reference run's weights."""
+    out = tmp_path / "bs4"
+    step = train.Trainer.step
+
+    def step_then_signal(self, *args, **kwargs):
+        line = step(self, *args, **kwargs)
+        if self.state["step"] == 5 and not (out / "checkpoints" / "step-00000005").exists():
+            os.kill(os.getpid(), getattr(signal, name))
+        return line
+
+    monkeypatch.setattr(train.Trainer, "step", step_then_signal)
+    handler_before = signal.getsignal(getattr(signal, name))
+    assert _run(data, out) == 128 + getattr(signal, name)
+    assert signal.getsignal(getattr(signal, name)) is handler_before  # put back
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 5
+    assert not (out / "final.safetensors").exists() and not (out / "metrics.json").exists()
+    error = capsys.readouterr().err
+    assert f"error: stopped by {name} after step 5: checkpoint written to {out / 'checkpoints' / 'step-00000005'}" in error
+    monkeypatch.setattr(train.Trainer, "step", step)
+    steps_run = []
+    monkeypatch.setattr(train.Trainer, "step", lambda self, *a, **k: steps_run.append(1) or step(self, *a, **k))
+    assert _run(data, out) == 0
+    assert len(steps_run) == 12 - 5  # no step trained twice
     _assert_same_run(out, reference)

@@ -107,7 +107,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--settings", default="{}", help="config sections as JSON")
     args = parser.parse_args(argv)
     config = load_settings(args.settings)["embedding"]
-    variables = read_json(args.vocab)["variables"]
+    variables = read_json(args.vocab, written_by="stats")["variables"]
     if config["method"] == "table":
         if not config["table"]:
             raise InputError("configuration key embedding.table: required when embedding.method is table")

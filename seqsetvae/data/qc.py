@@ -34,7 +34,7 @@ def events_in_shards(shards_dir: Path) -> dict[str, int]:
     """Events stored in each split's shard files (read from the files' headers)."""
     counts = {}
     for split in SPLITS:
-        index = read_json(shards_dir / split / "index.json")
+        index = read_json(shards_dir / split / "index.json", written_by="make_shards")
         files = [shards_dir / split / entry["file"] for entry in index["shards"]]
         counts[split] = sum(len(map_safetensors(path)["variable_ids"]) for path in files)
     return counts
@@ -88,7 +88,7 @@ def main(argv: list[str]) -> int:
     ingest_qc = Path(args.events) / "qc.json"
     if not ingest_qc.is_file():
         raise InputError(f"validated events directory {args.events}: no qc.json")
-    qc = merge_qc(read_json(ingest_qc), read_json(args.shards_qc), events_in_shards(Path(args.shards)))
+    qc = merge_qc(read_json(ingest_qc, "ingest"), read_json(args.shards_qc, "make_shards"), events_in_shards(Path(args.shards)))
     write_json(args.out, qc)
     dropped = ", ".join(f"{k} {v}" for k, v in qc["rows_dropped"].items() if v) or "none"
     print(f"qc: {qc['rows_kept']} of {qc['rows_in']} rows kept; dropped: {dropped}")

@@ -19,20 +19,42 @@ from pathlib import Path
 import numpy as np
 
 from seqsetvae.data.ragged import RaggedPatients, exclusive_cumsum, ranges
-from seqsetvae.errors import InputError
+from seqsetvae.errors import DamagedFile, InputError
+from seqsetvae.io import read_json
 
 _DTYPES = {"I32": np.int32, "I64": np.int64, "F32": np.float32, "F64": np.float64, "U8": np.uint8}
 
 
-def map_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Read-only numpy views of every tensor of a safetensors file, memory-mapped."""
+def map_safetensors(path: str | Path, written_by: str = "make_shards") -> dict[str, np.ndarray]:
+    """Read-only numpy views of every tensor of a safetensors file, memory-mapped.
+
+    The header is checked against the file before any view is made: every tensor's byte
+    range lies inside the file and holds exactly its shape, so a truncated, emptied or
+    overwritten file is a DamagedFile naming it (and `written_by`, its rule)."""
     path = Path(path)
-    with open(path, "rb") as handle:
-        (header_size,) = struct.unpack("<Q", handle.read(8))
-        header = json.loads(handle.read(header_size))
-    header.pop("__metadata__", None)
-    data_start = 8 + header_size
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{size} bytes, shorter than a safetensors header")
+            (header_size,) = struct.unpack("<Q", head)
+            if header_size > size - 8:
+                raise ValueError(f"its header claims {header_size} bytes, the file has {size}")
+            header = json.loads(handle.read(header_size))
+        if not isinstance(header, dict):
+            raise ValueError("its header is not a JSON object")
+        header.pop("__metadata__", None)
+        data_start = 8 + header_size
+        for name, info in header.items():
+            begin, end = info["data_offsets"]
+            expected = int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(_DTYPES[info["dtype"]]).itemsize
+            if not 0 <= begin <= end <= size - data_start:
+                raise ValueError(f"tensor {name!r} runs past the end of the file ({size} bytes)")
+            if end - begin != expected:
+                raise ValueError(f"tensor {name!r}: {end - begin} bytes for shape {info['shape']}")
+    except (OSError, ValueError, KeyError, TypeError) as error:  # ValueError: JSON and UTF-8 too
+        raise DamagedFile(path, str(error), written_by) from None
     # a plain ndarray view of the mapping: np.memmap's subclass hooks cost ~2 us per
     # indexing operation, which adds up in `take`
     buffer = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray) if size > data_start else np.zeros(0, np.uint8)
@@ -54,8 +76,8 @@ class ShardReader:
         index_path = self.shards_dir / split / "index.json"
         if not index_path.is_file():
             raise InputError(f"shards directory {self.shards_dir}: no {split}/index.json")
-        index = json.loads(index_path.read_text())
-        top = json.loads((self.shards_dir / "index.json").read_text())
+        index = read_json(index_path, written_by="make_shards")
+        top = read_json(self.shards_dir / "index.json", written_by="make_shards")
         self.vocab_size: int = int(top["vocab_size"])
         patients = index["patients"]
         self.patient_ids = np.array(patients["patient_id"], dtype=object)
@@ -86,7 +108,16 @@ class ShardReader:
 
     def tensors(self, shard: int) -> dict[str, np.ndarray]:
         if self._tensors[shard] is None:
-            self._tensors[shard] = map_safetensors(self.shard_files[shard])
+            path = self.shard_files[shard]
+            tensors = map_safetensors(path)
+            # a whole file of another run (or a stale copy) holds other patients
+            mine = self.shard == shard
+            expected = {"variable_ids": self.n_events[mine].sum(), "set_times": self.n_sets[mine].sum()}
+            for name, count in expected.items():
+                if name not in tensors or len(tensors[name]) != count:
+                    found = len(tensors[name]) if name in tensors else "no"
+                    raise DamagedFile(path, f"{found} {name} where {self.split}/index.json says {count}", "make_shards")
+            self._tensors[shard] = tensors
         return self._tensors[shard]
 
     def __len__(self) -> int:

@@ -47,7 +47,7 @@ from seqsetvae.data.stats import (
     read_partition,
 )
 from seqsetvae.errors import InputError
-from seqsetvae.io import atomic_path, write_json
+from seqsetvae.io import atomic_path, read_parquet, write_json
 from seqsetvae.settings import load_settings
 
 FORMAT = "seqsetvae-shards-1"
@@ -190,7 +190,7 @@ def read_patients(events_dir: Path) -> dict:
     path = events_dir / "patients.parquet"
     if not path.is_file():
         raise InputError(f"validated events directory {events_dir}: no patients.parquet")
-    table = pq.read_table(path, columns=["patient_id", "label", "split"])
+    table = read_parquet(path, "ingest", columns=["patient_id", "label", "split"])
     split = pc.fill_null(pc.index_in(table.column("split"), value_set=pa.array(SPLITS)), -1).to_numpy()
     if (split < 0).any():
         unknown = sorted(set(pc.filter(table.column("split"), pa.array(split < 0)).to_pylist()), key=str)

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from seqsetvae.data import SPLITS
-from seqsetvae.errors import InputError
+from seqsetvae.errors import DamagedFile, InputError
 from seqsetvae.io import read_json, write_json
 from seqsetvae.settings import load_settings
 
@@ -55,7 +55,7 @@ def read_partition(path: Path, columns: tuple[str, ...] = EVENT_COLUMNS) -> pa.T
         except pa.ArrowInvalid:
             table = pa.ipc.open_stream(pa.memory_map(str(path))).read_all()
     except (pa.ArrowInvalid, OSError) as error:
-        raise InputError(f"validated events file {path}: not an Arrow IPC file ({error})") from None
+        raise DamagedFile(path, f"not an Arrow IPC file: {error}", "ingest") from None
     missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise InputError(f"validated events file {path}: missing column(s) {', '.join(missing)}")
@@ -149,7 +149,7 @@ def write_statistics(stats: dict[str, dict], stats_path: str | Path, vocab_path:
 
 def load_normalization(stats_path: str | Path, vocabulary: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(mean, std) float64 [V] in vocabulary-id order."""
-    stats = read_json(stats_path)["variables"]
+    stats = read_json(stats_path, written_by="stats")["variables"]
     missing = [name for name in vocabulary if name not in stats]
     if missing:
         raise InputError(f"statistics file {stats_path}: no statistics for {', '.join(missing[:10])}")
@@ -159,7 +159,7 @@ def load_normalization(stats_path: str | Path, vocabulary: list[str]) -> tuple[n
 
 
 def load_vocabulary(vocab_path: str | Path) -> list[str]:
-    variables = read_json(vocab_path)["variables"]
+    variables = read_json(vocab_path, written_by="stats")["variables"]
     if not variables or len(set(variables)) != len(variables):
         raise InputError(f"vocabulary file {vocab_path}: empty or has duplicate variables")
     return variables

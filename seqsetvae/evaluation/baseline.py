@@ -154,7 +154,7 @@ def main(argv: list[str]) -> int:
 
     from seqsetvae.io import read_json
 
-    vocabulary = read_json(args.vocab)["variables"]
+    vocabulary = read_json(args.vocab, written_by="stats")["variables"]
     read = {split: read_split(shards, split) for split in SPLITS}
     data = {split: summaries(*read[split]) for split in SPLITS}
     for split, (x, y, _) in data.items():

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors import safe_open
 
-from seqsetvae.errors import InputError
+from seqsetvae.errors import DamagedFile, InputError
 from seqsetvae.evaluation.metrics import ActiveUnits, classification_metrics
 from seqsetvae.io import atomic_path, read_json, write_json
 from seqsetvae.settings import load_settings
@@ -55,7 +55,7 @@ def checkpoint_step(weights: Path) -> tuple[int | None, int | None]:
         with safe_open(str(weights), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as error:  # safetensors raises several types for a bad file
-        raise InputError(f"{weights}: not a readable safetensors file ({error})") from error
+        raise DamagedFile(weights, f"not a readable safetensors file: {error}", "train") from None
     # `seqsetvae.training.checkpoint.save_weights` stores {"epoch", "step"} as one JSON string
     training = json.loads(meta["training"]) if "training" in meta else {}
     return training.get("epoch"), training.get("step")
@@ -147,10 +147,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings(args.settings)["evaluate"]
     run_config_path, weights = Path(args.run_config), Path(args.weights)
-    try:
-        run_config = read_json(run_config_path)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{run_config_path}: cannot read the run config ({error})") from None
+    run_config = read_json(run_config_path, written_by="train")
     missing = [k for k in ("model", "train", "batch_size") if k not in run_config]
     if missing:
         raise InputError(f"{run_config_path}: missing key(s) {', '.join(missing)}")

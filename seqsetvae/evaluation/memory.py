@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from seqsetvae.errors import InputError
-from seqsetvae.io import read_json, write_json
+from seqsetvae.io import read_json, write_json, writer_of
 
 MISSING_VALUES = ["-", "NA", "nan", "NaN", ""]
 
@@ -104,10 +104,7 @@ def main(argv: list[str]) -> int:
 
 
 def _read_object(path: str, required: list[str]) -> dict:
-    try:
-        obj = read_json(path)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: cannot read JSON ({error})") from None
+    obj = read_json(path, written_by=writer_of(path) or "the stage that writes it")
     missing = [key for key in required if key not in obj]
     if missing:
         raise InputError(f"{path}: missing key(s) {', '.join(missing)}")

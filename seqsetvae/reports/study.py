@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seqsetvae.errors import InputError
+from seqsetvae.errors import DamagedFile, InputError
 from seqsetvae.evaluation import paired
-from seqsetvae.io import read_json
+from seqsetvae.io import read_json, read_parquet, writer_of
 from seqsetvae.training.noise_scale import simple_noise_scale
 
 SIGNIFICANCE = 0.05
@@ -44,10 +44,7 @@ class Run:
 def read_object(path: Path, required: tuple[str, ...] = ()) -> dict:
     if not path.exists():
         raise InputError(f"{path}: missing (run the stage that writes it first)")
-    try:
-        obj = read_json(path)
-    except ValueError as error:
-        raise InputError(f"{path}: not valid JSON ({error})") from None
+    obj = read_json(path, written_by=writer_of(path) or "the stage that writes it")
     missing = [key for key in required if key not in obj]
     if missing:
         raise InputError(f"{path}: missing key(s) {', '.join(missing)}")
@@ -61,7 +58,7 @@ def read_metrics_log(path: Path) -> dict[str, pd.DataFrame]:
     try:
         records = pd.read_json(path, lines=True) if path.stat().st_size else pd.DataFrame()
     except ValueError as error:
-        raise InputError(f"{path}: not JSON lines ({error})") from None
+        raise DamagedFile(path, f"not JSON lines: {error}", writer_of(path)) from None
     if len(records) and "kind" not in records.columns:
         raise InputError(f"{path}: records lack the 'kind' field")
     required = {"step": ["step", "loss"], "validation": ["step", "samples", "val_auroc", "train_time_s", "wall_time_s"],
@@ -81,7 +78,7 @@ def read_metrics_log(path: Path) -> dict[str, pd.DataFrame]:
 def read_predictions(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise InputError(f"{path}: missing (run the stage that writes it first)")
-    frame = pd.read_parquet(path)
+    frame = read_parquet(path, writer_of(path) or "the stage that writes it").to_pandas()
     missing = {"patient_id", "label", "probability"} - set(frame.columns)
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(sorted(missing))}")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from seqsetvae.io import atomic_path, read_json, write_json
+from seqsetvae.io import atomic_path, load_safetensors, read_json, write_json
 
 KEEP = 2  # checkpoints kept on disk (the newest ones)
 
@@ -33,7 +33,7 @@ KEEP = 2  # checkpoints kept on disk (the newest ones)
 # values of these is resumed all the same (the run's own seed is part of the identity)
 # (devices: in the identity as the world size, when above 1)
 NOT_IN_FINGERPRINT = {"batch_sizes", "seeds", "threads", "log_every", "checkpoint_every", "max_skipped_batches",
-                      "cpu_fallback", "devices", "loader_workers"}  # fmt: skip
+                      "cpu_fallback", "devices", "loader_workers", "stop_signals"}  # fmt: skip
 # the budget: a checkpoint of the same identity under another budget is continued
 BUDGET = ("epochs",)
 
@@ -126,7 +126,7 @@ def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict | None
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    model.load_state_dict(load_file(str(path)), strict=True)
+    model.load_state_dict(load_safetensors(path, written_by="train"), strict=True)
 
 
 # -- whole checkpoints ----------------------------------------------------------------

@@ -143,6 +143,13 @@ def all_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+def all_max(values: list[float], device: torch.device) -> list[float]:
+    """Maxima over the ranks of a few numbers (one all-reduce)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
 def gather_rng(device: torch.device) -> list[dict]:
     """Every rank's torch (and CUDA) random state, on every rank."""
     states = {"torch": torch.get_rng_state()}

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from seqsetvae.errors import InputError
+from seqsetvae.errors import DamagedFile, InputError
 
 
 def resolve_device(name: str, gpus: int = 0, cpu_fallback: bool = False) -> torch.device:
@@ -120,7 +120,7 @@ def load_embedding(path: Path) -> torch.Tensor:
     try:
         tensors = load_file(str(path))
     except Exception as error:  # safetensors raises several types for a bad file
-        raise InputError(f"{path}: not a readable safetensors file ({error})") from error
+        raise DamagedFile(path, f"not a readable safetensors file: {error}", "embedding") from None
     if "embedding" not in tensors or tensors["embedding"].ndim != 2:
         raise InputError(f"{path}: expected a 2-D tensor named 'embedding', found {sorted(tensors)}")
     return tensors["embedding"].float()

@@ -11,8 +11,10 @@ epoch and keeps the weights of the best validation AUROC.
 
 Writes into --out: metrics.json (the run's summary), metrics.jsonl (one line per step,
 per validation, per noise-scale measurement and per epoch), best.safetensors (weights of
-the best validation AUROC), final.safetensors, run_config.json, and checkpoints/ (see
-`seqsetvae.training.checkpoint`). A job killed and started again resumes from its last
+the best validation AUROC), final.safetensors (the last weights), run_config.json, and
+checkpoints/ (see
+`seqsetvae.training.checkpoint`). With `train.weight_average_epochs`, validation, best
+and final are the averaged weights (`seqsetvae.training.averaging`). A job killed and started again resumes from its last
 checkpoint and, on CPU, ends with the same weights as an uninterrupted run. A changed
 budget (`train.epochs`) continues from the last checkpoint (the schedules follow the new
 budget from there); checkpoints of another model, data, optimiser or seed (see
@@ -40,10 +42,12 @@ from seqsetvae.io import atomic_path, write_json
 from seqsetvae.settings import load_settings
 from seqsetvae.training import checkpoint as ckpt
 from seqsetvae.training import distributed, noise_scale
+from seqsetvae.training.averaging import WeightAverage
 from seqsetvae.training.dataset import prefetched
 from seqsetvae.training.distributed import World
 from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
 from seqsetvae.training.optimizer import build_optimizer, class_weights, set_learning_rate
+from seqsetvae.training.preemption import Preempted, StopSignals
 from seqsetvae.training.runtime import (
     autocast,
     compiled_graphs,
@@ -176,9 +180,16 @@ class Trainer:
         config = ModelConfig.from_settings(settings["model"])
         self.model = SeqSetVAE(config, self.embedding, class_weights(self.train_batches.labels, train["class_weights"]))
         self.model.to(device)
+        # validation, the best weights and evaluation read an average of the weights
+        # (seqsetvae.training.averaging); the optimiser trains the model itself
+        average = train["weight_average_epochs"]
+        self.average = WeightAverage(self.model, average, self.n_train) if average else None
+        self.evaluated = self.average.model if self.average else self.model
         self.graphs_before = compiled_graphs() if self.compile_mode is not None else 0  # per process
         if self.compile_mode is not None:
             self.model.compile_step(self.compile_mode)
+            if self.average:
+                self.average.model.compile_step(self.compile_mode)
         # what a training step calls: the model, or DDP around it (its gradients averaged
         # over the ranks); validation, noise-scale measurements and checkpoints use the model
         self.net = self.model
@@ -197,6 +208,7 @@ class Trainer:
         self.identity = ckpt.run_identity(settings, args.batch_size, seed, Path(args.shards), Path(args.embedding), device,
                                  world.size)  # fmt: skip
         self.state = _fresh_state()
+        self.stop_signals: StopSignals | None = None  # set by main() around training
         self.segment_start = time.perf_counter()  # wall time of this process since the last checkpoint
 
     # -- progress -------------------------------------------------------------------------
@@ -233,6 +245,8 @@ class Trainer:
             if saved.get("identity") == self.identity and not past_budget:
                 self.model.load_state_dict(weights, strict=True)
                 self.optimizer.load_state_dict(saved["optimizer"])
+                if self.average:
+                    self.average.load_state_dict(saved["weight_average"])
                 self.sampler.load_state_dict(saved["sampler"])
                 ckpt.set_rng_state(saved["rng"], self.device)
                 if self.world.distributed:
@@ -309,6 +323,8 @@ class Trainer:
         }
         if rank_rng is not None:
             everything["rank_rng"] = rank_rng
+        if self.average:
+            everything["weight_average"] = self.average.state_dict()
         ckpt.save_checkpoint(self.checkpoints, self.state["step"], self.model, everything)
         if not sys.stderr.isatty():
             _log(f"checkpoint at step {self.state['step']} ({why})")
@@ -369,6 +385,8 @@ class Trainer:
             self.skip(indices, epoch, terms)
             return None
         self.optimizer.step()
+        if self.average:
+            self.average.update(self.model, size["patients"])
         seconds = time.perf_counter() - start  # float() above waited for the device
 
         state["step"] += 1
@@ -423,7 +441,7 @@ class Trainer:
             state["validations"] += 1
             return
         result = validate(
-            self.model, self.valid_batches, self.args.batch_size, self.train, self.device, self.autocast,
+            self.evaluated, self.valid_batches, self.args.batch_size, self.train, self.device, self.autocast,
             evaluation_weights(self.settings["model"]),
         )  # fmt: skip
         state["validations"] += 1
@@ -439,7 +457,7 @@ class Trainer:
             epoch, step = self.sampler.epoch + (self.sampler.position > 0), state["step"]
             state["best"] = {"validation": state["validations"], "epoch": epoch, "step": step, **result}
             state["best"].pop("val_auprc")
-            ckpt.save_weights(self.model, self.checkpoints / "best.safetensors",
+            ckpt.save_weights(self.evaluated, self.checkpoints / "best.safetensors",
                               {"epoch": epoch, "step": step, "epochs": self.epochs_done})  # fmt: skip
         if not sys.stderr.isatty():
             _log(
@@ -535,20 +553,32 @@ class Trainer:
                 if self.due(train["validations_per_epoch"], state["validations"]):
                     self.validate()
                 epoch_ends = sampler.position == len(sampler)  # checkpointed after the epoch line
-                stop = line is not None and stop_after is not None and step >= stop_after
-                if line is not None and (step % train["checkpoint_every"] == 0 or stop) and not epoch_ends:
+                signalled = self.signalled()
+                stop = signalled is not None or (line is not None and stop_after is not None and step >= stop_after)
+                if ((line is not None and step % train["checkpoint_every"] == 0) or stop) and not epoch_ends:
                     self.checkpoint("stop requested" if stop else "periodic")
                 if stop:
                     if epoch_ends:
                         self.end_epoch(epoch)
                     bar.close()
                     self.close_log()
+                    if signalled is not None:
+                        raise Preempted(signalled, step, self.checkpoints / f"step-{step:08d}")
                     _log(f"stopped after {step} steps (--stop-after-steps); outputs not written")
                     return False
             bar.close()
             self.end_epoch(epoch)
         self.close_log()
         return True
+
+    def signalled(self) -> int | None:
+        """The stop signal received by this process (or, in a multi-process job, by any
+        rank: they stop at the same step), or None."""
+        received = self.stop_signals.received if self.stop_signals else None
+        if not self.world.distributed:
+            return received
+        largest = distributed.all_max([received or 0], self.device)[0]
+        return int(largest) or None
 
     def close_log(self) -> None:
         if self.world.is_main:
@@ -563,7 +593,7 @@ class Trainer:
         with atomic_path(out / "best.safetensors") as tmp:
             shutil.copyfile(self.checkpoints / "best.safetensors", tmp)
         final_meta = {"epoch": self.sampler.epoch, "step": state["step"], "epochs": self.epochs_done}
-        ckpt.save_weights(self.model, out / "final.safetensors", final_meta)
+        ckpt.save_weights(self.evaluated, out / "final.safetensors", final_meta)
         ckpt.prune(self.checkpoints, keep=1)  # the final one: a restarted finished run resumes it
         write_json(
             out / "run_config.json",
@@ -661,6 +691,12 @@ def main(argv: list[str]) -> int:
     seed_everything(seed)
 
     trainer = Trainer(args, settings, device, threads, seed, world)
+    trainer.stop_signals = StopSignals(train["stop_signals"])
+    with trainer.stop_signals:
+        return _train(trainer, args, train, device, world, seed, threads)
+
+
+def _train(trainer: Trainer, args, train: dict, device, world: World, seed: int, threads: int) -> int:
     trainer.resume()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -669,7 +705,13 @@ def main(argv: list[str]) -> int:
         f"{train['precision']}), {trainer.n_train} train / {len(trainer.valid_batches)} valid patients, "
         f"{train['epochs']} epochs, peak lr {trainer.lr:g} ({train['lr_scaling']} scaling)"
     )
-    if trainer.fit() and world.is_main:
+    try:
+        finished = trainer.fit()
+    except Preempted as stop:
+        _log(f"error: {stop}")
+        distributed.finish()
+        return stop.status
+    if finished and world.is_main:
         trainer.write_outputs()
         _log(f"wrote {args.out}")
     distributed.barrier()

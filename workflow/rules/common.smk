@@ -48,14 +48,11 @@ LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"
 CONDA_ENV = "../../envs/seqsetvae.yaml"
 
-# Every rule's shell is `logged {log} seqsetvae <stage> ...`: the stage's output goes to
-# the rule's log; on failure its `error:` message (or, after a crash, the log's last lines)
-# is printed on the console too, and the exit status is passed on.
-shell.prefix(
-    "set -euo pipefail; logged() {{ log=$1; shift;"
-    ' "$@" > "$log" 2>&1 || {{ status=$?; echo "$1 $2 failed; log: $log" >&2;'
-    ' grep -A 100000 \'^error:\' "$log" >&2 || tail -n 5 "$log" >&2; return $status; }}; }}; '
-)
+# Every rule's shell is `logged {log} seqsetvae <stage> ...` (workflow/scripts/logged.sh):
+# the stage's output goes to the rule's log; on failure its `error:` message is printed on
+# the console too, even when the log cannot be written, and the exit status is passed on.
+LOGGED_SH = os.path.normpath(os.path.join(workflow.current_basedir, "..", "scripts", "logged.sh"))
+shell.prefix(f"set -euo pipefail; source {shlex.quote(LOGGED_SH)}; ")
 
 
 wildcard_constraints:
