@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from seqsetvae.errors import DamagedFile
+from seqsetvae.errors import DamagedFile, InputError
 
 
 @contextlib.contextmanager
@@ -94,3 +94,17 @@ def load_safetensors(path: str | os.PathLike, written_by: str) -> dict:
         return load_file(str(path))
     except (OSError, SafetensorError, ValueError) as error:
         raise DamagedFile(path, f"{type(error).__name__}: {error}", written_by) from None
+
+
+def require_free_space(folder: str | os.PathLike, needed_bytes: int, what: str) -> None:
+    """Stop before writing `what` into `folder` when its disk has less than `needed_bytes`
+    free (a lower bound of what the stage writes): an InputError saying how much is needed."""
+    folder = Path(folder)
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise InputError(
+            f"{folder}: {free / 2**20:.1f} MiB free on its disk, but {what} needs at least "
+            f"{needed_bytes / 2**20:.1f} MiB; free space there, or set `results:` to a larger disk"
+        )

@@ -67,3 +67,21 @@ def test_the_log_keeps_the_output_and_success_stays_quiet(tmp_path):
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
     assert log.read_text() == "fine\n"
+
+
+def test_the_shards_stage_checks_free_space_before_writing(small_disk, small_shards, capsys):
+    """small_shards' events need more than the tmpfs offers once it is nearly full."""
+    import json
+
+    from seqsetvae import cli
+
+    fill(small_disk)
+    out = small_disk / "shards"
+    argv = ["shards", "--events", str(small_shards / "events"), "--stats", str(small_shards / "stats.json"),
+            "--vocab", str(small_shards / "vocab.json"), "--out", str(out), "--qc", str(small_disk / "qc.json")]  # fmt: skip
+    assert cli.main(argv) == 1
+    rows = json.loads((small_shards / "events" / "qc.json").read_text())["rows_kept"]
+    assert rows > 0 and not out.exists() and not (small_disk / "qc.json").exists()
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {small_disk}: 0.0 MiB free on its disk, but the shards of {rows} events needs at least")
+    assert [p.name for p in small_disk.iterdir()] == ["filler"]  # no scratch folder left

@@ -459,7 +459,7 @@ def test_a_stop_signal_checkpoints_the_step_in_flight_and_the_rerun_redoes_nothi
 
     def step_then_signal(self, *args, **kwargs):
         line = step(self, *args, **kwargs)
-        if self.state["step"] == 5 and not (out / "checkpoints" / "step-00000005").exists():
+        if self.state.step == 5 and not (out / "checkpoints" / "step-00000005").exists():
             os.kill(os.getpid(), getattr(signal, name))
         return line
 

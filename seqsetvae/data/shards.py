@@ -47,7 +47,7 @@ from seqsetvae.data.stats import (
     read_partition,
 )
 from seqsetvae.errors import InputError
-from seqsetvae.io import atomic_path, read_parquet, write_json
+from seqsetvae.io import atomic_path, read_json, read_parquet, require_free_space, write_json
 from seqsetvae.settings import load_settings
 
 FORMAT = "seqsetvae-shards-1"
@@ -372,6 +372,11 @@ def make_shards(events_dir: str | Path, stats: str | Path, vocab: str | Path, ou
     patients_table = read_patients(events_dir)
     vocab_names = pa.array(vocabulary, pa.string())
     out.parent.mkdir(parents=True, exist_ok=True)
+    ingest_qc = events_dir / "qc.json"
+    if ingest_qc.is_file():  # the events' count, known without reading them
+        rows = int(read_json(ingest_qc, written_by="ingest")["rows_kept"])
+        # scratch copies and shard files both hold every event's id and value (4 + 4 bytes)
+        require_free_space(out.parent, 2 * 8 * rows, f"the shards of {rows} events")
 
     counts: dict[str, int] = {}
     unseen: dict[str, int] = {}

@@ -48,6 +48,7 @@ from seqsetvae.training.distributed import World
 from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
 from seqsetvae.training.optimizer import build_optimizer, class_weights, set_learning_rate
 from seqsetvae.training.preemption import Preempted, StopSignals
+from seqsetvae.training.progress import RunState
 from seqsetvae.training.runtime import (
     autocast,
     compiled_graphs,
@@ -103,36 +104,6 @@ _QUIET = False  # the ranks other than 0 of a multi-device job
 def _log(message: str) -> None:
     if not _QUIET:
         print(message, file=sys.stderr, flush=True)
-
-
-def _fresh_state() -> dict:
-    """The run's counters: everything besides model, optimizer, sampler and RNG."""
-    return {
-        "step": 0,
-        "wall_time_s": 0.0,  # of earlier processes of this run (resumed runs)
-        "train_time_s": 0.0,  # optimiser steps only (no validation, no noise-scale measurement)
-        "patients": 0,  # samples seen: the run's progress is patients / train patients (epochs)
-        "events": 0,
-        "event_slots": 0.0,  # event slots the set encoder and decoder processed
-        "sets": 0,
-        "sequence_slots": 0,  # slots of the [B, T_max] grids of the sequence transformer
-        "largest_batch": {"patients": 0, "events": 0, "sets": 0},
-        "loss_sum": 0.0,  # patient-weighted training loss since the last validation
-        "loss_patients": 0,
-        "epoch_loss_sum": 0.0,
-        "epoch_patients": 0,
-        "validations": 0,
-        "noise_measurements": [],
-        "best": {"validation": None, "epoch": None, "step": None, "val_auroc": None, "val_loss": None},
-        "metrics_bytes": 0,  # length of the working metrics.jsonl at this state
-        "skipped_batches": 0,  # non-finite loss or gradient: skipped before the optimiser step
-        "data_wait_s": 0.0,  # of train_time_s: building the batch, or waiting for a loader worker
-        "budget_changes": [],  # {"step", "epochs_from", "epochs_to"} of each continued budget change
-        # the largest over every process (segment) of the run, not only the last one
-        "peaks": {"peak_rss_mb": 0.0, "cuda_max_allocated_mb": None, "cuda_max_reserved_mb": None},
-    }
-
-
 
 
 STEP_TERMS = ("loss", "recon", "kl", "ce")
@@ -207,7 +178,7 @@ class Trainer:
         )
         self.identity = ckpt.run_identity(settings, args.batch_size, seed, Path(args.shards), Path(args.embedding), device,
                                  world.size)  # fmt: skip
-        self.state = _fresh_state()
+        self.state = RunState()
         self.stop_signals: StopSignals | None = None  # set by main() around training
         self.segment_start = time.perf_counter()  # wall time of this process since the last checkpoint
 
@@ -216,12 +187,12 @@ class Trainer:
     @property
     def epochs_done(self) -> float:
         """Samples seen / train patients: the clock of every schedule."""
-        return self.state["patients"] / self.n_train
+        return self.state.patients / self.n_train
 
     def due(self, per_epoch: float, done: int, offset: float = 1.0) -> bool:
         """Whether the next event of a series `per_epoch` times per epoch is reached: event k
         (from 0) falls at (k + offset) / per_epoch epochs."""
-        return per_epoch > 0 and self.state["patients"] * per_epoch >= (done + offset) * self.n_train
+        return per_epoch > 0 and self.state.patients * per_epoch >= (done + offset) * self.n_train
 
     # -- checkpoints ----------------------------------------------------------------------
 
@@ -251,11 +222,11 @@ class Trainer:
                 ckpt.set_rng_state(saved["rng"], self.device)
                 if self.world.distributed:
                     distributed.set_rank_rng(saved["rank_rng"], self.world, self.device)
-                self.state = {**_fresh_state(), **saved["run"]}
-                _log(f"resuming from {latest} (step {self.state['step']}, epoch {self.sampler.epoch + 1})")
+                self.state = RunState.from_json(saved["run"])
+                _log(f"resuming from {latest} (step {self.state.step}, epoch {self.sampler.epoch + 1})")
                 if saved["epochs"] != self.train["epochs"]:
-                    change = {"step": self.state["step"], "epochs_from": saved["epochs"], "epochs_to": self.train["epochs"]}
-                    self.state["budget_changes"].append(change)
+                    change = {"step": self.state.step, "epochs_from": saved["epochs"], "epochs_to": self.train["epochs"]}
+                    self.state.budget_changes.append(change)
                     _log(
                         f"train.epochs changed from {saved['epochs']} to {self.train['epochs']}: continuing at "
                         f"{progress:.2f} epochs; the schedules follow the new budget from here"
@@ -269,7 +240,7 @@ class Trainer:
         # the working metrics log is cut back to the checkpoint's length, so that steps
         # redone after a resume are not logged twice
         with open(self.log_path, "ab") as log:
-            log.truncate(self.state["metrics_bytes"])
+            log.truncate(self.state.metrics_bytes)
         self.metrics_log = open(self.log_path, "a")
 
     def move_damaged_aside(self, damaged: list, resumed: Path | None) -> None:
@@ -294,7 +265,7 @@ class Trainer:
 
     def update_peaks(self) -> None:
         """Fold this process's memory peaks into the run's (the maximum over segments)."""
-        peaks = self.state["peaks"]
+        peaks = self.state.peaks
         peaks["peak_rss_mb"] = max(peaks["peak_rss_mb"] or 0.0, peak_rss_mb())
         if self.device.type == "cuda":
             allocated, reserved = cuda_peaks_mb(self.device)
@@ -302,21 +273,21 @@ class Trainer:
             peaks["cuda_max_reserved_mb"] = max(peaks["cuda_max_reserved_mb"] or 0.0, reserved)
 
     def wall_time(self) -> float:
-        return self.state["wall_time_s"] + time.perf_counter() - self.segment_start
+        return self.state.wall_time_s + time.perf_counter() - self.segment_start
 
     def checkpoint(self, why: str) -> None:
         rank_rng = distributed.gather_rng(self.device) if self.world.distributed else None
         if not self.world.is_main:
             return
         self.metrics_log.flush()
-        self.state["metrics_bytes"] = self.log_path.stat().st_size
-        self.state["wall_time_s"] = self.wall_time()
+        self.state.metrics_bytes = self.log_path.stat().st_size
+        self.state.wall_time_s = self.wall_time()
         self.segment_start = time.perf_counter()
         self.update_peaks()
         everything = {
             "identity": self.identity,
             "epochs": self.train["epochs"],
-            "run": self.state,
+            "run": self.state.to_json(),
             "sampler": self.sampler.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": ckpt.rng_state(self.device),
@@ -325,9 +296,9 @@ class Trainer:
             everything["rank_rng"] = rank_rng
         if self.average:
             everything["weight_average"] = self.average.state_dict()
-        ckpt.save_checkpoint(self.checkpoints, self.state["step"], self.model, everything)
+        ckpt.save_checkpoint(self.checkpoints, self.state.step, self.model, everything)
         if not sys.stderr.isatty():
-            _log(f"checkpoint at step {self.state['step']} ({why})")
+            _log(f"checkpoint at step {self.state.step} ({why})")
 
     def record(self, line: dict) -> None:
         if not self.world.is_main:
@@ -353,7 +324,7 @@ class Trainer:
         if batch is None:  # built here: the wait is the building
             batch = self.train_batches(indices[mine])
             wait = time.perf_counter() - start
-        state["data_wait_s"] += wait
+        state.data_wait_s += wait
         batch = batch.to(self.device, non_blocking=self.pin)
         if share == 0.0:  # a stand-in patient (distributed.rank_share): weighs nothing, moves no running mean
             batch.patient_weight = torch.zeros_like(batch.patient_weight)
@@ -361,10 +332,10 @@ class Trainer:
         if self.world.distributed:
             noise = distributed.rank_noise(indices, mine, reader.n_sets, self.model.config.latent_dim,
                                            next(self.model.parameters()).dtype, self.device)  # fmt: skip
-        weights = loss_weights(self.settings["model"], state["step"], self.epochs_done)
+        weights = loss_weights(self.settings["model"], state.step, self.epochs_done)
         # the learning rate of this step: the schedule at the progress this batch completes
         lr = set_learning_rate(
-            self.optimizer, lr_factor(self.train, state["step"] + 1, (state["patients"] + len(indices)) / self.n_train)
+            self.optimizer, lr_factor(self.train, state.step + 1, (state.patients + len(indices)) / self.n_train)
         )
         with self.autocast():
             output = self.net(batch, weights) if noise is None else self.net(batch, weights, noise)
@@ -389,21 +360,9 @@ class Trainer:
             self.average.update(self.model, size["patients"])
         seconds = time.perf_counter() - start  # float() above waited for the device
 
-        state["step"] += 1
-        state["train_time_s"] += seconds
-        state["patients"] += size["patients"]
-        state["events"] += size["events"]
-        state["event_slots"] += size["events"] / batch.fill_ratio
-        state["sets"] += size["sets"]
-        state["sequence_slots"] += int(sequence_slots)
-        state["loss_sum"] += terms["loss"] * size["patients"]
-        state["loss_patients"] += size["patients"]
-        state["epoch_loss_sum"] += terms["loss"] * size["patients"]
-        state["epoch_patients"] += size["patients"]
-        for key, value in size.items():
-            state["largest_batch"][key] = max(state["largest_batch"][key], value)
+        state.count_step(size, terms["loss"], seconds, float(batch.fill_ratio), int(sequence_slots))
         line = {
-            "kind": "step", "epoch": epoch + 1, "step": state["step"], "samples": state["patients"],
+            "kind": "step", "epoch": epoch + 1, "step": state.step, "samples": state.patients,
             "epochs": self.epochs_done, **terms, "lr": lr,
             "beta": weights.beta, "recon_weight": weights.recon, "pred_weight": weights.pred,
             "patients_per_s": size["patients"] / seconds, "events_per_s": size["events"] / seconds,
@@ -420,64 +379,63 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         state = self.state
         patients = [str(p) for p in self.train_batches.reader.patient_ids[np.asarray(indices)]]
-        state["skipped_batches"] += 1
-        state["patients"] += len(patients)
+        state.skipped_batches += 1
+        state.patients += len(patients)
         bad = sorted(name for name, value in terms.items() if not math.isfinite(value))
-        where = f"epoch {epoch + 1}, after step {state['step']}, patients {', '.join(patients)}"
+        where = f"epoch {epoch + 1}, after step {state.step}, patients {', '.join(patients)}"
         limit = self.train["max_skipped_batches"]
-        if state["skipped_batches"] > limit:
+        if state.skipped_batches > limit:
             raise FloatingPointError(
-                f"non-finite {', '.join(bad)} ({where}): {state['skipped_batches']} batches skipped, more than "
+                f"non-finite {', '.join(bad)} ({where}): {state.skipped_batches} batches skipped, more than "
                 f"train.max_skipped_batches = {limit}"
             )
-        self.record({"kind": "skipped", "epoch": epoch + 1, "step": state["step"], "samples": state["patients"],
+        self.record({"kind": "skipped", "epoch": epoch + 1, "step": state.step, "samples": state.patients,
                      "non_finite": bad, "patients": patients})  # fmt: skip
-        _log(f"skipped a batch with a non-finite {', '.join(bad)} ({where}); {state['skipped_batches']} skipped so far")
+        _log(f"skipped a batch with a non-finite {', '.join(bad)} ({where}); {state.skipped_batches} skipped so far")
 
     def validate(self) -> None:
         """Score the validation split, log the point, keep the best weights (rank 0)."""
         state = self.state
         if not self.world.is_main:
-            state["validations"] += 1
+            state.validations += 1
             return
         result = validate(
             self.evaluated, self.valid_batches, self.args.batch_size, self.train, self.device, self.autocast,
             evaluation_weights(self.settings["model"]),
         )  # fmt: skip
-        state["validations"] += 1
-        train_loss = state["loss_sum"] / max(state["loss_patients"], 1)
-        state["loss_sum"], state["loss_patients"] = 0.0, 0
+        state.validations += 1
+        train_loss = state.take_loss()
         line = {
-            "kind": "validation", "validation": state["validations"], "step": state["step"],
-            "samples": state["patients"], "epochs": self.epochs_done, "train_loss": train_loss, **result,
-            "train_time_s": state["train_time_s"], "wall_time_s": self.wall_time(),
+            "kind": "validation", "validation": state.validations, "step": state.step,
+            "samples": state.patients, "epochs": self.epochs_done, "train_loss": train_loss, **result,
+            "train_time_s": state.train_time_s, "wall_time_s": self.wall_time(),
         }  # fmt: skip
         self.record(line)
-        if is_better(result, state["best"]):
-            epoch, step = self.sampler.epoch + (self.sampler.position > 0), state["step"]
-            state["best"] = {"validation": state["validations"], "epoch": epoch, "step": step, **result}
-            state["best"].pop("val_auprc")
+        if is_better(result, state.best):
+            epoch, step = self.sampler.epoch + (self.sampler.position > 0), state.step
+            state.best = {"validation": state.validations, "epoch": epoch, "step": step, **result}
+            state.best.pop("val_auprc")
             ckpt.save_weights(self.evaluated, self.checkpoints / "best.safetensors",
                               {"epoch": epoch, "step": step, "epochs": self.epochs_done})  # fmt: skip
         if not sys.stderr.isatty():
             _log(
-                f"validation {state['validations']} at {self.epochs_done:.2f} epochs (step {state['step']}): "
+                f"validation {state.validations} at {self.epochs_done:.2f} epochs (step {state.step}): "
                 f"val loss {result['val_loss']}, AUROC {result['val_auroc']}, AUPRC {result['val_auprc']}"
             )
 
     def measure_noise_scale(self) -> None:
         """One gradient-noise-scale measurement at the current weights (no step, RNG untouched)."""
         config = self.train["noise_scale"]
-        count = len(self.state["noise_measurements"])
+        count = len(self.state.noise_measurements)
         if not self.world.is_main:  # rank 0 measures; the others keep the count
-            self.state["noise_measurements"].append({})
+            self.state.noise_measurements.append({})
             return
         patients = min(config["patients"], self.n_train - self.n_train % 2)
         if patients < 2:
             return
         rng = np.random.default_rng([self.seed, 1, count])  # independent of the sampler's stream
         indices = rng.choice(self.n_train, size=patients, replace=False)
-        weights = loss_weights(self.settings["model"], self.state["step"], self.epochs_done)
+        weights = loss_weights(self.settings["model"], self.state.step, self.epochs_done)
         params = [p for p in self.model.parameters() if p.requires_grad]
 
         def gradient(half: np.ndarray) -> np.ndarray:
@@ -499,17 +457,16 @@ class Trainer:
             self.model.classifier.sync_ranks = True
             for buffer, saved in zip(self.model.buffers(), buffers):
                 buffer.copy_(saved)
-        measurement = {"step": self.state["step"], "epochs": self.epochs_done, **measurement}
-        self.state["noise_measurements"].append(measurement)
+        measurement = {"step": self.state.step, "epochs": self.epochs_done, **measurement}
+        self.state.noise_measurements.append(measurement)
         self.record({"kind": "noise_scale", **measurement})
 
     def end_epoch(self, epoch: int) -> None:
         state = self.state
-        train_loss = state["epoch_loss_sum"] / max(state["epoch_patients"], 1)
-        self.record({"kind": "epoch", "epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
+        train_loss = state.take_epoch_loss()
+        self.record({"kind": "epoch", "epoch": epoch + 1, "step": state.step, "train_loss": train_loss,
                      "wall_time_s": self.wall_time(), "compiled_graphs": self.graphs()})  # fmt: skip
-        _log(f"epoch {epoch + 1}/{self.train['epochs']} done: train loss {train_loss:.4f}, best {state['best']}")
-        state["epoch_loss_sum"], state["epoch_patients"] = 0.0, 0
+        _log(f"epoch {epoch + 1}/{self.train['epochs']} done: train loss {train_loss:.4f}, best {state.best}")
         self.checkpoint(f"end of epoch {epoch + 1}")
 
     def graphs(self) -> int | None:
@@ -533,12 +490,12 @@ class Trainer:
             loader = prefetched(self.train_batches, plan, self.workers, self.pin)
             for indices, part in zip(sampler, parts):
                 # measurements mid-way between validations: at (k + 0.5) / per_epoch epochs
-                if self.due(train["noise_scale"]["per_epoch"], len(state["noise_measurements"]), offset=0.5):
+                if self.due(train["noise_scale"]["per_epoch"], len(state.noise_measurements), offset=0.5):
                     self.measure_noise_scale()
                 waited = time.perf_counter()
                 batch = next(loader)
                 line = self.step(indices, epoch, batch, part, wait=time.perf_counter() - waited)
-                step = state["step"]
+                step = state.step
                 bar.update(1)
                 if line is None:  # skipped: no step to log or checkpoint
                     pass
@@ -550,7 +507,7 @@ class Trainer:
                         f"loss {line['loss']:.4f} (recon {line['recon']:.4f}, kl {line['kl']:.4f}, "
                         f"ce {line['ce']:.4f}) lr {line['lr']:.3g}, {line['patients_per_s']:.1f} patients/s"
                     )
-                if self.due(train["validations_per_epoch"], state["validations"]):
+                if self.due(train["validations_per_epoch"], state.validations):
                     self.validate()
                 epoch_ends = sampler.position == len(sampler)  # checkpointed after the epoch line
                 signalled = self.signalled()
@@ -592,7 +549,7 @@ class Trainer:
             shutil.copyfile(self.log_path, tmp)
         with atomic_path(out / "best.safetensors") as tmp:
             shutil.copyfile(self.checkpoints / "best.safetensors", tmp)
-        final_meta = {"epoch": self.sampler.epoch, "step": state["step"], "epochs": self.epochs_done}
+        final_meta = {"epoch": self.sampler.epoch, "step": state.step, "epochs": self.epochs_done}
         ckpt.save_weights(self.evaluated, out / "final.safetensors", final_meta)
         ckpt.prune(self.checkpoints, keep=1)  # the final one: a restarted finished run resumes it
         write_json(
@@ -608,29 +565,29 @@ class Trainer:
             },
         )
         self.update_peaks()
-        peaks = state["peaks"]
-        seconds = state["train_time_s"]
-        measurements = state["noise_measurements"]
+        peaks = state.peaks
+        seconds = state.train_time_s
+        measurements = state.noise_measurements
         write_json(
             out / "metrics.json",
             {
                 "batch_size": self.args.batch_size,
                 "seed": self.seed,
-                "patients_per_s": state["patients"] / seconds,
-                "events_per_s": state["events"] / seconds,
-                "fill_ratio": state["events"] / state["event_slots"],
-                "sequence_fill_ratio": state["sets"] / state["sequence_slots"],
+                "patients_per_s": state.patients / seconds,
+                "events_per_s": state.events / seconds,
+                "fill_ratio": state.events / state.event_slots,
+                "sequence_fill_ratio": state.sets / state.sequence_slots,
                 "wall_time_s": self.wall_time(),
                 "train_time_s": seconds,
-                "data_wait_fraction": state["data_wait_s"] / seconds,
+                "data_wait_fraction": state.data_wait_s / seconds,
                 "loader_workers": self.workers,
                 "epochs": train["epochs"],
-                "steps": state["step"],
-                "steps_per_epoch": state["step"] / train["epochs"],
-                "patients_seen": state["patients"],
-                "events_seen": state["events"],
+                "steps": state.step,
+                "steps_per_epoch": state.step / train["epochs"],
+                "patients_seen": state.patients,
+                "events_seen": state.events,
                 "train_patients": self.n_train,
-                "validations": state["validations"],
+                "validations": state.validations,
                 "peak_rss_mb": peaks["peak_rss_mb"],
                 "cuda_max_allocated_mb": peaks["cuda_max_allocated_mb"],
                 "cuda_max_reserved_mb": peaks["cuda_max_reserved_mb"],
@@ -638,16 +595,16 @@ class Trainer:
                 "device_requested": train["device"],
                 "devices": self.world.size,  # processes (ranks); throughput counts them all
                 "machine": machine(self.device),
-                "skipped_batches": state["skipped_batches"],
-                "budget_changes": state["budget_changes"],
+                "skipped_batches": state.skipped_batches,
+                "budget_changes": state.budget_changes,
                 "threads": self.threads,
                 "precision": train["precision"],
                 "compile": self.compile_mode,  # None: eager
                 "compiled_graphs": self.graphs(),
                 "torch_version": torch.__version__,
-                "best": state["best"],
-                "best_val_auroc": state["best"]["val_auroc"],
-                "largest_batch": state["largest_batch"],
+                "best": state.best,
+                "best_val_auroc": state.best["val_auroc"],
+                "largest_batch": state.largest_batch,
                 "lr": self.lr,
                 "lr_scaling": train["lr_scaling"],
                 "max_events_per_batch": train["max_events_per_batch"],

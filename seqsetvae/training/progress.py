@@ -1,0 +1,73 @@
+"""A run's counters: everything a checkpoint holds besides the model, the optimiser, the
+sampler and the RNG states. Saved as JSON (`dataclasses.asdict`) in each checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+def _no_best() -> dict:
+    return {"validation": None, "epoch": None, "step": None, "val_auroc": None, "val_loss": None}
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    wall_time_s: float = 0.0  # of earlier processes of this run (resumed runs)
+    train_time_s: float = 0.0  # optimiser steps only (no validation, no noise-scale measurement)
+    data_wait_s: float = 0.0  # of train_time_s: building the batch, or waiting for a loader worker
+    patients: int = 0  # samples seen: the run's progress is patients / train patients (epochs)
+    events: int = 0
+    event_slots: float = 0.0  # event slots the set encoder and decoder processed
+    sets: int = 0
+    sequence_slots: int = 0  # slots of the [B, T_max] grids of the sequence transformer
+    largest_batch: dict = field(default_factory=lambda: {"patients": 0, "events": 0, "sets": 0})
+    loss_sum: float = 0.0  # patient-weighted training loss since the last validation
+    loss_patients: int = 0
+    epoch_loss_sum: float = 0.0
+    epoch_patients: int = 0
+    validations: int = 0
+    noise_measurements: list = field(default_factory=list)
+    best: dict = field(default_factory=_no_best)
+    metrics_bytes: int = 0  # length of the working metrics.jsonl at this state
+    skipped_batches: int = 0  # non-finite loss or gradient: skipped before the optimiser step
+    budget_changes: list = field(default_factory=list)  # {"step", "epochs_from", "epochs_to"} of each change
+    # the largest over every process (segment) of the run, not only the last one
+    peaks: dict = field(default_factory=lambda: {"peak_rss_mb": 0.0, "cuda_max_allocated_mb": None,
+                                                 "cuda_max_reserved_mb": None})  # fmt: skip
+
+    def count_step(self, size: dict, loss: float, seconds: float, fill_ratio: float, sequence_slots: int) -> None:
+        """Fold one optimiser step on a batch of `size` (patients, events, sets) in."""
+        self.step += 1
+        self.train_time_s += seconds
+        self.patients += size["patients"]
+        self.events += size["events"]
+        self.event_slots += size["events"] / fill_ratio
+        self.sets += size["sets"]
+        self.sequence_slots += sequence_slots
+        self.loss_sum += loss * size["patients"]
+        self.loss_patients += size["patients"]
+        self.epoch_loss_sum += loss * size["patients"]
+        self.epoch_patients += size["patients"]
+        for key, value in size.items():
+            self.largest_batch[key] = max(self.largest_batch[key], value)
+
+    def take_loss(self) -> float:
+        """The mean training loss since the last call (validation points)."""
+        loss = self.loss_sum / max(self.loss_patients, 1)
+        self.loss_sum, self.loss_patients = 0.0, 0
+        return loss
+
+    def take_epoch_loss(self) -> float:
+        loss = self.epoch_loss_sum / max(self.epoch_patients, 1)
+        self.epoch_loss_sum, self.epoch_patients = 0.0, 0
+        return loss
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, saved: dict) -> RunState:
+        """From a checkpoint's counters; keys it lacks keep their fresh values."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in known})
