@@ -13,7 +13,7 @@ from seqsetvae.model import LossWeights
 # config.yaml's token and readout: the centred readout's running mean is a buffer the
 # compiled step must update in place
 CONFIG = ModelConfig(reduced_dim=16, latent_dim=32, levels=1, inducing_points=4, heads=2, transformer_layers=1,
-                     transformer_heads=2, ff_dim=32, dropout=0.0, token="value_and_variable", readout="centered")  # fmt: skip
+                     transformer_heads=2, ff_dim=32, dropout=0.0, token="value_and_variable", readout="centered", head="linear")  # fmt: skip
 
 
 def test_compile_setting_resolves_per_device():

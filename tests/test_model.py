@@ -468,3 +468,22 @@ def test_centered_readout_saves_its_mean_and_keeps_patients_independent():
     restored.classifier.feature_mean.add_(1.0)
     with torch.no_grad():
         assert not torch.allclose(restored(collate(patients), W).logits, together)
+
+
+def test_linear_head_is_one_linear_map_of_the_centred_features():
+    config = ModelConfig(**{**CENTERED.__dict__, "head": "linear"})
+    model = small_model(config=config).train()
+    head = model.classifier.mlp
+    assert [type(m) for m in head] == [torch.nn.Dropout, torch.nn.Linear]
+    assert head[1].in_features == 3 * config.latent_dim and head[1].out_features == config.num_classes
+    batch = collate(mixed_patients())
+    rows = mlp_inputs(model, batch)  # the centred features of the first batch
+    model.eval()
+    with torch.no_grad():
+        logits = model(batch, W).logits
+        expected = rows @ head[1].weight.T + head[1].bias
+    # evaluation centres by the saved mean (the first batch's own): the same rows
+    torch.testing.assert_close(logits, expected, rtol=1e-10, atol=1e-10)
+    # an MLP head's weights do not load into it
+    with pytest.raises(RuntimeError, match="classifier.mlp"):
+        model.load_state_dict(small_model(config=CENTERED).state_dict())

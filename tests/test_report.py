@@ -12,6 +12,7 @@ import pytest
 
 from seqsetvae.errors import InputError
 from seqsetvae.evaluation import memory
+from seqsetvae.evaluation.calibration import ece_rows, recalibration_rows, reliability_table
 from seqsetvae.evaluation.evaluate import write_predictions
 from seqsetvae.evaluation.metrics import classification_metrics
 from seqsetvae.evaluation.paired import paired_differences
@@ -197,6 +198,18 @@ def test_json_holds_the_issue_fields_and_paired_statistics(tmp_path):
             for metric in ("auroc", "auprc"):
                 got = e[f"delta_{metric}_vs_reference"]
                 assert got == {k: d[metric][k] for k in ("estimate", "ci", "p", "p_adjusted")}
+            for metric in ("ece", "calibration_slope", "calibration_intercept"):
+                got = e["calibration"][metric]["delta_vs_reference"]
+                assert got == {k: d[metric][k] for k in ("estimate", "ci", "p", "p_adjusted")}
+        # calibration: the seed mean of each seed's ECE / slope / intercept, computed directly
+        probabilities = groups[f"bs{e['batch_size']}"]
+        slopes, intercepts = zip(*(recalibration_rows(LABELS, row) for row in probabilities))
+        assert e["calibration"]["ece"]["mean"] == pytest.approx(np.mean([ece_rows(LABELS, row)[0] for row in probabilities]))
+        assert e["calibration"]["calibration_slope"]["mean"] == pytest.approx(np.mean(slopes))
+        assert e["calibration"]["calibration_intercept"]["mean"] == pytest.approx(np.mean(intercepts))
+        assert e["calibration"]["reliability"] == reliability_table(LABELS, probabilities.mean(axis=0))
+        if e["batch_size"] == 1:
+            assert all(e["calibration"][m]["delta_vs_reference"] is None for m in ("ece", "calibration_slope"))
     # baselines: a list with estimates and CIs; the best is chosen on validation, not test
     assert [b["name"] for b in study["baselines"]] == ["logistic_regression", "gradient_boosting"]
     assert set(study["baselines"][0]["test_auroc"]) == {"estimate", "ci"} and study["best_baseline"] == "gradient_boosting"

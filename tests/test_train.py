@@ -29,7 +29,7 @@ TINY_MODEL = {
     "reduced_dim": 16, "latent_dim": 16, "levels": 1, "inducing_points": 4, "heads": 2,
     "transformer_layers": 1, "transformer_heads": 2, "ff_dim": 32,
     "beta_warmup_steps": 4, "pred_warmup_steps": 4, "recon_decay_steps": 8,
-    "token": "value_and_variable", "readout": "centered",  # config.yaml's (the readout's running mean is state)
+    "token": "value_and_variable", "readout": "centered", "head": "linear",  # config.yaml's (the readout's running mean is state)
 }  # fmt: skip
 TINY_TRAIN = {"epochs": 2, "lr": 0.003, "checkpoint_every": 3, "log_every": 2, "threads": 1, "device": "cpu",
               "seeds": [3], "validations_per_epoch": 2, "noise_scale": {"per_epoch": 1, "patients": 4},

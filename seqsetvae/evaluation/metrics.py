@@ -13,6 +13,8 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, average_precision_score, brier_score_loss, roc_auc_score
 
+from seqsetvae.evaluation.calibration import calibration_rows, reliability_table
+
 CI_LEVEL = 0.95
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: active if Var_x(E[z|x]) > 0.01
 _BOOTSTRAP_CHUNK_CELLS = 4_000_000  # resamples x patients per chunk: bounds memory
@@ -59,7 +61,8 @@ def auprc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def bootstrap_ci(labels: np.ndarray, probabilities: np.ndarray, resamples: int, seed: int) -> dict:
-    """Percentile bootstrap CIs of AUROC and AUPRC over patients.
+    """Percentile bootstrap CIs of AUROC, AUPRC, ECE and the calibration slope and
+    intercept over patients.
 
     Resamples holding one class only have no AUROC/AUPRC: they are skipped and counted.
     """
@@ -69,11 +72,12 @@ def bootstrap_ci(labels: np.ndarray, probabilities: np.ndarray, resamples: int, 
     rng = np.random.default_rng(seed)
     indices = rng.integers(0, n, size=(resamples, n))  # every resample drawn up front
     chunk = max(1, _BOOTSTRAP_CHUNK_CELLS // max(n, 1))
-    aurocs, auprcs = [], []
+    aurocs, auprcs, calibrations = [], [], []
     for start in range(0, resamples, chunk):
         rows = indices[start : start + chunk]
         aurocs.append(auroc_rows(labels[rows], probabilities[rows]))
         auprcs.append(auprc_rows(labels[rows], probabilities[rows]))
+        calibrations.append(calibration_rows(labels[rows], probabilities[rows]))
     auroc, auprc = np.concatenate(aurocs), np.concatenate(auprcs)
     valid = ~np.isnan(auroc)  # a one-class resample has neither metric
     tail = 100 * (1 - CI_LEVEL) / 2
@@ -84,19 +88,30 @@ def bootstrap_ci(labels: np.ndarray, probabilities: np.ndarray, resamples: int, 
         "level": CI_LEVEL,
         "method": "percentile",
     }
-    for name, values in (("auroc", auroc[valid]), ("auprc", auprc[valid])):
+    calibration = {name: np.concatenate([c[name] for c in calibrations])[valid] for name in ("ece", "slope", "intercept")}
+    for name, values in (("auroc", auroc[valid]), ("auprc", auprc[valid]), *calibration.items()):
+        values = values[np.isfinite(values)]  # a resample without a finite recalibration fit
         low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
         result[f"{name}_ci"] = [_finite_or_none(low), _finite_or_none(high)]
     return result
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, resamples: int, seed: int) -> dict:
-    """AUROC/AUPRC with 95% bootstrap CIs, accuracy at 0.5, Brier score, positive rates."""
+    """AUROC/AUPRC and calibration with 95% bootstrap CIs, accuracy at 0.5, Brier score,
+    positive rates."""
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     predicted = (probabilities > 0.5).astype(np.int64)
     two_classes = len(np.unique(labels)) == 2
     bootstrap = bootstrap_ci(labels, probabilities, resamples, seed)
+    # seqsetvae.evaluation.calibration: ECE (10 equal-width bins), logistic recalibration
+    # slope and intercept (slope fixed at 1), the reliability table by deciles of risk
+    point = calibration_rows(labels, probabilities)
+    calibration = {}
+    for name in ("ece", "slope", "intercept"):
+        calibration[name] = _finite_or_none(point[name][0])
+        calibration[f"{name}_ci"] = bootstrap.pop(f"{name}_ci")
+    calibration["reliability"] = reliability_table(labels, probabilities)
     return {
         "n_patients": int(len(labels)),
         "n_positive": int(labels.sum()),
@@ -108,6 +123,7 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, resamp
         "accuracy": float(accuracy_score(labels, predicted)),
         "threshold": 0.5,
         "brier": float(brier_score_loss(labels, probabilities, pos_label=1)),
+        "calibration": calibration,
         "positive_rate": {
             "observed": float(labels.mean()),
             "predicted": float(predicted.mean()),

@@ -28,9 +28,30 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from seqsetvae.evaluation.calibration import ece_rows, recalibration_rows
 from seqsetvae.evaluation.metrics import CI_LEVEL, _BOOTSTRAP_CHUNK_CELLS, auprc_rows, auroc_rows
 
-METRICS = {"auroc": (auroc_rows, roc_auc_score), "auprc": (auprc_rows, average_precision_score)}
+
+def _slope_rows(labels, scores):
+    return recalibration_rows(labels, scores)[0]
+
+
+def _intercept_rows(labels, scores):
+    return recalibration_rows(labels, scores)[1]
+
+
+def _point(rows):
+    return lambda labels, scores: float(rows(labels[None], np.asarray(scores)[None])[0])
+
+
+# name: (vectorised over resamples, point estimate); calibration: seqsetvae.evaluation.calibration
+METRICS = {
+    "auroc": (auroc_rows, roc_auc_score),
+    "auprc": (auprc_rows, average_precision_score),
+    "ece": (ece_rows, _point(ece_rows)),
+    "calibration_slope": (_slope_rows, _point(_slope_rows)),
+    "calibration_intercept": (_intercept_rows, _point(_intercept_rows)),
+}
 
 
 def point_estimate(labels: np.ndarray, scores: np.ndarray, metric: str) -> float:
@@ -108,6 +129,7 @@ def paired_differences(
         p_values = []
         for result, (a, b) in zip(results, pairs):
             diff = dist[a][metric] - dist[b][metric]
+            diff = diff[np.isfinite(diff)]  # a resample without a finite recalibration fit
             estimate = point_estimate(labels, groups[a], metric) - point_estimate(labels, groups[b], metric)
             low, high = np.percentile(diff, [tail, 100 - tail]) if len(diff) else (np.nan, np.nan)
             p = two_sided_p(diff)

@@ -29,6 +29,7 @@ FIGURES = {
     "validation_curves": "validation_curves.png",
     "training_loss": "training_loss.png",
     "throughput_memory": "throughput_memory.png",
+    "reliability": "reliability.png",
 }
 MISSING = "–"  # an en dash marks a value the run did not produce (e.g. GPU memory on CPU)
 
@@ -125,6 +126,24 @@ def speed_table(study: dict) -> str:
          fmt(e["train_peak_memory_mb"], 0), fmt(e["train_peak_gpu_memory_mb"], 0), fmt(e["eval_patients_per_s"], 1)]
         for e in study["batch_sizes"]
     ]  # fmt: skip
+    return markdown_table(header, rows)
+
+
+def calibration_table(study: dict) -> str:
+    """ECE, calibration slope and intercept (seed means), each batch size's paired delta
+    against the reference with its Holm p; the baselines' values below."""
+    names = {"ece": "ECE", "calibration_slope": "slope", "calibration_intercept": "intercept"}
+    header = ["model"] + [h for metric, name in names.items() for h in (name, f"Δ {name} [95% CI], Holm p")]
+    rows = []
+    for e in study["batch_sizes"]:
+        cells = [f"batch size {e['batch_size']}"]
+        for metric in names:
+            part = e["calibration"][metric]
+            estimate, ci, p = fmt_delta(part["delta_vs_reference"])
+            cells += [fmt(part["mean"]), f"{estimate} {ci}, {p}" if part["delta_vs_reference"] else "(reference)"]
+        rows.append(cells)
+    for b in study["baselines"]:
+        rows.append([f"baseline: {b['name']}"] + [c for metric in names for c in (fmt(b["calibration"][metric]), "")])
     return markdown_table(header, rows)
 
 
@@ -404,6 +423,18 @@ def render(study: dict, figures_rel: str) -> str:
         "",
         speed_table(study),
         "",
+        "## Calibration",
+        "",
+        "Whether the predicted risks mean what they say, on the same test patients: expected calibration error (ten "
+        "equal-width bins of risk; 0 is ideal), and the logistic recalibration `logit P(y) = a + b logit(p)`: its slope "
+        "b (1 is ideal; below 1, risks too extreme) and intercept a with b fixed at 1 (0 is ideal; below 0, risks too "
+        "high). Class weights and label smoothing move these while leaving AUROC alone. Seed means; paired deltas "
+        f"against batch size {ref} with Holm-adjusted p.",
+        "",
+        calibration_table(study),
+        "",
+        f"![Reliability: observed against predicted risk by decile]({figures_rel}/{FIGURES['reliability']})",
+        "",
         "## The VAE's own terms",
         "",
         "Means over seeds of the test split's reconstruction and KL per set (the posterior's KL before free bits and beta), "
@@ -473,6 +504,7 @@ def main(argv: list[str]) -> int:
     figures.validation_curves(study, figures_dir / FIGURES["validation_curves"])
     figures.training_loss({(r.batch_size, r.seed): r.steps for r in runs}, runs[0].train.get("train_patients"), figures_dir / FIGURES["training_loss"])
     figures.throughput_memory(study, CLAIMED, figures_dir / FIGURES["throughput_memory"])
+    figures.reliability(study, figures_dir / FIGURES["reliability"])
     with atomic_path(out) as tmp:
         tmp.write_text(render(study, "figures"))
     print(f"report for batch sizes {sorted(args.batch_sizes)} x seeds {sorted(args.seeds)} -> {out} and {out.with_suffix('.json')}")

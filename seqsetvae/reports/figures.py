@@ -125,3 +125,23 @@ def training_loss(steps: dict[tuple[int, int], pd.DataFrame], n_train: int | Non
     ax.legend(fontsize="small")
     fig.tight_layout()
     _save(fig, path)
+
+
+def reliability(study: dict, path: Path) -> None:
+    """Observed rate against mean predicted risk by decile of risk: each batch size's
+    seed-mean probabilities and each baseline, beside the diagonal of perfect calibration."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    models = [(f"batch size {e['batch_size']}", e["calibration"]["reliability"], "o-") for e in study["batch_sizes"]]
+    models += [(f"baseline: {b['name']}", b["calibration"]["reliability"], "s--") for b in study["baselines"]]
+    for label, table, style in models:
+        ax.plot([g["mean_predicted"] for g in table], [g["observed"] for g in table], style, ms=4, lw=1, label=label)
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted risk (decile of risk)")
+    ax.set_ylabel("observed rate")
+    ax.set_title("Reliability on the test split")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)

@@ -17,10 +17,12 @@ import pandas as pd
 
 from seqsetvae.errors import DamagedFile, InputError
 from seqsetvae.evaluation import paired
+from seqsetvae.evaluation.calibration import reliability_table
 from seqsetvae.io import read_json, read_parquet, writer_of
 from seqsetvae.training.noise_scale import simple_noise_scale
 
 SIGNIFICANCE = 0.05
+CALIBRATION = ("ece", "calibration_slope", "calibration_intercept")  # seqsetvae.evaluation.paired.METRICS
 
 
 @dataclass
@@ -257,6 +259,14 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict) -> dict:
             entry[f"test_{metric}"] = {"mean": paired.point_estimate(labels, groups[f"bs{b}"], metric), "per_seed": per_seed}
             entry[f"delta_{metric}_vs_reference"] = delta(vs_reference.get(b), metric)
             entry[f"delta_{metric}_vs_best_baseline"] = delta(vs_baseline.get(b), metric)
+        # calibration: seed means of each seed's value, paired deltas against the reference;
+        # the reliability points of the seed-mean probabilities (a figure)
+        entry["calibration"] = {
+            metric: {"mean": paired.point_estimate(labels, groups[f"bs{b}"], metric),
+                     "delta_vs_reference": delta(vs_reference.get(b), metric)}
+            for metric in CALIBRATION
+        }  # fmt: skip
+        entry["calibration"]["reliability"] = reliability_table(labels, groups[f"bs{b}"].mean(axis=0))
         entry.update(first_reaching(curve, target) if target is not None else first_reaching(curve.iloc[0:0], 0.0))
         entry["validation_points"] = int(min(len(r.validations) for r in rs))
         entry["validation_curve"] = curve.drop(columns="seeds").to_dict(orient="records")
@@ -279,6 +289,10 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict) -> dict:
                 "chosen_on_valid": b.get("chosen_on_valid"),
                 "test_auroc": {"estimate": b["auroc"], "ci": b["auroc_ci"]},
                 "test_auprc": {"estimate": b["auprc"], "ci": b["auprc_ci"]},
+                "calibration": {
+                    **{metric: paired.point_estimate(labels, groups[b["name"]], metric) for metric in CALIBRATION},
+                    "reliability": reliability_table(labels, groups[b["name"]][0]),
+                },
                 "batch_sizes_minus_baseline": [
                     {"batch_size": size, "auroc": delta(vs_each[b["name"]][size], "auroc"),
                      "auprc": delta(vs_each[b["name"]][size], "auprc")}

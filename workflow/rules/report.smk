@@ -37,6 +37,11 @@ rule report:
             caption="../report/throughput_memory.rst",
             category="Figures",
         ),
+        reliability=report(
+            f"{REPORTS}/figures/reliability.png",
+            caption="../report/reliability.rst",
+            category="Figures",
+        ),
     log:
         f"{LOGS}/report.log",
     conda:
