@@ -477,3 +477,44 @@ def test_a_stop_signal_checkpoints_the_step_in_flight_and_the_rerun_redoes_nothi
     assert _run(data, out) == 0
     assert len(steps_run) == 12 - 5  # no step trained twice
     _assert_same_run(out, reference)
+
+
+def _tracked_from_jsonl(out: Path) -> dict[str, dict[int, float]]:
+    from seqsetvae.training.tracking import scalars
+
+    tracked: dict[str, dict[int, float]] = {}
+    for record in _lines(out):
+        for name, value in scalars(record).items():
+            tracked.setdefault(name, {})[record["step"]] = value
+    return tracked
+
+
+def test_tensorboard_tracking_holds_the_metrics_jsonl_values_once_each_after_a_resume(data, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "bs4"
+    assert _run(data, out, tracking="tensorboard", extra=["--stop-after-steps", "8"]) == 0
+    assert _run(data, out, tracking="tensorboard") == 0
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    expected = _tracked_from_jsonl(out)
+    assert set(events.Tags()["scalars"]) == set(expected) and "validation/val_auroc" in expected
+    for name, by_step in expected.items():
+        got = [(e.step, e.value) for e in events.Scalars(name)]
+        assert [step for step, _ in got] == sorted(by_step), name  # every step once, in order
+        assert [value for _, value in got] == pytest.approx([by_step[s] for s in sorted(by_step)], rel=1e-6), name
+
+
+def test_mlflow_tracking_holds_the_metrics_jsonl_values(data, tmp_path):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "bs4"
+    assert _run(data, out, epochs=1, tracking="mlflow") == 0
+    client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
+    (run,) = client.search_runs([client.get_experiment_by_name("seqsetvae").experiment_id])
+    assert run.info.run_name == "bs4/seed3" and run.data.params["batch_size"] == "4"
+    for name, by_step in _tracked_from_jsonl(out).items():
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, name))
+        assert history == [(step, pytest.approx(by_step[step], rel=1e-12)) for step in sorted(by_step)], name

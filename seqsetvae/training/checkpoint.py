@@ -33,7 +33,8 @@ KEEP = 2  # checkpoints kept on disk (the newest ones)
 # values of these is resumed all the same (the run's own seed is part of the identity)
 # (devices: in the identity as the world size, when above 1)
 NOT_IN_FINGERPRINT = {"batch_sizes", "seeds", "threads", "log_every", "checkpoint_every", "max_skipped_batches",
-                      "cpu_fallback", "devices", "loader_workers", "stop_signals"}  # fmt: skip
+                      "cpu_fallback", "devices", "loader_workers", "stop_signals",
+                      "tracking"}  # fmt: skip
 # the budget: a checkpoint of the same identity under another budget is continued
 BUDGET = ("epochs",)
 

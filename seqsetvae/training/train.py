@@ -49,6 +49,7 @@ from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
 from seqsetvae.training.optimizer import build_optimizer, class_weights, set_learning_rate
 from seqsetvae.training.preemption import Preempted, StopSignals
 from seqsetvae.training.progress import RunState
+from seqsetvae.training.tracking import Tracker
 from seqsetvae.training.runtime import (
     autocast,
     compiled_graphs,
@@ -180,6 +181,7 @@ class Trainer:
                                  world.size)  # fmt: skip
         self.state = RunState()
         self.stop_signals: StopSignals | None = None  # set by main() around training
+        self.tracker: Tracker | None = None  # train.tracking, opened by resume() on rank 0
         self.segment_start = time.perf_counter()  # wall time of this process since the last checkpoint
 
     # -- progress -------------------------------------------------------------------------
@@ -242,6 +244,11 @@ class Trainer:
         with open(self.log_path, "ab") as log:
             log.truncate(self.state.metrics_bytes)
         self.metrics_log = open(self.log_path, "a")
+        if self.train["tracking"] != "none":  # the same records, from the step after the checkpoint's
+            params = {"batch_size": self.args.batch_size, "seed": self.seed, "peak_lr": self.lr,
+                      "epochs": self.train["epochs"], "lr_scaling": self.train["lr_scaling"]}  # fmt: skip
+            self.tracker = Tracker(self.train["tracking"], self.out, f"bs{self.args.batch_size}/seed{self.seed}",
+                                   self.state.step + 1, params)  # fmt: skip
 
     def move_damaged_aside(self, damaged: list, resumed: Path | None) -> None:
         """Keep damaged checkpoints under `damaged_checkpoints/` (never deleted), each named
@@ -280,6 +287,8 @@ class Trainer:
         if not self.world.is_main:
             return
         self.metrics_log.flush()
+        if self.tracker is not None:
+            self.tracker.flush()
         self.state.metrics_bytes = self.log_path.stat().st_size
         self.state.wall_time_s = self.wall_time()
         self.segment_start = time.perf_counter()
@@ -304,6 +313,8 @@ class Trainer:
         if not self.world.is_main:
             return
         self.metrics_log.write(json.dumps(line, allow_nan=False) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(line)
 
     # -- training -----------------------------------------------------------------------
 
@@ -540,6 +551,8 @@ class Trainer:
     def close_log(self) -> None:
         if self.world.is_main:
             self.metrics_log.close()
+            if self.tracker is not None:
+                self.tracker.close()
 
     # -- outputs ------------------------------------------------------------------------
 
