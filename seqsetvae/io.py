@@ -4,6 +4,7 @@ earlier stage wrote (a damaged file is an error that names it, never a traceback
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -11,6 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from seqsetvae.errors import DamagedFile, InputError
 
@@ -85,15 +88,48 @@ def read_parquet(path: str | os.PathLike, written_by: str, columns: list[str] | 
         raise DamagedFile(path, f"{type(error).__name__}: {error}", written_by) from None
 
 
+def tensors_sha256(tensors: dict) -> str:
+    """A checksum of named tensors (numpy or torch alike): names, shapes and raw bytes, in
+    name order. Written into a safetensors file's metadata, it lets a reader notice a
+    changed byte anywhere in the tensors, which the format itself does not."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        if hasattr(tensor, "detach"):  # torch: any dtype, bf16 included, as raw bytes
+            raw = tensor.detach().cpu().contiguous().reshape(-1).view(__import__("torch").uint8).numpy()
+        else:
+            raw = np.ascontiguousarray(tensor).reshape(-1).view(np.uint8)
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(raw.tobytes())
+    return digest.hexdigest()
+
+
+def stored_sha256(metadata: dict | None) -> str | None:
+    """The checksum a safetensors file's metadata holds: its own key, or inside the
+    `training` JSON of weights files (seqsetvae.training.checkpoint.save_weights)."""
+    metadata = metadata or {}
+    if "sha256" in metadata:
+        return metadata["sha256"]
+    if "training" in metadata:
+        return json.loads(metadata["training"]).get("sha256")
+    return None
+
+
 def load_safetensors(path: str | os.PathLike, written_by: str) -> dict:
-    """Every tensor of a safetensors file (torch), read whole, or a DamagedFile naming it."""
-    from safetensors import SafetensorError
+    """Every tensor of a safetensors file (torch), read whole and checked against the
+    checksum in its metadata when it has one, or a DamagedFile naming it."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            expected = stored_sha256(handle.metadata())
     except (OSError, SafetensorError, ValueError) as error:
         raise DamagedFile(path, f"{type(error).__name__}: {error}", written_by) from None
+    if expected is not None and tensors_sha256(tensors) != expected:
+        raise DamagedFile(path, "its tensors' sha256 differs from the one written with them", written_by)
+    return tensors
 
 
 def require_free_space(folder: str | os.PathLike, needed_bytes: int, what: str) -> None:
@@ -108,3 +144,11 @@ def require_free_space(folder: str | os.PathLike, needed_bytes: int, what: str) 
             f"{folder}: {free / 2**20:.1f} MiB free on its disk, but {what} needs at least "
             f"{needed_bytes / 2**20:.1f} MiB; free space there, or set `results:` to a larger disk"
         )
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

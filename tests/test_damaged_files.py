@@ -21,7 +21,7 @@ TINY = {
     "train": {"epochs": 1, "threads": 1, "device": "cpu", "noise_scale": {"per_epoch": 0}},
     "evaluate": {"bootstrap_resamples": 20},
 }  # fmt: skip
-DAMAGE = ("truncated", "empty", "random bytes")
+DAMAGE = ("truncated", "empty", "random bytes", "one byte changed")
 
 
 def damage(path: Path, how: str) -> None:
@@ -30,6 +30,8 @@ def damage(path: Path, how: str) -> None:
         path.write_bytes(data[: len(data) // 2])
     elif how == "empty":
         path.write_bytes(b"")
+    elif how == "one byte changed":  # the last byte: a value, not the header; the file still parses
+        path.write_bytes(data[:-1] + bytes([data[-1] ^ 0x40]))
     else:
         path.write_bytes(np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8).tobytes())
 

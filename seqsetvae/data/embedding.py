@@ -22,7 +22,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from seqsetvae.errors import InputError
-from seqsetvae.io import atomic_path, read_json
+from seqsetvae.io import atomic_path, read_json, tensors_sha256
 from seqsetvae.settings import load_settings
 
 KEY_COLUMN = "Key"
@@ -116,7 +116,8 @@ def main(argv: list[str]) -> int:
             print(f"embedding: the table is {table.shape[1]} wide; embedding.dim {config['dim']} is ignored")
     else:
         table = random_table(variables, config["dim"], config["seed"])
-    metadata = {"variables": json.dumps(variables), "method": config["method"], "seed": str(config["seed"])}
+    metadata = {"variables": json.dumps(variables), "method": config["method"], "seed": str(config["seed"]),
+                "sha256": tensors_sha256({"embedding": np.ascontiguousarray(table)})}  # fmt: skip
     with atomic_path(args.out) as tmp:
         save_file({"embedding": np.ascontiguousarray(table)}, str(tmp), metadata=metadata)
     print(f"embedding: {table.shape[0]} variables x {table.shape[1]} ({config['method']})")

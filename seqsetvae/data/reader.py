@@ -20,7 +20,7 @@ import numpy as np
 
 from seqsetvae.data.ragged import RaggedPatients, exclusive_cumsum, ranges
 from seqsetvae.errors import DamagedFile, InputError
-from seqsetvae.io import read_json
+from seqsetvae.io import file_sha256, read_json
 
 _DTYPES = {"I32": np.int32, "I64": np.int64, "F32": np.float32, "F64": np.float64, "U8": np.uint8}
 
@@ -86,7 +86,8 @@ class ShardReader:
         self.n_sets = np.asarray(patients["n_sets"], dtype=np.int64)
         self.shard = np.asarray(patients["shard"], dtype=np.int64)
         self.row = np.asarray(patients["row"], dtype=np.int64)
-        self.shard_files = [self.shards_dir / split / entry["file"] for entry in index["shards"]]
+        self.shard_entries = index["shards"]
+        self.shard_files = [self.shards_dir / split / entry["file"] for entry in self.shard_entries]
         # where each patient's events and sets start inside its shard file: patients
         # fill a shard in row order, so a running sum restarted at each shard
         self.event_start = self._start_in_shard(self.n_events)
@@ -108,7 +109,13 @@ class ShardReader:
 
     def tensors(self, shard: int) -> dict[str, np.ndarray]:
         if self._tensors[shard] is None:
-            path = self.shard_files[shard]
+            path, entry = self.shard_files[shard], self.shard_entries[shard]
+            if "sha256" in entry:  # written by the shards stage since sizes and checksums are kept
+                size = path.stat().st_size if path.exists() else None
+                if size != entry["bytes"]:
+                    raise DamagedFile(path, f"{size} bytes where {self.split}/index.json says {entry['bytes']}", "make_shards")
+                if file_sha256(path) != entry["sha256"]:
+                    raise DamagedFile(path, f"its sha256 differs from the one {self.split}/index.json recorded", "make_shards")
             tensors = map_safetensors(path)
             # a whole file of another run (or a stale copy) holds other patients
             mine = self.shard == shard

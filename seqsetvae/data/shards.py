@@ -47,7 +47,7 @@ from seqsetvae.data.stats import (
     read_partition,
 )
 from seqsetvae.errors import InputError
-from seqsetvae.io import atomic_path, read_json, read_parquet, require_free_space, write_json
+from seqsetvae.io import atomic_path, file_sha256, read_json, read_parquet, require_free_space, write_json
 from seqsetvae.settings import load_settings
 
 FORMAT = "seqsetvae-shards-1"
@@ -328,9 +328,11 @@ def write_split(split: str, patients: dict, scratch: Path, out: Path, shard_size
         }
         name = f"shard-{number:05d}.safetensors"
         save_file(tensors, str(out / split / name), metadata={"split": split, "format": FORMAT})
+        # size and checksum: a reader notices a changed byte anywhere in the file
         shards.append(
-            {"file": name, "n_patients": len(n_events), "n_sets": int(n_sets.sum()), "n_events": int(n_events.sum())}
-        )
+            {"file": name, "n_patients": len(n_events), "n_sets": int(n_sets.sum()), "n_events": int(n_events.sum()),
+             "bytes": (out / split / name).stat().st_size, "sha256": file_sha256(out / split / name)}
+        )  # fmt: skip
     row = np.arange(len(order))
     index = {
         "split": split,

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from seqsetvae.io import atomic_path, load_safetensors, read_json, write_json
+from seqsetvae.io import atomic_path, file_sha256, load_safetensors, read_json, tensors_sha256, write_json
 
 KEEP = 2  # checkpoints kept on disk (the newest ones)
 
@@ -121,9 +121,10 @@ def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict | None
     One key only: safetensors writes several metadata keys in hash order, which would
     make the bytes of identical weights differ from run to run.
     """
+    tensors = model_tensors(model)
     with atomic_path(path) as tmp:
-        meta = {"training": json.dumps(metadata, sort_keys=True)} if metadata else None
-        save_file(model_tensors(model), str(tmp), metadata=meta)
+        meta = {"training": json.dumps({**(metadata or {}), "sha256": tensors_sha256(tensors)}, sort_keys=True)}
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
@@ -138,10 +139,11 @@ def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module, st
     directory = Path(directory)
     name = f"step-{step:08d}"
     with atomic_path(directory / name, directory=True) as tmp:
-        save_file(model_tensors(model), str(tmp / "model.safetensors"))
+        weights = model_tensors(model)
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"sha256": tensors_sha256(weights)})
         tensors: dict[str, torch.Tensor] = {}
         body = split_tensors(state, tensors)
-        save_file(tensors, str(tmp / "state.safetensors"))
+        save_file(tensors, str(tmp / "state.safetensors"), metadata={"sha256": tensors_sha256(tensors)})
         (tmp / "state.json").write_text(json.dumps(body, allow_nan=True) + "\n")
     write_json(directory / "latest.json", {"checkpoint": name, "step": step})
     prune(directory, KEEP)
@@ -181,8 +183,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     path = Path(path)
     try:
         body = json.loads((path / "state.json").read_text())
-        weights = load_file(str(path / "model.safetensors"))
-        tensors = load_file(str(path / "state.safetensors"))
+        weights = load_safetensors(path / "model.safetensors", written_by="train")
+        tensors = load_safetensors(path / "state.safetensors", written_by="train")
         return weights, join_tensors(body, tensors)
     except Exception as error:  # JSON, OS and safetensors errors alike: the file cannot be used
         raise DamagedCheckpoint(f"{path}: {type(error).__name__}: {error}") from None
@@ -198,14 +200,6 @@ def checkpoints_newest_first(directory: str | Path) -> list[Path]:
 
 
 # -- which run a checkpoint belongs to -----------------------------------------------
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def run_identity(

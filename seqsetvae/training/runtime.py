@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from seqsetvae.errors import DamagedFile, InputError
+from seqsetvae.errors import InputError
+from seqsetvae.io import load_safetensors
 
 
 def resolve_device(name: str, gpus: int = 0, cpu_fallback: bool = False) -> torch.device:
@@ -117,10 +117,7 @@ def compiled_graphs() -> int:
 
 
 def load_embedding(path: Path) -> torch.Tensor:
-    try:
-        tensors = load_file(str(path))
-    except Exception as error:  # safetensors raises several types for a bad file
-        raise DamagedFile(path, f"not a readable safetensors file: {error}", "embedding") from None
+    tensors = load_safetensors(path, written_by="embedding")
     if "embedding" not in tensors or tensors["embedding"].ndim != 2:
         raise InputError(f"{path}: expected a 2-D tensor named 'embedding', found {sorted(tensors)}")
     return tensors["embedding"].float()
