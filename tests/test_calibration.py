@@ -74,3 +74,20 @@ def test_classification_metrics_report_calibration_with_cis():
         low, high = metrics[f"{name}_ci"]
         assert low < metrics[name] < high
     assert len(metrics["reliability"]) == 10
+
+
+def test_an_overconfident_model_is_fitted_not_diverged():
+    """Risks far too extreme (logits x3, shifted): an undamped Newton step from slope 1
+    overshoots to NaN; the fit must still be the maximum-likelihood one."""
+    from scipy.special import expit
+
+    rng = np.random.default_rng(2)
+    truth = rng.uniform(0.01, 0.5, 1500)
+    y = (rng.uniform(size=truth.size) < truth).astype(np.int64)
+    p = expit(3 * logit(truth) - 4)
+    x = logit(p)
+    slope, intercept = recalibration_rows(y, p)
+    b = minimize(lambda ab: -_log_likelihood(y, ab[0] + ab[1] * x), [0.0, 0.5], method="BFGS", options={"gtol": 1e-10}).x[1]
+    c = minimize_scalar(lambda c: -_log_likelihood(y, c + x), bounds=(-20, 20), method="bounded", options={"xatol": 1e-12}).x
+    assert slope[0] == pytest.approx(b, abs=1e-4) and intercept[0] == pytest.approx(c, abs=1e-6)
+    assert slope[0] == pytest.approx(1 / 3, abs=0.1)

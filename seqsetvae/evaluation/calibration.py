@@ -41,13 +41,32 @@ def ece_rows(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS
     return np.abs(observed - predicted).sum(axis=1) / n  # |sum y - sum p| / n per bin = share x |rate gap|
 
 
+def _log_likelihood(y: np.ndarray, eta: np.ndarray) -> np.ndarray:
+    return (y * eta - np.logaddexp(0.0, eta)).sum(axis=1)
+
+
+def _damped(ll, params: list[np.ndarray], steps: list[np.ndarray]) -> list[np.ndarray]:
+    """Newton steps halved, row by row, until the log-likelihood does not fall: a
+    plain Newton step overshoots from far away (an overconfident model's logits)."""
+    before = ll(*params)
+    scale = np.ones_like(before)
+    for _ in range(40):
+        after = ll(*(p + scale * s for p, s in zip(params, steps)))
+        worse = ~(after >= before - 1e-12)  # NaN counts as worse
+        if not worse.any():
+            break
+        scale = np.where(worse, scale / 2, scale)
+    return [p + scale * np.nan_to_num(s) for p, s in zip(params, steps)]
+
+
 def recalibration_rows(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(slope, intercept) of each row; NaN where a row has one class only (no finite fit)."""
+    """(slope, intercept) of each row; NaN where a row has one class only or the risk
+    separates the classes (no finite maximum-likelihood fit)."""
     y = np.atleast_2d(labels).astype(np.float64)
     x = logit(np.atleast_2d(probabilities))
-    rows = y.shape[0]
-    # slope: Newton on (a, b) of logit P = a + b x
-    a, b = np.zeros(rows), np.ones(rows)
+    rate = np.clip(y.mean(axis=1), 1e-6, 1 - 1e-6)
+    # slope: Newton on (a, b) of logit P = a + b x, from the base rate (b = 0), damped
+    a, b = np.log(rate) - np.log1p(-rate), np.zeros(y.shape[0])
     for _ in range(_ITERATIONS):
         p = expit(a[:, None] + b[:, None] * x)
         w = p * (1 - p)
@@ -56,16 +75,16 @@ def recalibration_rows(labels: np.ndarray, probabilities: np.ndarray) -> tuple[n
         det = h_aa * h_bb - h_ab**2
         det = np.where(np.abs(det) < _EPS, np.nan, det)
         step_a, step_b = (h_bb * g_a - h_ab * g_b) / det, (h_aa * g_b - h_ab * g_a) / det
-        a, b = a + step_a, b + step_b
-        if np.all(~np.isfinite(step_a) | (np.abs(step_a) + np.abs(step_b) < 1e-10)):
+        a, b = _damped(lambda a_, b_: _log_likelihood(y, a_[:, None] + b_[:, None] * x), [a, b], [step_a, step_b])
+        if np.all(np.nan_to_num(np.abs(step_a) + np.abs(step_b)) < 1e-10):
             break
     slope = b
-    # intercept: Newton on a of logit P = a + x (slope fixed at 1)
-    c = np.zeros(rows)
+    # intercept: Newton on a of logit P = a + x (slope fixed at 1), damped
+    c = np.zeros(y.shape[0])
     for _ in range(_ITERATIONS):
         p = expit(c[:, None] + x)
         step = (y - p).sum(1) / np.maximum((p * (1 - p)).sum(1), _EPS)
-        c = c + step
+        (c,) = _damped(lambda c_: _log_likelihood(y, c_[:, None] + x), [c], [step])
         if np.all(np.abs(step) < 1e-10):
             break
     # one class only, or classes separated by the risk: no finite maximum-likelihood fit
