@@ -26,16 +26,13 @@ counted and logged with its patients, up to `train.max_skipped_batches`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from seqsetvae.errors import InputError
 from seqsetvae.io import atomic_path, write_json
@@ -49,6 +46,7 @@ from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
 from seqsetvae.training.optimizer import build_optimizer, class_weights, set_learning_rate
 from seqsetvae.training.preemption import Preempted, StopSignals
 from seqsetvae.training.progress import RunState
+from seqsetvae.training.recorder import Recorder
 from seqsetvae.training.tracking import Tracker
 from seqsetvae.training.runtime import (
     autocast,
@@ -97,14 +95,6 @@ def _unused_path(folder: Path, name: str) -> Path:
         number += 1
         path = folder / f"{name}-{number}"
     return path
-
-
-_QUIET = False  # the ranks other than 0 of a multi-device job
-
-
-def _log(message: str) -> None:
-    if not _QUIET:
-        print(message, file=sys.stderr, flush=True)
 
 
 STEP_TERMS = ("loss", "recon", "kl", "ce")
@@ -181,7 +171,7 @@ class Trainer:
                                  world.size)  # fmt: skip
         self.state = RunState()
         self.stop_signals: StopSignals | None = None  # set by main() around training
-        self.tracker: Tracker | None = None  # train.tracking, opened by resume() on rank 0
+        self.recorder = Recorder(world.is_main)  # metrics.jsonl, the tracker, the job log or terminal
         self.segment_start = time.perf_counter()  # wall time of this process since the last checkpoint
 
     # -- progress -------------------------------------------------------------------------
@@ -225,11 +215,11 @@ class Trainer:
                 if self.world.distributed:
                     distributed.set_rank_rng(saved["rank_rng"], self.world, self.device)
                 self.state = RunState.from_json(saved["run"])
-                _log(f"resuming from {latest} (step {self.state.step}, epoch {self.sampler.epoch + 1})")
+                self.recorder.say(f"resuming from {latest} (step {self.state.step}, epoch {self.sampler.epoch + 1})")
                 if saved["epochs"] != self.train["epochs"]:
                     change = {"step": self.state.step, "epochs_from": saved["epochs"], "epochs_to": self.train["epochs"]}
                     self.state.budget_changes.append(change)
-                    _log(
+                    self.recorder.say(
                         f"train.epochs changed from {saved['epochs']} to {self.train['epochs']}: continuing at "
                         f"{progress:.2f} epochs; the schedules follow the new budget from here"
                     )
@@ -241,14 +231,13 @@ class Trainer:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         # the working metrics log is cut back to the checkpoint's length, so that steps
         # redone after a resume are not logged twice
-        with open(self.log_path, "ab") as log:
-            log.truncate(self.state.metrics_bytes)
-        self.metrics_log = open(self.log_path, "a")
+        tracker = None
         if self.train["tracking"] != "none":  # the same records, from the step after the checkpoint's
             params = {"batch_size": self.args.batch_size, "seed": self.seed, "peak_lr": self.lr,
                       "epochs": self.train["epochs"], "lr_scaling": self.train["lr_scaling"]}  # fmt: skip
-            self.tracker = Tracker(self.train["tracking"], self.out, f"bs{self.args.batch_size}/seed{self.seed}",
-                                   self.state.step + 1, params)  # fmt: skip
+            tracker = Tracker(self.train["tracking"], self.out, f"bs{self.args.batch_size}/seed{self.seed}",
+                              self.state.step + 1, params)  # fmt: skip
+        self.recorder.open(self.log_path, self.state.metrics_bytes, tracker)
 
     def move_damaged_aside(self, damaged: list, resumed: Path | None) -> None:
         """Keep damaged checkpoints under `damaged_checkpoints/` (never deleted), each named
@@ -257,9 +246,9 @@ class Trainer:
             aside = _unused_path(self.out / "damaged_checkpoints", path.name)
             shutil.move(str(path), str(aside))
             instead = f"resuming from {resumed} instead" if resumed is not None else "no complete checkpoint is left"
-            _log(f"warning: checkpoint damaged ({error}): moved to {aside}; {instead}")
+            self.recorder.say(f"warning: checkpoint damaged ({error}): moved to {aside}; {instead}")
         if damaged and resumed is None:
-            _log("warning: training starts from step 0")
+            self.recorder.say("warning: training starts from step 0")
 
     def move_aside(self, saved: dict, why: str | None) -> None:
         """Keep a run that cannot be continued (`saved`: its newest state.json) under
@@ -268,7 +257,7 @@ class Trainer:
         aside = _unused_path(self.out / "superseded", name)
         shutil.move(str(self.checkpoints), str(aside))
         reason = why or "written under another model, data, optimiser, batch size, seed or device"
-        _log(f"checkpoints in {self.checkpoints} are {reason}: moved to {aside}, training from step 0")
+        self.recorder.say(f"checkpoints in {self.checkpoints} are {reason}: moved to {aside}, training from step 0")
 
     def update_peaks(self) -> None:
         """Fold this process's memory peaks into the run's (the maximum over segments)."""
@@ -286,10 +275,7 @@ class Trainer:
         rank_rng = distributed.gather_rng(self.device) if self.world.distributed else None
         if not self.world.is_main:
             return
-        self.metrics_log.flush()
-        if self.tracker is not None:
-            self.tracker.flush()
-        self.state.metrics_bytes = self.log_path.stat().st_size
+        self.state.metrics_bytes = self.recorder.flush()
         self.state.wall_time_s = self.wall_time()
         self.segment_start = time.perf_counter()
         self.update_peaks()
@@ -306,15 +292,7 @@ class Trainer:
         if self.average:
             everything["weight_average"] = self.average.state_dict()
         ckpt.save_checkpoint(self.checkpoints, self.state.step, self.model, everything)
-        if not sys.stderr.isatty():
-            _log(f"checkpoint at step {self.state.step} ({why})")
-
-    def record(self, line: dict) -> None:
-        if not self.world.is_main:
-            return
-        self.metrics_log.write(json.dumps(line, allow_nan=False) + "\n")
-        if self.tracker is not None:
-            self.tracker.log(line)
+        self.recorder.note(f"checkpoint at step {self.state.step} ({why})")
 
     # -- training -----------------------------------------------------------------------
 
@@ -380,7 +358,7 @@ class Trainer:
             "fill_ratio": float(batch.fill_ratio), "sequence_fill_ratio": float(batch.sequence_fill_ratio),
             "batch_patients": size["patients"], "batch_events": size["events"], "batch_sets": size["sets"],
         }  # fmt: skip
-        self.record(line)
+        self.recorder.record(line)
         return line
 
     def skip(self, indices: np.ndarray, epoch: int, terms: dict) -> None:
@@ -400,9 +378,9 @@ class Trainer:
                 f"non-finite {', '.join(bad)} ({where}): {state.skipped_batches} batches skipped, more than "
                 f"train.max_skipped_batches = {limit}"
             )
-        self.record({"kind": "skipped", "epoch": epoch + 1, "step": state.step, "samples": state.patients,
-                     "non_finite": bad, "patients": patients})  # fmt: skip
-        _log(f"skipped a batch with a non-finite {', '.join(bad)} ({where}); {state.skipped_batches} skipped so far")
+        self.recorder.record({"kind": "skipped", "epoch": epoch + 1, "step": state.step, "samples": state.patients,
+                              "non_finite": bad, "patients": patients})  # fmt: skip
+        self.recorder.say(f"skipped a batch with a non-finite {', '.join(bad)} ({where}); {state.skipped_batches} skipped so far")
 
     def validate(self) -> None:
         """Score the validation split, log the point, keep the best weights (rank 0)."""
@@ -421,18 +399,17 @@ class Trainer:
             "samples": state.patients, "epochs": self.epochs_done, "train_loss": train_loss, **result,
             "train_time_s": state.train_time_s, "wall_time_s": self.wall_time(),
         }  # fmt: skip
-        self.record(line)
+        self.recorder.record(line)
         if is_better(result, state.best):
             epoch, step = self.sampler.epoch + (self.sampler.position > 0), state.step
             state.best = {"validation": state.validations, "epoch": epoch, "step": step, **result}
             state.best.pop("val_auprc")
             ckpt.save_weights(self.evaluated, self.checkpoints / "best.safetensors",
                               {"epoch": epoch, "step": step, "epochs": self.epochs_done})  # fmt: skip
-        if not sys.stderr.isatty():
-            _log(
-                f"validation {state.validations} at {self.epochs_done:.2f} epochs (step {state.step}): "
-                f"val loss {result['val_loss']}, AUROC {result['val_auroc']}, AUPRC {result['val_auprc']}"
-            )
+        self.recorder.note(
+            f"validation {state.validations} at {self.epochs_done:.2f} epochs (step {state.step}): "
+            f"val loss {result['val_loss']}, AUROC {result['val_auroc']}, AUPRC {result['val_auprc']}"
+        )
 
     def measure_noise_scale(self) -> None:
         """One gradient-noise-scale measurement at the current weights (no step, RNG untouched)."""
@@ -470,14 +447,15 @@ class Trainer:
                 buffer.copy_(saved)
         measurement = {"step": self.state.step, "epochs": self.epochs_done, **measurement}
         self.state.noise_measurements.append(measurement)
-        self.record({"kind": "noise_scale", **measurement})
+        self.recorder.record({"kind": "noise_scale", **measurement})
 
     def end_epoch(self, epoch: int) -> None:
+        self.recorder.end_epoch()
         state = self.state
         train_loss = state.take_epoch_loss()
-        self.record({"kind": "epoch", "epoch": epoch + 1, "step": state.step, "train_loss": train_loss,
-                     "wall_time_s": self.wall_time(), "compiled_graphs": self.graphs()})  # fmt: skip
-        _log(f"epoch {epoch + 1}/{self.train['epochs']} done: train loss {train_loss:.4f}, best {state.best}")
+        self.recorder.record({"kind": "epoch", "epoch": epoch + 1, "step": state.step, "train_loss": train_loss,
+                              "wall_time_s": self.wall_time(), "compiled_graphs": self.graphs()})  # fmt: skip
+        self.recorder.say(f"epoch {epoch + 1}/{self.train['epochs']} done: train loss {train_loss:.4f}, best {state.best}")
         self.checkpoint(f"end of epoch {epoch + 1}")
 
     def graphs(self) -> int | None:
@@ -488,12 +466,10 @@ class Trainer:
     def fit(self) -> bool:
         """Train to the end of the budget (False: stopped early by --stop-after-steps)."""
         train, sampler, stop_after, state = self.train, self.sampler, self.args.stop_after_steps, self.state
-        tty = sys.stderr.isatty()
         self.model.train()
         while sampler.epoch < train["epochs"]:
             epoch = sampler.epoch
-            bar = tqdm(total=len(sampler), initial=sampler.position, desc=f"epoch {epoch + 1}",
-                       disable=not tty or not self.world.is_main)  # fmt: skip
+            self.recorder.start_epoch(epoch, len(sampler), sampler.position)
             # the epoch's remaining batches, this process's part of each, built ahead
             remaining = sampler.batches(epoch)[sampler.position :]
             parts = [self.part(indices) for indices in remaining]
@@ -507,17 +483,7 @@ class Trainer:
                 batch = next(loader)
                 line = self.step(indices, epoch, batch, part, wait=time.perf_counter() - waited)
                 step = state.step
-                bar.update(1)
-                if line is None:  # skipped: no step to log or checkpoint
-                    pass
-                elif tty:
-                    bar.set_postfix(loss=f"{line['loss']:.3f}", pps=f"{line['patients_per_s']:.1f}")
-                elif step % train["log_every"] == 0:
-                    _log(
-                        f"epoch {epoch + 1}/{train['epochs']} batch {sampler.position}/{len(sampler)} step {step}: "
-                        f"loss {line['loss']:.4f} (recon {line['recon']:.4f}, kl {line['kl']:.4f}, "
-                        f"ce {line['ce']:.4f}) lr {line['lr']:.3g}, {line['patients_per_s']:.1f} patients/s"
-                    )
+                self.recorder.step_done(line, epoch, train["epochs"], sampler.position, len(sampler), train["log_every"])
                 if self.due(train["validations_per_epoch"], state.validations):
                     self.validate()
                 epoch_ends = sampler.position == len(sampler)  # checkpointed after the epoch line
@@ -528,15 +494,13 @@ class Trainer:
                 if stop:
                     if epoch_ends:
                         self.end_epoch(epoch)
-                    bar.close()
-                    self.close_log()
+                    self.recorder.close()
                     if signalled is not None:
                         raise Preempted(signalled, step, self.checkpoints / f"step-{step:08d}")
-                    _log(f"stopped after {step} steps (--stop-after-steps); outputs not written")
+                    self.recorder.say(f"stopped after {step} steps (--stop-after-steps); outputs not written")
                     return False
-            bar.close()
             self.end_epoch(epoch)
-        self.close_log()
+        self.recorder.close()
         return True
 
     def signalled(self) -> int | None:
@@ -547,12 +511,6 @@ class Trainer:
             return received
         largest = distributed.all_max([received or 0], self.device)[0]
         return int(largest) or None
-
-    def close_log(self) -> None:
-        if self.world.is_main:
-            self.metrics_log.close()
-            if self.tracker is not None:
-                self.tracker.close()
 
     # -- outputs ------------------------------------------------------------------------
 
@@ -633,7 +591,6 @@ class Trainer:
 
 
 def main(argv: list[str]) -> int:
-    global _QUIET
     args = build_parser().parse_args(argv)
     settings = load_settings(args.settings)
     train = settings["train"]
@@ -641,13 +598,13 @@ def main(argv: list[str]) -> int:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     distributed.check_devices(train["devices"], [args.batch_size], train["max_events_per_batch"])
     if train["devices"] > 1 and not distributed.launched():
-        _log(f"training in {train['devices']} processes (torchrun, standalone)")
+        Recorder().say(f"training in {train['devices']} processes (torchrun, standalone)")
         return distributed.launch(argv, train["devices"])
     seed = train["seeds"][0] if args.seed is None else args.seed
     threads = resolve_threads(train["threads"], args.threads)
     device = resolve_device(train["device"], args.gpus, train["cpu_fallback"])
     world = distributed.init(device.type)
-    _QUIET = not world.is_main
+    recorder = Recorder(world.is_main)
     if world.distributed:
         if device.type == "cuda":
             device = torch.device("cuda", world.local_rank)
@@ -657,7 +614,7 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(threads)
     if train["device"] == "auto" and device.type == "cpu":
         given = f" although the job was given {args.gpus} GPU(s) (train.cpu_fallback)" if args.gpus else ""
-        _log(f"train.device auto: no CUDA device visible{given}, training on the CPU")
+        recorder.say(f"train.device auto: no CUDA device visible{given}, training on the CPU")
     seed_everything(seed)
 
     trainer = Trainer(args, settings, device, threads, seed, world)
@@ -670,7 +627,7 @@ def _train(trainer: Trainer, args, train: dict, device, world: World, seed: int,
     trainer.resume()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    _log(
+    trainer.recorder.say(
         f"training batch size {args.batch_size}, seed {seed} on {device.type} ({threads} threads, "
         f"{train['precision']}), {trainer.n_train} train / {len(trainer.valid_batches)} valid patients, "
         f"{train['epochs']} epochs, peak lr {trainer.lr:g} ({train['lr_scaling']} scaling)"
@@ -678,12 +635,12 @@ def _train(trainer: Trainer, args, train: dict, device, world: World, seed: int,
     try:
         finished = trainer.fit()
     except Preempted as stop:
-        _log(f"error: {stop}")
+        trainer.recorder.say(f"error: {stop}")
         distributed.finish()
         return stop.status
     if finished and world.is_main:
         trainer.write_outputs()
-        _log(f"wrote {args.out}")
+        trainer.recorder.say(f"wrote {args.out}")
     distributed.barrier()
     distributed.finish()
     return 0
