@@ -397,3 +397,12 @@ def test_environment_names_each_machine_and_the_runs_on_it():
         "  - node1: CPU AMD EPYC, no GPU; train.device auto fell back to the CPU: bs1/seed0, bs1/seed1")
     assert _machine_line(found[1]) == (
         "  - gpu7: CPU Intel Xeon, GPU NVIDIA H200 (1 visible), CUDA 12.8, driver 570.1: bs4/seed0")
+
+
+def test_a_calibration_without_a_finite_fit_is_null_not_nan(tmp_path):
+    """Risks that separate the classes have no finite recalibration slope: null in the
+    JSON, a dash in the report, never a crash."""
+    from seqsetvae.reports.study import finite
+
+    assert finite({"a": float("nan"), "b": [1.0, float("inf")], "c": None}) == {"a": None, "b": [1.0, None], "c": None}
+    assert report.fmt(None) == report.MISSING

@@ -48,6 +48,7 @@ def _log_likelihood(y: np.ndarray, eta: np.ndarray) -> np.ndarray:
 def _damped(ll, params: list[np.ndarray], steps: list[np.ndarray]) -> list[np.ndarray]:
     """Newton steps halved, row by row, until the log-likelihood does not fall: a
     plain Newton step overshoots from far away (an overconfident model's logits)."""
+    steps = [np.nan_to_num(s, nan=0.0, posinf=0.0, neginf=0.0) for s in steps]  # a singular row stays put
     before = ll(*params)
     scale = np.ones_like(before)
     for _ in range(40):
@@ -56,7 +57,7 @@ def _damped(ll, params: list[np.ndarray], steps: list[np.ndarray]) -> list[np.nd
         if not worse.any():
             break
         scale = np.where(worse, scale / 2, scale)
-    return [p + scale * np.nan_to_num(s) for p, s in zip(params, steps)]
+    return [p + scale * s for p, s in zip(params, steps)]
 
 
 def recalibration_rows(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

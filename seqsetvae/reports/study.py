@@ -176,6 +176,18 @@ def noise_summary(runs: list[Run]) -> dict:
             "b_simple_second_half": simple_noise_scale(late)}  # fmt: skip
 
 
+def finite(value):
+    """`value` with every non-finite float in it as None (a slope without a finite fit:
+    one class, or risks that separate the classes), so that the JSON stays valid."""
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite(item) for item in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def delta(result: dict | None, metric: str) -> dict | None:
     if result is None:
         return None
@@ -262,8 +274,8 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict) -> dict:
         # calibration: seed means of each seed's value, paired deltas against the reference;
         # the reliability points of the seed-mean probabilities (a figure)
         entry["calibration"] = {
-            metric: {"mean": paired.point_estimate(labels, groups[f"bs{b}"], metric),
-                     "delta_vs_reference": delta(vs_reference.get(b), metric)}
+            metric: {"mean": finite(paired.point_estimate(labels, groups[f"bs{b}"], metric)),
+                     "delta_vs_reference": finite(delta(vs_reference.get(b), metric))}
             for metric in CALIBRATION
         }  # fmt: skip
         entry["calibration"]["reliability"] = reliability_table(labels, groups[f"bs{b}"].mean(axis=0))
@@ -290,7 +302,7 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict) -> dict:
                 "test_auroc": {"estimate": b["auroc"], "ci": b["auroc_ci"]},
                 "test_auprc": {"estimate": b["auprc"], "ci": b["auprc_ci"]},
                 "calibration": {
-                    **{metric: paired.point_estimate(labels, groups[b["name"]], metric) for metric in CALIBRATION},
+                    **{metric: finite(paired.point_estimate(labels, groups[b["name"]], metric)) for metric in CALIBRATION},
                     "reliability": reliability_table(labels, groups[b["name"]][0]),
                 },
                 "batch_sizes_minus_baseline": [
