@@ -165,8 +165,8 @@ rule make_shards:
 rule qc:
     input:
         events=EVENTS_DIR,
-        shards_qc=f"{RESULTS}/shards_qc.json",
-        shards=SHARDS_DIR,
+        shards_qc=rules.make_shards.output.qc,
+        shards=rules.make_shards.output.shards,
     output:
         QC,
     log:

@@ -78,7 +78,7 @@ rule baseline:
 
 rule meds_predictions:
     input:
-        predictions=f"{RESULTS}/eval/{RUN}_predictions.parquet",
+        predictions=rules.evaluate.output.predictions,
         labels=FORMAT_LABELS,
     output:
         f"{RESULTS}/eval/{RUN}_meds_predictions.parquet",

@@ -6,7 +6,7 @@ rule report:
         train=TRAIN_SUMMARIES,
         train_logs=expand(f"{RESULTS}/runs/{{run}}/metrics.jsonl", run=RUNS),
         evals=EVALS,
-        predictions=expand(f"{RESULTS}/eval/{{run}}_predictions.parquet", run=RUNS),
+        predictions=expand(rules.evaluate.output.predictions, bs=BATCH_SIZES, seed=SEEDS),
         memory=MEMORY,
         baselines=BASELINE_EVALS,
         qc=QC,
