@@ -28,19 +28,24 @@ class WeightAverage:
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.time_constant = time_constant_epochs * train_patients  # in patients
+        self._pairs = None
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, patients: int) -> None:
         """Move the average towards `model` after a step on `patients` patients."""
         weight = 1.0 - math.exp(-patients / self.time_constant)
-        for average, current in zip(self.model.state_dict().values(), model.state_dict().values()):
-            if average.is_floating_point():
-                average.lerp_(current.to(average.dtype), weight)
-            else:
-                average.copy_(current)
+        if self._pairs is None or self._pairs[0] is not model:  # the tensors, paired once
+            pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+            floating = [(a, c) for a, c in pairs if a.is_floating_point() and a.dtype == c.dtype]
+            self._pairs = (model, [a for a, _ in floating], [c for _, c in floating],
+                           [(a, c) for a, c in pairs if not (a.is_floating_point() and a.dtype == c.dtype)])  # fmt: skip
+        _, averages, currents, others = self._pairs
+        torch._foreach_lerp_(averages, currents, weight)  # one fused pass over every tensor
+        for average, current in others:  # integer buffers (counters) are the model's
+            average.copy_(current)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {name: tensor.detach().clone() for name, tensor in self.model.state_dict().items()}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.model.load_state_dict(tensors, strict=True)
+        self.model.load_state_dict(tensors, strict=True)  # copies in place: the pairs stay valid

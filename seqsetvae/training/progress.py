@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
+
+from seqsetvae.training.noise_scale import simple_noise_scale
+
 
 def _no_best() -> dict:
     return {"validation": None, "epoch": None, "step": None, "val_auroc": None, "val_loss": None}
@@ -62,6 +66,36 @@ class RunState:
         loss = self.epoch_loss_sum / max(self.epoch_patients, 1)
         self.epoch_loss_sum, self.epoch_patients = 0.0, 0
         return loss
+
+    def summary(self, wall_time_s: float, noise_patients: int) -> dict:
+        """What metrics.json says of the run's progress (docs/outputs.md)."""
+        seconds, measurements = self.train_time_s, self.noise_measurements
+        return {
+            "patients_per_s": self.patients / seconds,
+            "events_per_s": self.events / seconds,
+            "fill_ratio": self.events / self.event_slots,
+            "sequence_fill_ratio": self.sets / self.sequence_slots,
+            "wall_time_s": wall_time_s,
+            "train_time_s": seconds,
+            "data_wait_fraction": self.data_wait_s / seconds,
+            "steps": self.step,
+            "patients_seen": self.patients,
+            "events_seen": self.events,
+            "validations": self.validations,
+            **self.peaks,
+            "skipped_batches": self.skipped_batches,
+            "budget_changes": self.budget_changes,
+            "best": self.best,
+            "best_val_auroc": self.best["val_auroc"],
+            "largest_batch": self.largest_batch,
+            "noise_scale": {
+                "measurements": len(measurements),
+                "patients": noise_patients,
+                "gradient_sq": float(np.mean([m["gradient_sq"] for m in measurements])) if measurements else None,
+                "trace_sigma": float(np.mean([m["trace_sigma"] for m in measurements])) if measurements else None,
+                "b_simple": simple_noise_scale(measurements),
+            },
+        }
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -60,7 +60,7 @@ from seqsetvae.training.runtime import (
 )
 from seqsetvae.training.sampler import LengthGroupedBatchSampler
 from seqsetvae.training.schedule import evaluation_weights, loss_weights, lr_factor, scaled_lr
-from seqsetvae.training.validation import is_better, validate
+from seqsetvae.training.validation import VALIDATION_BATCH_SIZE, is_better, validate
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqsetvae train", description=__doc__.split("\n")[0])
@@ -388,9 +388,12 @@ class Trainer:
         if not self.world.is_main:
             state.validations += 1
             return
+        # inference: a patient's output does not depend on its batch-mates, so validation
+        # batches are at least VALIDATION_BATCH_SIZE patients (batch size 1 validated one
+        # patient per forward, a sixth of its run's time on the default data)
         result = validate(
-            self.evaluated, self.valid_batches, self.args.batch_size, self.train, self.device, self.autocast,
-            evaluation_weights(self.settings["model"]),
+            self.evaluated, self.valid_batches, max(self.args.batch_size, VALIDATION_BATCH_SIZE), self.train,
+            self.device, self.autocast, evaluation_weights(self.settings["model"]),
         )  # fmt: skip
         state.validations += 1
         train_loss = state.take_loss()
@@ -536,58 +539,28 @@ class Trainer:
             },
         )
         self.update_peaks()
-        peaks = state.peaks
-        seconds = state.train_time_s
-        measurements = state.noise_measurements
-        write_json(
-            out / "metrics.json",
-            {
-                "batch_size": self.args.batch_size,
-                "seed": self.seed,
-                "patients_per_s": state.patients / seconds,
-                "events_per_s": state.events / seconds,
-                "fill_ratio": state.events / state.event_slots,
-                "sequence_fill_ratio": state.sets / state.sequence_slots,
-                "wall_time_s": self.wall_time(),
-                "train_time_s": seconds,
-                "data_wait_fraction": state.data_wait_s / seconds,
-                "loader_workers": self.workers,
-                "epochs": train["epochs"],
-                "steps": state.step,
-                "steps_per_epoch": state.step / train["epochs"],
-                "patients_seen": state.patients,
-                "events_seen": state.events,
-                "train_patients": self.n_train,
-                "validations": state.validations,
-                "peak_rss_mb": peaks["peak_rss_mb"],
-                "cuda_max_allocated_mb": peaks["cuda_max_allocated_mb"],
-                "cuda_max_reserved_mb": peaks["cuda_max_reserved_mb"],
-                "device": self.device.type,
-                "device_requested": train["device"],
-                "devices": self.world.size,  # processes (ranks); throughput counts them all
-                "machine": machine(self.device),
-                "skipped_batches": state.skipped_batches,
-                "budget_changes": state.budget_changes,
-                "threads": self.threads,
-                "precision": train["precision"],
-                "compile": self.compile_mode,  # None: eager
-                "compiled_graphs": self.graphs(),
-                "torch_version": torch.__version__,
-                "best": state.best,
-                "best_val_auroc": state.best["val_auroc"],
-                "largest_batch": state.largest_batch,
-                "lr": self.lr,
-                "lr_scaling": train["lr_scaling"],
-                "max_events_per_batch": train["max_events_per_batch"],
-                "noise_scale": {
-                    "measurements": len(measurements),
-                    "patients": train["noise_scale"]["patients"],
-                    "gradient_sq": float(np.mean([m["gradient_sq"] for m in measurements])) if measurements else None,
-                    "trace_sigma": float(np.mean([m["trace_sigma"] for m in measurements])) if measurements else None,
-                    "b_simple": noise_scale.simple_noise_scale(measurements),
-                },
-            },
-        )
+        context = {
+            "batch_size": self.args.batch_size,
+            "seed": self.seed,
+            "loader_workers": self.workers,
+            "epochs": train["epochs"],
+            "steps_per_epoch": state.step / train["epochs"],
+            "train_patients": self.n_train,
+            "device": self.device.type,
+            "device_requested": train["device"],
+            "devices": self.world.size,  # processes (ranks); throughput counts them all
+            "machine": machine(self.device),
+            "threads": self.threads,
+            "precision": train["precision"],
+            "compile": self.compile_mode,  # None: eager
+            "compiled_graphs": self.graphs(),
+            "torch_version": torch.__version__,
+            "lr": self.lr,
+            "lr_scaling": train["lr_scaling"],
+            "max_events_per_batch": train["max_events_per_batch"],
+        }
+        summary = state.summary(self.wall_time(), train["noise_scale"]["patients"])
+        write_json(out / "metrics.json", {**context, **summary})
 
 
 def main(argv: list[str]) -> int:

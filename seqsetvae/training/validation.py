@@ -10,6 +10,9 @@ import torch
 from seqsetvae.training.sampler import LengthGroupedBatchSampler
 
 
+VALIDATION_BATCH_SIZE = 16  # patients per validation batch at the least (train.max_events_per_batch still caps it)
+
+
 @torch.no_grad()
 def validate(model, batches, batch_size: int, train: dict, device, autocast, weights) -> dict:
     """Loss (evaluation weights), AUROC and AUPRC over a split, in length order."""
