@@ -21,6 +21,7 @@ from test_train import TINY_MODEL, TINY_TRAIN, data  # noqa: F401  (data: the ti
 from seqsetvae.errors import InputError
 from seqsetvae.settings import load_settings
 from seqsetvae.training import distributed, train
+from seqsetvae.training.recorder import Recorder
 
 NO_DROPOUT = {**TINY_MODEL, "dropout": 0.0}  # dropout masks are drawn per rank (distributed.py)
 SETTINGS = {"model": NO_DROPOUT, "train": {**TINY_TRAIN, "grad_clip": 1e9, "noise_scale": {"per_epoch": 1, "patients": 4}}}
@@ -64,6 +65,7 @@ def _trainer(shards, embedding, out: Path, world, batch_size: int):
     trainer.model.double()  # in place: the optimizer keeps the same parameters
     if world.distributed:  # as Trainer does, after the conversion to float64
         trainer.world, trainer.net = world, torch.nn.parallel.DistributedDataParallel(trainer.model)
+        trainer.recorder = Recorder(world.is_main)  # rank 0 alone writes records
     trainer.resume()
     return trainer
 
