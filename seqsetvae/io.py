@@ -54,10 +54,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike, written_by: str | None = None) -> Any:
-    """The JSON document at `path`; with `written_by` (the rule that writes it) a file
-    that is not whole JSON is a DamagedFile naming it, not a traceback."""
-    if written_by is None:
-        return json.loads(Path(path).read_text())
+    """The JSON document at `path`; a file that is not whole JSON is a DamagedFile naming
+    it (and `written_by`, the rule that writes it, when known), not a traceback."""
     try:
         return json.loads(Path(path).read_bytes())
     except (OSError, ValueError) as error:  # ValueError: JSON and UTF-8 decoding
@@ -77,7 +75,7 @@ def writer_of(path: str | os.PathLike) -> str | None:
     return None
 
 
-def read_parquet(path: str | os.PathLike, written_by: str, columns: list[str] | None = None):
+def read_parquet(path: str | os.PathLike, written_by: str | None, columns: list[str] | None = None):
     """The Parquet table at `path` (pyarrow), or a DamagedFile naming it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -96,7 +94,9 @@ def tensors_sha256(tensors: dict) -> str:
     for name in sorted(tensors):
         tensor = tensors[name]
         if hasattr(tensor, "detach"):  # torch: any dtype, bf16 included, as raw bytes
-            raw = tensor.detach().cpu().contiguous().reshape(-1).view(__import__("torch").uint8).numpy()
+            import torch
+
+            raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
         else:
             raw = np.ascontiguousarray(tensor).reshape(-1).view(np.uint8)
         digest.update(f"{name}{tuple(tensor.shape)}".encode())

@@ -104,7 +104,7 @@ def main(argv: list[str]) -> int:
 
 
 def _read_object(path: str, required: list[str]) -> dict:
-    obj = read_json(path, written_by=writer_of(path) or "the stage that writes it")
+    obj = read_json(path, written_by=writer_of(path))
     missing = [key for key in required if key not in obj]
     if missing:
         raise InputError(f"{path}: missing key(s) {', '.join(missing)}")

@@ -46,7 +46,7 @@ class Run:
 def read_object(path: Path, required: tuple[str, ...] = ()) -> dict:
     if not path.exists():
         raise InputError(f"{path}: missing (run the stage that writes it first)")
-    obj = read_json(path, written_by=writer_of(path) or "the stage that writes it")
+    obj = read_json(path, written_by=writer_of(path))
     missing = [key for key in required if key not in obj]
     if missing:
         raise InputError(f"{path}: missing key(s) {', '.join(missing)}")
@@ -80,7 +80,7 @@ def read_metrics_log(path: Path) -> dict[str, pd.DataFrame]:
 def read_predictions(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise InputError(f"{path}: missing (run the stage that writes it first)")
-    frame = read_parquet(path, writer_of(path) or "the stage that writes it").to_pandas()
+    frame = read_parquet(path, writer_of(path)).to_pandas()
     missing = {"patient_id", "label", "probability"} - set(frame.columns)
     if missing:
         raise InputError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
