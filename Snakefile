@@ -29,12 +29,16 @@ localrules:
     memory,
     report,
     meds_predictions,
+    choose_lr,
 
 
 rule all:
     input:
         REPORT,
-        MEDS_PREDICTIONS,
+        # MEDS datasets: every compared run's test predictions in meds-evaluation's layout
+        of_chosen_runs(f"{RESULTS}/eval/{{run}}_meds_predictions.parquet")
+        if FORMAT == "meds"
+        else [],
 
 
 rule shards:
@@ -46,4 +50,10 @@ rule shards:
 
 rule train_all:
     input:
-        TRAIN_SUMMARIES,
+        expand(
+            f"{GRID_RUN_DIR}/metrics.json",
+            bs=BATCH_SIZES,
+            lr=[lr_tag(m) for m in LR_GRID] if len(LR_GRID) > 1 else [],
+            seed=GRID_SEEDS,
+        ),
+        of_chosen_runs(f"{RESULTS}/runs/{{run}}/metrics.json"),

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "qc": ("seqsetvae.data.qc", "merge the stages' row and patient counts into qc.json"),
     "meds-predictions": ("seqsetvae.data.formats.meds:predictions_main", "a run's test predictions in the MEDS layout"),
     "train": ("seqsetvae.training.train", "train SeqSetVAE at one batch size"),
+    "choose-lr": ("seqsetvae.training.lr_grid", "the learning rate of one batch size, from its grid's validation"),
     "evaluate": ("seqsetvae.evaluation.evaluate", "test-split metrics of one trained run"),
     "baseline": ("seqsetvae.evaluation.baseline", "scikit-learn baselines on per-patient summaries"),
     "memory": ("seqsetvae.evaluation.memory", "memory report of one batch size"),

@@ -17,10 +17,13 @@ from test_report import shown, table
 
 REPO = Path(__file__).resolve().parents[1]
 BATCH_SIZES, SEEDS = [1, 2], [0, 1]
-# .test/config.yaml with two seeds, three validation points and noise-scale measurements
+GRID = [0.5, 1.0, 2.0]
+# .test/config.yaml with two seeds, 2 epochs of three validation points and noise-scale
+# measurements, and a learning-rate grid on the first seed for 1 epoch of its own
 CONFIG = copy.deepcopy(TINY_PIPELINE_CONFIG)
-CONFIG["train"] |= {"batch_sizes": BATCH_SIZES, "seeds": SEEDS, "validations_per_epoch": 3,
-                    "noise_scale": {"per_epoch": 2, "patients": 4}}  # fmt: skip
+CONFIG["train"] |= {"batch_sizes": BATCH_SIZES, "seeds": SEEDS, "epochs": 2, "validations_per_epoch": 3,
+                    "noise_scale": {"per_epoch": 2, "patients": 4}, "lr_grid": GRID, "lr_grid_seeds": 1,
+                    "lr_grid_epochs": 1}  # fmt: skip
 
 
 def snakemake(workdir: Path, *args: str, config: str = "config.yaml") -> subprocess.CompletedProcess:
@@ -38,31 +41,49 @@ def test_pipeline_end_to_end(tmp_path):
     text = (tmp_path / "reports" / "batch_comparison.md").read_text()
     study = json.loads((tmp_path / "reports" / "batch_comparison.json").read_text())
 
-    # one run directory per (batch size, seed), all scored on the same test patients
+    # the grid: every rate at seed 0 for 1 epoch; the choice from those runs' validation
+    chosen, chosen_lr = {}, {}
+    for b in BATCH_SIZES:
+        grid = {m: json.loads((results / "grid_runs" / f"bs{b}" / f"lr{m:g}" / "seed0" / "metrics.json").read_text()) for m in GRID}
+        assert all(g["epochs"] == 1 and g["lr_multiplier"] == m and g["validations"] == 3 for m, g in grid.items())
+        assert not (results / "grid_runs" / f"bs{b}" / "lr1" / "seed1").exists()
+        best = max(GRID, key=lambda m: (grid[m]["best"]["val_auroc"], -grid[m]["best"]["val_loss"], -abs(m - 1)))
+        choice = json.loads((results / "lr_grid" / f"bs{b}.json").read_text())
+        assert choice["chosen"]["multiplier"] == best
+        assert [c["val_auroc_mean"] for c in choice["candidates"]] == [grid[m]["best"]["val_auroc"] for m in GRID]
+        chosen[b], chosen_lr[b] = best, grid[best]["lr"]
+        entry = next(e for e in study["lr_grid"]["batch_sizes"] if e["batch_size"] == b)
+        assert entry["chosen"] == best and entry["peak_lr"] == grid[best]["lr"]
+    assert "## Learning-rate grid" in text and "](figures/lr_grid.png)" in text
+
+    # one compared run per (batch size, seed) at the chosen rate, all on the same test patients
     assert [e["batch_size"] for e in study["batch_sizes"]] == BATCH_SIZES
     quality = table(text, "## Test-set quality")
     test_ids = None
     for i, b in enumerate(BATCH_SIZES):
         entry = study["batch_sizes"][i]
-        assert entry["seeds"] == SEEDS
+        assert entry["seeds"] == SEEDS and entry["lr_multiplier"] == chosen[b]
+        assert sorted(p.name for p in (results / "runs" / f"bs{b}").iterdir()) == [f"lr{chosen[b]:g}"]
         for s in SEEDS:
-            train = json.loads((results / "runs" / f"bs{b}" / f"seed{s}" / "metrics.json").read_text())
-            evaluation = json.loads((results / "eval" / f"bs{b}" / f"seed{s}.json").read_text())
+            name = f"bs{b}/lr{chosen[b]:g}/seed{s}"
+            train = json.loads((results / "runs" / name / "metrics.json").read_text())
+            evaluation = json.loads((results / "eval" / f"{name}.json").read_text())
             assert train["batch_size"] == evaluation["batch_size"] == b and train["seed"] == evaluation["seed"] == s
-            assert train["validations"] == 3 and train["noise_scale"]["measurements"] == 2
-            predictions = pd.read_parquet(results / "eval" / f"bs{b}" / f"seed{s}_predictions.parquet")
+            assert train["validations"] == 6 and train["noise_scale"]["measurements"] == 4
+            assert train["lr"] == chosen_lr[b] and train["lr_multiplier"] == chosen[b] and train["epochs"] == 2
+            predictions = pd.read_parquet(results / "eval" / f"{name}_predictions.parquet")
             ids = sorted(predictions.patient_id)
             assert test_ids is None or ids == test_ids
             test_ids = ids
         assert shown(quality.iloc[i]["test AUROC (mean)"], entry["test_auroc"]["mean"])
-        assert entry["validation_points"] == 3
+        assert entry["validation_points"] == 6
     assert study["test_split"]["patients"] == len(test_ids)
     assert [b["name"] for b in study["baselines"]] == ["logistic_regression", "gradient_boosting", "gru"]
     baseline = pd.read_parquet(results / "baselines" / "logistic_regression_predictions.parquet")
     assert sorted(baseline.patient_id) == test_ids
     assert study["summary"] == [line[2:] for line in text.split("## Summary\n", 1)[1].split("\n## ", 1)[0].strip().splitlines()]
 
-    for name in ("validation_curves", "training_loss", "throughput_memory"):
+    for name in ("validation_curves", "training_loss", "throughput_memory", "lr_grid"):
         assert f"](figures/{name}.png)" in text
         assert (tmp_path / "reports" / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -117,7 +138,7 @@ def test_meds_dataset_through_the_pipeline_and_meds_evaluation(tmp_path):
                                     pa.timestamp("us")),
         "boolean_value": pa.array(labels.in_hospital_mortality.astype(bool)),
     }), tmp_path / "task" / "mortality.parquet")  # fmt: skip
-    config = {**CONFIG, "train": {**CONFIG["train"], "batch_sizes": [2], "seeds": [0]}}
+    config = {**CONFIG, "train": {**CONFIG["train"], "batch_sizes": [2], "seeds": [0], "lr_grid": [1]}}
     config["data"] = {**CONFIG["data"], "source": "files", "format": "meds", "events": str(tmp_path / "meds"),
                       "labels": str(tmp_path / "task")}  # fmt: skip
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -125,9 +146,9 @@ def test_meds_dataset_through_the_pipeline_and_meds_evaluation(tmp_path):
     assert run.returncode == 0, run.stderr[-5000:]
     qc = json.loads((tmp_path / "results" / "qc.json").read_text())
     assert qc["format"] == "meds" and qc["rows_in"] == len(events) and qc["patients_kept"] == len(labels)
-    meds_predictions = tmp_path / "results" / "eval" / "bs2" / "seed0_meds_predictions.parquet"
+    meds_predictions = tmp_path / "results" / "eval" / "bs2" / "lr1" / "seed0_meds_predictions.parquet"
     table = pq.read_table(meds_predictions)
-    ours = pd.read_parquet(tmp_path / "results" / "eval" / "bs2" / "seed0_predictions.parquet")
+    ours = pd.read_parquet(tmp_path / "results" / "eval" / "bs2" / "lr1" / "seed0_predictions.parquet")
     assert table.column_names == ["subject_id", "prediction_time", "boolean_value", "predicted_boolean_value",
                                   "predicted_boolean_probability"]  # fmt: skip
     assert sorted(table["subject_id"].to_pylist()) == sorted(int(i) for i in ours.patient_id)

@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = REPO / "profiles" / "slurm"
 LOCAL_PROFILE = REPO / "profiles" / "local"
 # rules whose jobs run inside the Snakemake process, never as cluster jobs
-LOCAL_RULES = {"all", "shards", "train_all", "splits", "embedding", "qc", "memory", "report", "meds_predictions"}
+LOCAL_RULES = {"all", "shards", "train_all", "splits", "embedding", "qc", "memory", "report", "meds_predictions",
+               "choose_lr"}  # fmt: skip
 # format_labels reads a whole non-CSV dataset (every P2019 file): a cluster job
 CLUSTER_RULES = {"synthetic_data", "ingest", "stats", "make_shards", "train", "evaluate", "baseline", "format_labels"}
 DATA_RULES = {"synthetic_data", "ingest", "stats", "make_shards"}
@@ -41,7 +42,7 @@ def dry_run(workdir: Path, config: dict, *args: str) -> list[dict]:
     for line in run.stdout.splitlines():
         if re.search(r"\] Group job train_evaluate ", line):
             group, groups = groups, groups + 1
-        header = re.match(r"^(\s*)(?:local)?rule (\w+):$", line)
+        header = re.match(r"^(\s*)(?:local)?(?:rule|checkpoint) (\w+):$", line)
         if header:
             in_group = group if header.group(1) else None  # group members are indented
             jobs.append({"rule": header.group(2), "wildcards": "", "threads": 1, "resources": {}, "group": in_group})
@@ -120,8 +121,8 @@ def test_slurm_dry_run_jobs_and_resources(tmp_path, tiny_pipeline_config):
     counts = {rule: len(found) for rule, found in jobs.items()}
     not_synthetic = {"format_labels", "meds_predictions"}  # rules of non-CSV datasets only
     assert counts == {**{rule: 1 for rule in (LOCAL_RULES | CLUSTER_RULES) - {"shards", "train_all"} - not_synthetic},
-                      "train": 2, "evaluate": 2, "memory": 2}  # fmt: skip
-    assert sorted(job["wildcards"] for job in jobs["train"]) == ["bs=1, seed=0", "bs=2, seed=0"]
+                      "train": 2, "evaluate": 2, "memory": 2, "choose_lr": 2}  # fmt: skip
+    assert sorted(job["wildcards"] for job in jobs["train"]) == ["bs=1, lr=1, seed=0", "bs=2, lr=1, seed=0"]
     for rule in DATA_RULES:
         (job,) = jobs[rule]
         assert (job["resources"]["mem_mb"], job["resources"]["runtime"]) == ("1500", "15"), rule
@@ -165,6 +166,6 @@ def test_train_and_evaluate_can_share_one_cluster_job(tmp_path, tiny_pipeline_co
         if job["group"] is not None:
             members.setdefault(job["group"], set()).add((job["rule"], job["wildcards"]))
     assert sorted(members.values(), key=sorted) == [
-        {("evaluate", f"bs={b}, seed=0"), ("train", f"bs={b}, seed=0")} for b in (1, 2)
+        {("evaluate", f"bs={b}, lr=1, seed=0"), ("train", f"bs={b}, lr=1, seed=0")} for b in (1, 2)
     ]
     assert all(job["group"] is None for job in jobs if job["rule"] not in ("train", "evaluate"))

@@ -17,6 +17,7 @@ from seqsetvae.evaluation.evaluate import write_predictions
 from seqsetvae.evaluation.metrics import classification_metrics
 from seqsetvae.evaluation.paired import paired_differences
 from seqsetvae.reports import batch_comparison as report
+from seqsetvae.training import lr_grid
 
 BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
 N_TEST, N_TRAIN = 200, 40
@@ -33,9 +34,10 @@ def probabilities(signal: float, seed: int) -> np.ndarray:
     return 1 / (1 + np.exp(-(signal * (LABELS - 0.5) + rng.standard_normal(N_TEST))))
 
 
-def write_run(results: Path, b: int, seed: int, *, speed: float, signal: float, rss: float, gpu: float | None = None) -> None:
+def write_run(results: Path, b: int, seed: int, *, speed: float, signal: float, rss: float, gpu: float | None = None,
+              multiplier: float = 1.0) -> None:  # fmt: skip
     """Every file the training, evaluation and benchmark records would hold for one run."""
-    name = f"bs{b}/seed{seed}"
+    name = f"bs{b}/lr{multiplier:g}/seed{seed}"
     run = results / "runs" / name
     run.mkdir(parents=True)
     steps_per_epoch = -(-N_TRAIN // b)
@@ -45,7 +47,8 @@ def write_run(results: Path, b: int, seed: int, *, speed: float, signal: float, 
         "fill_ratio": 1.0, "wall_time_s": 100.0 / patients_per_s, "train_time_s": 80 / patients_per_s, "epochs": 2,
         "steps": 2 * steps_per_epoch, "train_patients": N_TRAIN, "peak_rss_mb": rss + seed, "cuda_max_allocated_mb": gpu,
         "cuda_max_reserved_mb": gpu and gpu * 1.5, "device": "cuda" if gpu else "cpu", "threads": 2, "precision": "fp32",
-        "torch_version": "2.13.0+cpu", "largest_batch": {"patients": b, "events": 300 * b, "sets": 100 * b}, "lr": 1e-3 * b**0.5,
+        "torch_version": "2.13.0+cpu", "largest_batch": {"patients": b, "events": 300 * b, "sets": 100 * b}, "lr": 1e-3 * b**0.5 * multiplier,
+        "lr_multiplier": multiplier,
     }))  # fmt: skip
     lines, samples, step, k = [], 0, 0, 0
     batches = [min(b, N_TRAIN - start) for _ in range(2) for start in range(0, N_TRAIN, b)]  # an epoch's last batch is short
@@ -61,7 +64,7 @@ def write_run(results: Path, b: int, seed: int, *, speed: float, signal: float, 
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
 
     p = probabilities(signal, seed=100 * b + seed)
-    (results / "eval" / f"bs{b}").mkdir(parents=True, exist_ok=True)
+    (results / "eval" / f"bs{b}" / f"lr{multiplier:g}").mkdir(parents=True, exist_ok=True)
     write_predictions(results / "eval" / f"{name}_predictions.parquet", IDS, LABELS, p)
     evaluation = {"batch_size": b, "seed": seed, **classification_metrics(LABELS, p, 200, 0), "recon": 0.5 + b / 100, "kl": 0.2,
                   "active_units": {"active": 10 + b, "units": 32}, "inference": {"patients_per_s": 4 * speed},
@@ -69,7 +72,7 @@ def write_run(results: Path, b: int, seed: int, *, speed: float, signal: float, 
                   "largest_batch": {"patients": b, "events": 10, "sets": 5}}  # fmt: skip
     (results / "eval" / f"{name}.json").write_text(json.dumps(evaluation))
     for job in ("train", "evaluate"):
-        (results / "benchmarks" / job / f"bs{b}").mkdir(parents=True, exist_ok=True)
+        (results / "benchmarks" / job / f"bs{b}" / f"lr{multiplier:g}").mkdir(parents=True, exist_ok=True)
         (results / "benchmarks" / job / f"{name}.tsv").write_text(BENCHMARK_HEADER + f"10.0\t0:00:10\t{rss + 5:.2f}\t1\t1\t1\t0\t0\t90\t10\n")
     rc = memory.main(["--batch-size", str(b), "--train-summary", str(run / "metrics.json"),
                       "--train-benchmark", str(results / "benchmarks" / "train" / f"{name}.tsv"),
@@ -105,10 +108,31 @@ def build_results(tmp_path: Path, batch_sizes=(1, 4, 16), seeds=(0, 1), signals=
     return results
 
 
+GRID = (0.5, 1.0, 2.0)
+
+
+def grid_choices(results: Path, batch_sizes, best: dict | None = None) -> list[str]:
+    """results/lr_grid/bsB.json for each batch size, from grid runs' summaries in which the
+    multiplier `best[B]` (default 1) has the highest validation AUROC."""
+    paths = []
+    for b in batch_sizes:
+        summaries = [(Path(f"grid/bs{b}/lr{m:g}/seed{s}/metrics.json"),
+                      {"batch_size": b, "seed": s, "lr_multiplier": m, "lr": 1e-3 * m, "epochs": 1,
+                       "best": {"val_auroc": 0.8 - 0.1 * abs(np.log2(m / (best or {}).get(b, 1.0))) + 0.01 * s, "val_loss": 0.5}})
+                     for m in GRID for s in (0, 1)]  # fmt: skip
+        path = results / "lr_grid" / f"bs{b}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(lr_grid.choose(b, list(GRID), summaries)))
+        paths.append(str(path))
+    return paths
+
+
 def run_report(tmp_path: Path, results: Path, batch_sizes=(1, 4, 16), seeds=(0, 1), settings=SETTINGS) -> tuple[str, dict]:
     out = tmp_path / "reports" / "batch_comparison.md"
-    argv = ["--settings", json.dumps(settings), "--results", str(results), "--batch-sizes", *map(str, batch_sizes),
-            "--seeds", *map(str, seeds), "--baselines", "logistic_regression", "gradient_boosting", "--out", str(out)]  # fmt: skip
+    runs = [f"bs{b}/lr1/seed{s}" for b in batch_sizes for s in seeds]
+    argv = ["--settings", json.dumps(settings), "--results", str(results), "--runs", *runs,
+            "--lr-grid", *grid_choices(results, batch_sizes), "--baselines", "logistic_regression", "gradient_boosting",
+            "--out", str(out)]  # fmt: skip
     assert report.main(argv) == 0
     return out.read_text(), json.loads(out.with_suffix(".json").read_text())
 
@@ -160,7 +184,7 @@ def test_benchmark_tsv_without_columns_is_an_input_error(tmp_path):
 
 def test_memory_report_fields(tmp_path):
     results = build_results(tmp_path, (1, 4), seeds=(0,))
-    mem = json.loads((results / "memory" / "bs4" / "seed0.json").read_text())
+    mem = json.loads((results / "memory" / "bs4" / "lr1" / "seed0.json").read_text())
     assert mem["batch_size"] == 4 and mem["device"] == "cpu"
     assert mem["train"]["peak_rss_mb"] == 660.0 and mem["train"]["peak_rss_mb_per_patient"] == pytest.approx(660.0 / 4)
     assert mem["train"]["benchmark"] == {"max_rss_mb": 665.0, "wall_s": 10.0, "records": 1}
@@ -179,15 +203,15 @@ def test_json_holds_the_issue_fields_and_paired_statistics(tmp_path):
     assert study["protocol"]["epochs"] == 2 and study["protocol"]["samples"] == 2 * N_TRAIN and study["protocol"]["seeds"] == [0, 1]
     assert study["protocol"]["lr_scaling"] == "sqrt" and study["protocol"]["schedules"]["beta_warmup"] == {"epochs": 1.0}
     assert [e["batch_size"] for e in study["batch_sizes"]] == [1, 4, 16]
-    groups = {f"bs{b}": np.vstack([pd.read_parquet(results / "eval" / f"bs{b}" / f"seed{s}_predictions.parquet").sort_values("patient_id")
+    groups = {f"bs{b}": np.vstack([pd.read_parquet(results / "eval" / f"bs{b}" / "lr1" / f"seed{s}_predictions.parquet").sort_values("patient_id")
                                    .probability.to_numpy() for s in (0, 1)]) for b in (1, 4, 16)}  # fmt: skip
     expected = paired_differences(LABELS, groups, [("bs4", "bs1"), ("bs16", "bs1")], 200, 0)
     for e in study["batch_sizes"]:
-        runs = [json.loads((results / "runs" / f"bs{e['batch_size']}" / f"seed{s}" / "metrics.json").read_text()) for s in (0, 1)]
+        runs = [json.loads((results / "runs" / f"bs{e['batch_size']}" / "lr1" / f"seed{s}" / "metrics.json").read_text()) for s in (0, 1)]
         speeds = [r["patients_per_s"] for r in runs]
         assert e["seeds"] == [0, 1] and e["patients_per_s"] == pytest.approx({"mean": np.mean(speeds), "min": min(speeds), "max": max(speeds)})
         assert e["train_peak_memory_mb"] == max(r["peak_rss_mb"] for r in runs)
-        per_seed = [json.loads((results / "eval" / f"bs{e['batch_size']}" / f"seed{s}.json").read_text())["auroc"] for s in (0, 1)]
+        per_seed = [json.loads((results / "eval" / f"bs{e['batch_size']}" / "lr1" / f"seed{s}.json").read_text())["auroc"] for s in (0, 1)]
         assert [s["estimate"] for s in e["test_auroc"]["per_seed"]] == per_seed
         assert e["test_auroc"]["mean"] == pytest.approx(np.mean(per_seed), abs=1e-12)
         assert e["validation_points"] == 4 and len(e["validation_curve"]) == 4
@@ -315,8 +339,8 @@ def test_a_gru_baseline_is_a_row_and_can_be_the_best_baseline(tmp_path):
     write_baseline(results, "gru", 5.0, 0.90)  # the best on validation
     out = tmp_path / "reports" / "batch_comparison.md"
     names = ["logistic_regression", "gradient_boosting", "gru"]
-    argv = ["--settings", json.dumps(SETTINGS), "--results", str(results), "--batch-sizes", "1", "4", "--seeds", "0",
-            "--baselines", *names, "--out", str(out)]  # fmt: skip
+    argv = ["--settings", json.dumps(SETTINGS), "--results", str(results), "--runs", "bs1/lr1/seed0", "bs4/lr1/seed0",
+            "--lr-grid", *grid_choices(results, (1, 4)), "--baselines", *names, "--out", str(out)]  # fmt: skip
     assert report.main(argv) == 0
     text, study = out.read_text(), json.loads(out.with_suffix(".json").read_text())
     assert [b["name"] for b in study["baselines"]] == names and study["best_baseline"] == "gru"
@@ -329,7 +353,7 @@ def test_a_gru_baseline_is_a_row_and_can_be_the_best_baseline(tmp_path):
     def frame(*path):
         return pd.read_parquet(results.joinpath(*path)).probability.to_numpy()[None, :]
 
-    groups = {f"bs{b}": frame("eval", f"bs{b}", "seed0_predictions.parquet") for b in (1, 4)}
+    groups = {f"bs{b}": frame("eval", f"bs{b}", "lr1", "seed0_predictions.parquet") for b in (1, 4)}
     groups |= {n: frame("baselines", f"{n}_predictions.parquet") for n in names}
     expected = paired_differences(LABELS, groups, [("bs1", "gru"), ("bs4", "gru")], 200, 0)
     against = table(text, "### Paired differences against the best baseline (gru, chosen on the validation split)")
@@ -361,16 +385,16 @@ def test_environment_section(tmp_path):
 
 def test_missing_output_names_the_file(tmp_path):
     results = build_results(tmp_path, (1, 4), seeds=(0,))
-    (results / "eval" / "bs4" / "seed0.json").unlink()
+    (results / "eval" / "bs4" / "lr1" / "seed0.json").unlink()
     out = tmp_path / "reports" / "batch_comparison.md"
-    with pytest.raises(InputError, match=r"eval/bs4/seed0\.json: missing"):
-        report.main(["--results", str(results), "--batch-sizes", "1", "4", "--seeds", "0", "--out", str(out)])
+    with pytest.raises(InputError, match=r"eval/bs4/lr1/seed0\.json: missing"):
+        report.main(["--results", str(results), "--runs", "bs1/lr1/seed0", "bs4/lr1/seed0", "--out", str(out)])
     assert not out.exists() and not out.with_suffix(".json").exists()
 
 
 def test_predictions_of_different_patients_are_an_input_error(tmp_path):
     results = build_results(tmp_path, (1, 4), seeds=(0,))
-    path = results / "eval" / "bs4" / "seed0_predictions.parquet"
+    path = results / "eval" / "bs4" / "lr1" / "seed0_predictions.parquet"
     frame = pd.read_parquet(path)
     write_predictions(path, ["X"] + IDS[1:], frame.label.to_numpy(), frame.probability.to_numpy())
     with pytest.raises(InputError, match=r"test predictions of bs4/seed0 and bs1/seed0 are not of the same patients"):

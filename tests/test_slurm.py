@@ -45,7 +45,7 @@ BATCH_SIZES = [1, 2]
 # (rule, wildcards) of every job that must run as a SLURM job; all others stay local
 CLUSTER_JOBS = Counter(
     [("synthetic_data", ""), ("ingest", ""), ("stats", ""), ("make_shards", ""), ("baseline", "")]
-    + [(rule, f"{b}_0") for rule in ("train", "evaluate") for b in BATCH_SIZES]  # wildcards bs, seed
+    + [(rule, f"{b}_1_0") for rule in ("train", "evaluate") for b in BATCH_SIZES]  # wildcards bs, lr, seed
 )
 RESOURCE_KIND = {"synthetic_data": "data", "ingest": "data", "stats": "data", "make_shards": "data",
                  "train": "train", "evaluate": "evaluate", "baseline": "evaluate"}  # fmt: skip
@@ -127,14 +127,14 @@ def signal_training_after_first_checkpoint(workdir: Path, snakemake: subprocess.
     deadline = time.monotonic() + TIMEOUT_S
     while time.monotonic() < deadline and snakemake.poll() is None and len(signalled) < len(SIGNALS):
         for bs, name in SIGNALS.items():
-            run_dir = workdir / "results" / "runs" / f"bs{bs}" / "seed0"
+            run_dir = workdir / "results" / "runs" / f"bs{bs}" / "lr1" / "seed0"
             if bs in signalled or not (run_dir / "checkpoints" / "latest.json").exists():
                 continue
             queue = subprocess.run(
                 ["squeue", "--noheader", "--format=%i|%k|%T"], capture_output=True, text=True, check=True
             )
             running = [line.split("|")[0] for line in queue.stdout.split()
-                       if line.split("|")[1:] == [f"rule_train_wildcards_{bs}_0", "RUNNING"]]  # fmt: skip
+                       if line.split("|")[1:] == [f"rule_train_wildcards_{bs}_1_0", "RUNNING"]]  # fmt: skip
             assert len(running) == 1, f"no running bs{bs} training job to signal: {queue.stdout}"
             assert not (run_dir / "metrics.json").exists(), f"bs{bs} training ended before it could be signalled"
             checkpoint = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
@@ -200,7 +200,7 @@ def test_cluster_rules_went_through_sbatch(runs):
     completed = Counter(rule_of(job) for job in jobs if job["JobState"] == "COMPLETED")
     assert completed == CLUSTER_JOBS
     signalled = sorted(rule_of(job) for job in jobs if job["JobState"] != "COMPLETED")
-    assert signalled == [("train", f"{bs}_0") for bs in sorted(SIGNALS)]  # the signalled ones, retried
+    assert signalled == [("train", f"{bs}_1_0") for bs in sorted(SIGNALS)]  # the signalled ones, retried
     for job in jobs:
         rule, _ = rule_of(job)
         wanted = config["resources"][RESOURCE_KIND[rule]]
@@ -212,12 +212,12 @@ def test_cluster_rules_went_through_sbatch(runs):
     # the light rules ran in the Snakemake process itself: their outputs are there, no SLURM job
     results = runs["cluster"] / "results"
     assert (results / "qc.json").exists() and (runs["cluster"] / "reports" / "batch_comparison.md").exists()
-    assert all((results / "memory" / f"bs{b}" / "seed0.json").exists() for b in BATCH_SIZES)
+    assert all((results / "memory" / f"bs{b}" / "lr1" / "seed0.json").exists() for b in BATCH_SIZES)
     for rule in ("splits", "embedding", "qc", "memory", "report", "all"):
         assert re.search(rf"^localrule {rule}:$", runs["output"], re.MULTILINE), rule
     # each cluster job got the threads of resources.<kind>.threads, not the node's CPUs
     for b in BATCH_SIZES:
-        summary = json.loads((results / "runs" / f"bs{b}" / "seed0" / "metrics.json").read_text())
+        summary = json.loads((results / "runs" / f"bs{b}" / "lr1" / "seed0" / "metrics.json").read_text())
         assert summary["threads"] == config["resources"]["train"]["threads"]
         assert summary["device"] == "cpu"  # the stand-in GPU is no CUDA device
 
@@ -228,20 +228,20 @@ def test_cluster_results_equal_local_results(runs):
         assert json.loads((local / name).read_text()) == json.loads((cluster / name).read_text()), name
     for b in BATCH_SIZES:
         for name in ("best.safetensors", "final.safetensors"):
-            ours, theirs = (load_file(d / "runs" / f"bs{b}" / "seed0" / name) for d in (local, cluster))
+            ours, theirs = (load_file(d / "runs" / f"bs{b}" / "lr1" / "seed0" / name) for d in (local, cluster))
             assert ours.keys() == theirs.keys()
             for key in ours:
                 assert np.array_equal(ours[key], theirs[key]), f"bs{b}/{name}: {key}"
         records = [
             [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in path.read_text().splitlines()]
-            for path in (d / "runs" / f"bs{b}" / "seed0" / "metrics.jsonl" for d in (local, cluster))
+            for path in (d / "runs" / f"bs{b}" / "lr1" / "seed0" / "metrics.jsonl" for d in (local, cluster))
         ]
         assert records[0] == records[1] and len(records[0]) > 0
         pd.testing.assert_frame_equal(
-            pd.read_parquet(local / "eval" / f"bs{b}" / "seed0_predictions.parquet"),
-            pd.read_parquet(cluster / "eval" / f"bs{b}" / "seed0_predictions.parquet"),
+            pd.read_parquet(local / "eval" / f"bs{b}" / "lr1" / "seed0_predictions.parquet"),
+            pd.read_parquet(cluster / "eval" / f"bs{b}" / "lr1" / "seed0_predictions.parquet"),
         )
-        ours, theirs = (json.loads((d / "eval" / f"bs{b}" / "seed0.json").read_text()) for d in (local, cluster))
+        ours, theirs = (json.loads((d / "eval" / f"bs{b}" / "lr1" / "seed0.json").read_text()) for d in (local, cluster))
         for key in ("n_patients", "auroc", "auroc_ci", "auprc", "brier", "accuracy", "recon", "kl"):
             assert ours[key] == theirs[key], f"eval bs{b}: {key}"
 
@@ -253,17 +253,17 @@ def test_signalled_training_checkpointed_its_step_and_the_retry_resumed_from_it(
     (test_cluster_results_equal_local_results)."""
     signalled, cluster = runs["signalled"][bs], runs["cluster"]
     (job,) = [job for job in runs["jobs"] if job["JobId"] == signalled["job_id"]]
-    assert rule_of(job) == ("train", f"{bs}_0")
+    assert rule_of(job) == ("train", f"{bs}_1_0")
     assert job["JobState"] == ("CANCELLED" if signalled["signal"] == "TERM" else "FAILED"), job
-    steps = json.loads((cluster / "results" / "runs" / f"bs{bs}" / "seed0" / "metrics.json").read_text())["steps"]
+    steps = json.loads((cluster / "results" / "runs" / f"bs{bs}" / "lr1" / "seed0" / "metrics.json").read_text())["steps"]
     # the signalled job's SLURM log (the plugin keeps failed jobs' logs) has the stage's
     # own word on where it stopped; the retry's training log says where it resumed
-    slurm_log = cluster / ".snakemake" / "slurm_logs" / "rule_train" / f"{bs}_0" / f"{signalled['job_id']}.log"
+    slurm_log = cluster / ".snakemake" / "slurm_logs" / "rule_train" / f"{bs}_1_0" / f"{signalled['job_id']}.log"
     stopped = re.search(rf"error: stopped by SIG{signalled['signal']} after step (\d+)", slurm_log.read_text())
     assert stopped, slurm_log.read_text()[-3000:]
-    log = (cluster / "results" / "logs" / "train" / f"bs{bs}" / "seed0.log").read_text()
+    log = (cluster / "results" / "logs" / "train" / f"bs{bs}" / "lr1" / "seed0.log").read_text()
     resumed = re.search(r"resuming from (\S+) \(step (\d+), epoch 1\)", log)
     assert resumed, log
     assert int(resumed.group(2)) == int(stopped.group(1)), "the retry redid steps"
     assert signalled["latest"]["step"] <= int(stopped.group(1)) < steps
-    assert "resuming" not in (runs["local"] / "results" / "logs" / "train" / f"bs{bs}" / "seed0.log").read_text()
+    assert "resuming" not in (runs["local"] / "results" / "logs" / "train" / f"bs{bs}" / "lr1" / "seed0.log").read_text()

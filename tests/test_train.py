@@ -514,7 +514,7 @@ def test_mlflow_tracking_holds_the_metrics_jsonl_values(data, tmp_path):
     assert _run(data, out, epochs=1, tracking="mlflow") == 0
     client = MlflowClient(tracking_uri=(out / "mlruns").resolve().as_uri())
     (run,) = client.search_runs([client.get_experiment_by_name("seqsetvae").experiment_id])
-    assert run.info.run_name == "bs4/seed3" and run.data.params["batch_size"] == "4"
+    assert run.info.run_name == "bs4/lr1/seed3" and run.data.params["batch_size"] == "4"
     for name, by_step in _tracked_from_jsonl(out).items():
         history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, name))
         assert history == [(step, pytest.approx(by_step[step], rel=1e-12)) for step in sorted(by_step)], name

@@ -30,6 +30,7 @@ FIGURES = {
     "training_loss": "training_loss.png",
     "throughput_memory": "throughput_memory.png",
     "reliability": "reliability.png",
+    "lr_grid": "lr_grid.png",
 }
 MISSING = "–"  # an en dash marks a value the run did not produce (e.g. GPU memory on CPU)
 
@@ -147,6 +148,25 @@ def calibration_table(study: dict) -> str:
     return markdown_table(header, rows)
 
 
+def lr_grid_table(study: dict) -> str:
+    """Validation AUROC of every grid point (seed mean; the peak rate under it), the chosen
+    one in bold, a choice at the grid's edge marked."""
+    grid = study["lr_grid"]
+    header = ["batch size", *[f"x{m:g}" for m in grid["multipliers"]], "chosen"]
+    rows = []
+    for entry in grid["batch_sizes"]:
+        by_multiplier = {c["multiplier"]: c for c in entry["candidates"]}
+        cells = [str(entry["batch_size"])]
+        for m in grid["multipliers"]:
+            c = by_multiplier.get(m)
+            text = MISSING if c is None else f"{fmt(c['val_auroc_mean'])} ({c['peak_lr']:.2g})" if c['peak_lr'] else fmt(c['val_auroc_mean'])
+            cells.append(f"**{text}**" if m == entry["chosen"] else text)
+        edge = f"; the grid's {entry['edge']} rate: a wider grid may do better" if entry["edge"] else ""
+        cells.append(f"x{entry['chosen']:g}{edge}")
+        rows.append(cells)
+    return markdown_table(header, rows)
+
+
 def vae_table(study: dict) -> str:
     header = ["batch size", "reconstruction / set", "KL / set", "active units", "Brier"]
     rows = []
@@ -185,12 +205,22 @@ def protocol_sentences(study: dict) -> list[str]:
         f"{name.replace('_', ' ')} {s['epochs']:g} epochs" if "epochs" in s else f"{name.replace('_', ' ')} {s['steps']} steps"
         for name, s in schedules.items() if name != "lr"
     )  # fmt: skip
+    rule = (f"{p['lr']:g} x (B / {p['lr_reference_batch_size']})^{ {'sqrt': '0.5', 'linear': '1', 'none': '0'}[p['lr_scaling']] } "
+            f"({p['lr_scaling']} scaling)")  # fmt: skip
+    grid = study.get("lr_grid")
+    if grid and len(grid["multipliers"]) > 1:
+        chosen = ", ".join(f"x{e['chosen']:g} at batch size {e['batch_size']}" for e in grid["batch_sizes"])
+        rate = (f"at the peak learning rate chosen for it from a grid of {', '.join(f'x{m:g}' for m in grid['multipliers'])} "
+                f"the rule's {rule}: each rate trained at seed(s) {', '.join(map(str, grid['seeds']))} for "
+                f"{grid['epochs']} epoch(s), the rate with the best seed-mean validation AUROC chosen (ties: the lower "
+                f"validation loss), and only the chosen rate's runs scored on the test split ({chosen})")  # fmt: skip
+    else:
+        rate = f"at a peak learning rate of {rule}"
     return [
         f"Every batch size trained on the same budget of {p['epochs']} epochs ({p['samples']} samples of "
-        f"{p['train_patients']} train patients) with {len(p['seeds'])} seed(s) each, at a peak learning rate of "
-        f"{p['lr']:g} x (B / {p['lr_reference_batch_size']})^{ {'sqrt': '0.5', 'linear': '1', 'none': '0'}[p['lr_scaling']] } "
-        f"({p['lr_scaling']} scaling), with every schedule in epochs ({warmups}; learning rate: "
-        f"{schedules['lr']['schedule']}, warm-up {schedules['lr']['warmup_epochs']:g} epochs).",
+        f"{p['train_patients']} train patients) with {len(p['seeds'])} seed(s) each, {rate}, with every schedule in "
+        f"epochs ({warmups}; learning rate: {schedules['lr']['schedule']}, warm-up "
+        f"{schedules['lr']['warmup_epochs']:g} epochs).",
         f"All runs and baselines are scored on the same {t['patients']} test patients ({t['positives']} positive), "
         f"and differences are paired bootstrap differences with Holm-adjusted p-values.",
     ]
@@ -358,6 +388,24 @@ def environment_lines(study: dict) -> list[str]:
 # -- the report -----------------------------------------------------------------------
 
 
+def lr_grid_section(study: dict, figures_rel: str) -> list[str]:
+    grid = study.get("lr_grid")
+    if not grid or len(grid["multipliers"]) < 2:
+        return []
+    seeds = ", ".join(map(str, grid["seeds"]))
+    return [
+        "## Learning-rate grid",
+        "",
+        f"Best validation AUROC of each rate (mean over seed(s) {seeds}, {grid['epochs']} epoch(s) of training; the peak "
+        "learning rate in brackets). Chosen on the validation split only; the test split was not used for any choice.",
+        "",
+        lr_grid_table(study),
+        "",
+        f"![Validation AUROC against the peak learning rate]({figures_rel}/{FIGURES['lr_grid']})",
+        "",
+    ]
+
+
 def render(study: dict, figures_rel: str) -> str:
     ref = study["reference_batch_size"]
     best = study["best_baseline"]
@@ -368,7 +416,8 @@ def render(study: dict, figures_rel: str) -> str:
         "",
         "**How to read this.** Held equal across batch sizes: the data, the samples seen (epochs), the phases of every "
         "schedule, the validation points (in samples), the test patients and the evaluation. What changes is the batch "
-        "size and, by the scaling rule, the peak learning rate. A difference is claimed only where its Holm-adjusted "
+        "size and its peak learning rate (the scaling rule's, times the multiplier chosen on validation data when "
+        "`train.lr_grid` holds several). A difference is claimed only where its Holm-adjusted "
         f"paired p-value is below {study['significance_level']}; otherwise the batch sizes are reported as "
         "indistinguishable at this test-set size. Generated by `seqsetvae report` from `batch_comparison.json` "
         "(every number below is in it); docs/report.md defines each column.",
@@ -377,6 +426,7 @@ def render(study: dict, figures_rel: str) -> str:
         "",
         *[f"- {s}" for s in summary_sentences(study)],
         "",
+        *lr_grid_section(study, figures_rel),
         "## Test-set quality",
         "",
         "Seed mean and per-seed values (each with its bootstrap 95% CI over test patients); the baselines are "
@@ -471,13 +521,13 @@ def _unique(values) -> str:
 
 def main(argv: list[str]) -> int:
     from seqsetvae.reports import figures
-    from seqsetvae.reports.study import load_baselines, load_runs
+    from seqsetvae.reports.study import load_baselines, load_lr_grid, load_runs
 
     parser = argparse.ArgumentParser(prog="seqsetvae report", description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default="{}", help="config sections (JSON); hashed into the report")
     parser.add_argument("--results", required=True, help="the pipeline's results folder")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", required=True)
+    parser.add_argument("--runs", nargs="+", required=True, help="the compared runs, bsB/lrM/seedS (results/runs/...)")
+    parser.add_argument("--lr-grid", nargs="*", default=[], help="each batch size's learning-rate choice (results/lr_grid/bsB.json)")
     parser.add_argument("--baselines", nargs="*", default=[], help="baseline model names (results/baselines/NAME.json)")
     parser.add_argument("--out", required=True, help="the Markdown report; the JSON and figures/ go beside it")
     args = parser.parse_args(argv)
@@ -487,8 +537,9 @@ def main(argv: list[str]) -> int:
     except ValueError as error:
         raise InputError(f"--settings: not valid JSON ({error})") from None
     results, out = Path(args.results), Path(args.out)
-    runs = load_runs(results, args.batch_sizes, args.seeds)
-    study = build_study(runs, load_baselines(results, args.baselines), settings)
+    runs = load_runs(results, args.runs)
+    lr_grid = load_lr_grid([Path(p) for p in args.lr_grid], runs) if args.lr_grid else None
+    study = build_study(runs, load_baselines(results, args.baselines), settings, lr_grid)
     study["dataset"] = dataset(results)
     study["environment"] = {
         "commit": git_commit(),
@@ -505,7 +556,8 @@ def main(argv: list[str]) -> int:
     figures.training_loss({(r.batch_size, r.seed): r.steps for r in runs}, runs[0].train.get("train_patients"), figures_dir / FIGURES["training_loss"])
     figures.throughput_memory(study, CLAIMED, figures_dir / FIGURES["throughput_memory"])
     figures.reliability(study, figures_dir / FIGURES["reliability"])
+    figures.lr_grid(study, figures_dir / FIGURES["lr_grid"])
     with atomic_path(out) as tmp:
         tmp.write_text(render(study, "figures"))
-    print(f"report for batch sizes {sorted(args.batch_sizes)} x seeds {sorted(args.seeds)} -> {out} and {out.with_suffix('.json')}")
+    print(f"report for {len(runs)} runs ({', '.join(args.runs)}) -> {out} and {out.with_suffix('.json')}")
     return 0

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -143,5 +144,33 @@ def reliability(study: dict, path: Path) -> None:
     ax.set_title("Reliability on the test split")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def lr_grid(study: dict, path: Path) -> None:
+    """Seed-mean validation AUROC against the peak learning rate, one line per batch size,
+    the chosen rate circled: the grid the report's runs were chosen from."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    grid = study.get("lr_grid") or {"batch_sizes": []}
+    for entry in grid["batch_sizes"]:
+        points = [(c["peak_lr"], c["val_auroc_mean"]) for c in entry["candidates"]
+                  if c["peak_lr"] is not None and c["val_auroc_mean"] is not None]  # fmt: skip
+        if not points:
+            continue
+        line = ax.plot(*zip(*points), "o-", ms=4, lw=1, label=f"batch size {entry['batch_size']}")[0]
+        chosen = [c for c in entry["candidates"] if c["multiplier"] == entry["chosen"] and c["val_auroc_mean"] is not None]
+        if chosen:
+            ax.plot(chosen[0]["peak_lr"], chosen[0]["val_auroc_mean"], "o", ms=11, mfc="none", color=line.get_color())
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel("validation AUROC (best point, seed mean)")
+    ax.set_title(f"Learning-rate grid over {grid.get('epochs')} epoch(s) (chosen: circled)")
+    ax.grid(alpha=0.3, which="both")
+    if grid["batch_sizes"]:
+        ax.legend(fontsize="small")
     fig.tight_layout()
     _save(fig, path)

@@ -9,6 +9,7 @@ and the time to a target validation AUROC, and the gradient noise scale.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,21 +88,53 @@ def read_predictions(path: Path) -> pd.DataFrame:
     return frame.sort_values("patient_id").reset_index(drop=True)
 
 
-def load_runs(results: Path, batch_sizes: list[int], seeds: list[int]) -> list[Run]:
+RUN_NAME = re.compile(r"bs(?P<batch_size>\d+)/lr(?P<lr>[0-9.]+(?:e-?[0-9]+)?)/seed(?P<seed>\d+)")
+
+
+def load_runs(results: Path, names: list[str]) -> list[Run]:
+    """The compared runs `bsB/lrM/seedS` (one rate per batch size), sorted by batch size and seed."""
+    parsed = []
+    for name in names:
+        match = RUN_NAME.fullmatch(name)
+        if match is None:
+            raise InputError(f"run {name!r}: not of the form bsB/lrM/seedS")
+        parsed.append((int(match["batch_size"]), int(match["seed"]), match["lr"], name))
+    rates: dict[int, set] = {}
+    for b, _, lr, _ in parsed:
+        rates.setdefault(b, set()).add(lr)
+    for b, tags in rates.items():
+        if len(tags) > 1:
+            raise InputError(f"batch size {b}: runs at more than one learning rate ({', '.join(sorted(tags))}); compare one")
     runs = []
-    for b in sorted(batch_sizes):
-        for s in sorted(seeds):
-            name = f"bs{b}/seed{s}"
-            train = read_object(results / "runs" / name / "metrics.json", ("batch_size", "seed", "patients_per_s", "peak_rss_mb"))
-            log = read_metrics_log(results / "runs" / name / "metrics.jsonl")
-            evaluation = read_object(results / "eval" / f"{name}.json", ("batch_size", "auroc", "auroc_ci", "auprc", "auprc_ci"))
-            memory = read_object(results / "memory" / f"{name}.json", ("batch_size", "train", "eval"))
-            for path, found in ((results / "runs" / name / "metrics.json", train), (results / "eval" / f"{name}.json", evaluation)):
-                if found["batch_size"] != b or found.get("seed", s) != s:
-                    raise InputError(f"{path}: batch size {found['batch_size']}, seed {found.get('seed')}; expected {b}, {s}")
-            predictions = read_predictions(results / "eval" / f"{name}_predictions.parquet")
-            runs.append(Run(b, s, train, log["step"], log["validation"], log["noise_scale"], evaluation, predictions, memory))
+    for b, s, _, name in sorted(parsed):
+        train = read_object(results / "runs" / name / "metrics.json", ("batch_size", "seed", "patients_per_s", "peak_rss_mb"))
+        log = read_metrics_log(results / "runs" / name / "metrics.jsonl")
+        evaluation = read_object(results / "eval" / f"{name}.json", ("batch_size", "auroc", "auroc_ci", "auprc", "auprc_ci"))
+        memory = read_object(results / "memory" / f"{name}.json", ("batch_size", "train", "eval"))
+        for path, found in ((results / "runs" / name / "metrics.json", train), (results / "eval" / f"{name}.json", evaluation)):
+            if found["batch_size"] != b or found.get("seed", s) != s:
+                raise InputError(f"{path}: batch size {found['batch_size']}, seed {found.get('seed')}; expected {b}, {s}")
+        predictions = read_predictions(results / "eval" / f"{name}_predictions.parquet")
+        runs.append(Run(b, s, train, log["step"], log["validation"], log["noise_scale"], evaluation, predictions, memory))
     return runs
+
+
+def load_lr_grid(paths: list[Path], runs: list[Run]) -> list[dict]:
+    """The learning-rate choice of every compared batch size (`lr_grid/bsB.json`), checked
+    against the rate its runs trained at."""
+    choices = {}
+    for path in paths:
+        choice = read_object(path, ("batch_size", "candidates", "chosen", "edge"))
+        choices[int(choice["batch_size"])] = choice
+    for run in runs:
+        choice = choices.get(run.batch_size)
+        if choice is None:
+            raise InputError(f"batch size {run.batch_size}: no learning-rate choice among {', '.join(map(str, paths))}")
+        trained = float(run.train.get("lr_multiplier", 1.0))
+        if format(trained, "g") != choice["chosen"]["tag"]:
+            raise InputError(f"bs{run.batch_size}/seed{run.seed} trained at multiplier {trained:g}, but "
+                             f"lr_grid/bs{run.batch_size}.json chose {choice['chosen']['tag']}")  # fmt: skip
+    return [choices[b] for b in sorted({r.batch_size for r in runs})]
 
 
 def load_baselines(results: Path, names: list[str]) -> list[dict]:
@@ -222,8 +255,28 @@ def protocol(settings: dict, runs: list[Run], n_train: int) -> dict:
     }
 
 
-def build_study(runs: list[Run], baselines: list[dict], settings: dict) -> dict:
-    """The `batch_comparison.json` object (see docs/report.md) of loaded runs."""
+def lr_grid_summary(choices: list[dict], settings: dict) -> dict:
+    """The learning-rate grid as the report shows it: per batch size every multiplier's
+    seed-mean validation AUROC and the choice (validation data only)."""
+    train = settings.get("train", {})
+    return {
+        "multipliers": sorted({m for c in choices for m in c["grid"]}),
+        "seeds": sorted({s for c in choices for s in c["seeds"]}),
+        "epochs": train.get("lr_grid_epochs") or train.get("epochs"),
+        "rule": choices[0]["rule"] if choices else None,
+        "batch_sizes": [
+            {"batch_size": c["batch_size"], "chosen": c["chosen"]["multiplier"], "peak_lr": c["chosen"]["peak_lr"],
+             "edge": c["edge"],
+             "candidates": [{key: cand[key] for key in ("multiplier", "peak_lr", "val_auroc", "val_auroc_mean", "val_loss_mean")}
+                            for cand in c["candidates"]]}
+            for c in choices
+        ],
+    }  # fmt: skip
+
+
+def build_study(runs: list[Run], baselines: list[dict], settings: dict, lr_grid: list[dict] | None = None) -> dict:
+    """The `batch_comparison.json` object (see docs/report.md) of loaded runs and, with
+    `lr_grid`, the learning-rate choice of each batch size (`load_lr_grid`)."""
     report = settings.get("report", {})
     evaluate = settings.get("evaluate", {})
     resamples, boot_seed = evaluate.get("bootstrap_resamples", 1000), evaluate.get("seed", 0)
@@ -258,6 +311,7 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict) -> dict:
             "batch_size": b,
             "seeds": [r.seed for r in rs],
             "peak_lr": rs[0].train.get("lr"),
+            "lr_multiplier": rs[0].train.get("lr_multiplier", 1.0),
             "steps": spread(r.train.get("steps") for r in rs)["mean"],
             "patients_per_s": spread(r.train["patients_per_s"] for r in rs),
             "relative_speed": float(np.mean([r.train["patients_per_s"] for r in rs]) / reference_speed),
@@ -291,6 +345,7 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict) -> dict:
     return {
         "reference_batch_size": reference,
         "protocol": protocol(settings, runs, int(runs[0].train.get("train_patients") or 0)),
+        "lr_grid": lr_grid_summary(lr_grid, settings) if lr_grid else None,
         "test_split": {"patients": int(len(labels)), "positives": int(labels.sum())},
         "target": {"metric": "val_auroc", "share_of_best_mean": share, "best_mean": best_mean, "value": target},
         "gradient_noise_scale": noise_summary(runs),

@@ -34,7 +34,7 @@ KEEP = 2  # checkpoints kept on disk (the newest ones)
 # (devices: in the identity as the world size, when above 1)
 NOT_IN_FINGERPRINT = {"batch_sizes", "seeds", "threads", "log_every", "checkpoint_every", "max_skipped_batches",
                       "cpu_fallback", "devices", "loader_workers", "stop_signals",
-                      "tracking"}  # fmt: skip
+                      "tracking", "lr_grid", "lr_grid_seeds", "lr_grid_epochs"}  # fmt: skip
 # the budget: a checkpoint of the same identity under another budget is continued
 BUDGET = ("epochs",)
 

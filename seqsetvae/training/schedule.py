@@ -79,10 +79,13 @@ def lr_factor(train: dict, step: int, epochs: float) -> float:
 
 
 def scaled_lr(train: dict, batch_size: int) -> float:
-    """Peak learning rate at `batch_size`: train.lr x (B / lr_reference_batch_size)^k.
+    """Peak learning rate at `batch_size`: train.lr x (B / lr_reference_batch_size)^k, times
+    the run's point of the learning-rate grid (`lr_multiplier`, set by `train
+    --lr-multiplier`; absent: 1).
 
     k = 0.5 for `sqrt` (the rule for Adam-type optimisers: the gradient noise falls as
     1/sqrt(B); Malladi et al. 2022), 1 for `linear` (Goyal et al. 2017, for SGD), 0 for `none`.
     """
     power = {"none": 0.0, "linear": 1.0, "sqrt": 0.5}[train["lr_scaling"]]
-    return train["lr"] * (batch_size / train["lr_reference_batch_size"]) ** power
+    rule = train["lr"] * (batch_size / train["lr_reference_batch_size"]) ** power
+    return rule * train.get("lr_multiplier", 1.0)

@@ -4,7 +4,7 @@ TensorBoard event files or to an MLflow file store under the run directory.
 `train.tracking`: `none` (default), `tensorboard` (`<run>/tensorboard/`, needs the
 `tensorboard` package: `pip install -e '.[tracking]'`; view with `tensorboard --logdir
 results/runs`), or `mlflow` (`<run>/mlruns/`, needs `mlflow-skinny`; view with `mlflow ui
---backend-store-uri results/runs/bs16/seed0/mlruns`, with MLFLOW_ALLOW_FILE_STORE=true
+--backend-store-uri results/runs/bs16/lr1/seed0/mlruns`, with MLFLOW_ALLOW_FILE_STORE=true
 for MLflow 3). No server is needed for either.
 
 Every number comes from the same record the trainer writes to metrics.jsonl, at that

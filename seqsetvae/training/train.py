@@ -1,7 +1,7 @@
 """`seqsetvae train`: train SeqSetVAE at one batch size and seed, resumably.
 
     seqsetvae train --settings JSON --shards DIR --embedding F --batch-size B --seed S \
-        --out results/runs/bsB/seedS --threads N
+        [--lr-multiplier M] --out results/runs/bsB/lrM/seedS --threads N
 
 The budget is `train.epochs` passes over the train split, the same samples for every
 batch size; the peak learning rate is scaled with the batch size (`train.lr_scaling`),
@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embedding", required=True, help="embedding.safetensors")
     parser.add_argument("--batch-size", type=int, required=True, help="patients per batch")
     parser.add_argument("--seed", type=int, default=None, help="the run's seed (default: the first of train.seeds)")
-    parser.add_argument("--out", required=True, help="run directory (results/runs/bsB/seedS)")
+    parser.add_argument("--lr-multiplier", type=float, default=1.0,
+                        help="this run's point of train.lr_grid: the rule's peak learning rate times this")  # fmt: skip
+    parser.add_argument("--out", required=True, help="run directory (results/runs/bsB/lrM/seedS)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads when train.threads is null")
     parser.add_argument("--gpus", type=int, default=0, help="GPUs the job was given: with none visible, fail at once")
     parser.add_argument(
@@ -234,8 +236,10 @@ class Trainer:
         tracker = None
         if self.train["tracking"] != "none":  # the same records, from the step after the checkpoint's
             params = {"batch_size": self.args.batch_size, "seed": self.seed, "peak_lr": self.lr,
+                      "lr_multiplier": self.train.get("lr_multiplier", 1.0),
                       "epochs": self.train["epochs"], "lr_scaling": self.train["lr_scaling"]}  # fmt: skip
-            tracker = Tracker(self.train["tracking"], self.out, f"bs{self.args.batch_size}/seed{self.seed}",
+            name = f"bs{self.args.batch_size}/lr{format(self.train.get('lr_multiplier', 1.0), 'g')}/seed{self.seed}"
+            tracker = Tracker(self.train["tracking"], self.out, name,
                               self.state.step + 1, params)  # fmt: skip
         self.recorder.open(self.log_path, self.state.metrics_bytes, tracker)
 
@@ -487,7 +491,7 @@ class Trainer:
                 line = self.step(indices, epoch, batch, part, wait=time.perf_counter() - waited)
                 step = state.step
                 self.recorder.step_done(line, epoch, train["epochs"], sampler.position, len(sampler), train["log_every"])
-                if self.due(train["validations_per_epoch"], state.validations):
+                if self.due(train["validations_per_epoch"], state.validations) or self.closing_validation_due(epoch):
                     self.validate()
                 epoch_ends = sampler.position == len(sampler)  # checkpointed after the epoch line
                 signalled = self.signalled()
@@ -505,6 +509,13 @@ class Trainer:
             self.end_epoch(epoch)
         self.recorder.close()
         return True
+
+    def closing_validation_due(self, epoch: int) -> bool:
+        """The budget's end is a validation point even when epochs x validations_per_epoch
+        is not whole (a 1-epoch run at 2.5 per epoch: 0.4, 0.8 and 1.0 epochs)."""
+        per_epoch, epochs = self.train["validations_per_epoch"], self.train["epochs"]
+        ends = epoch + 1 == epochs and self.sampler.position == len(self.sampler)
+        return per_epoch > 0 and ends and self.state.validations < math.ceil(per_epoch * epochs - 1e-9)
 
     def signalled(self) -> int | None:
         """The stop signal received by this process (or, in a multi-process job, by any
@@ -530,12 +541,13 @@ class Trainer:
             out / "run_config.json",
             {
                 "model": self.settings["model"],
-                "train": train,
+                "train": {key: value for key, value in train.items() if key != "lr_multiplier"},  # config keys only
                 "batch_size": self.args.batch_size,
                 "seed": self.seed,
                 "vocab_size": int(self.vocab_size),
                 "embedding_dim": int(self.embedding.shape[1]),
                 "lr": self.lr,
+                "lr_multiplier": train.get("lr_multiplier", 1.0),
             },
         )
         self.update_peaks()
@@ -556,6 +568,7 @@ class Trainer:
             "compiled_graphs": self.graphs(),
             "torch_version": torch.__version__,
             "lr": self.lr,
+            "lr_multiplier": train.get("lr_multiplier", 1.0),
             "lr_scaling": train["lr_scaling"],
             "max_events_per_batch": train["max_events_per_batch"],
         }
@@ -569,6 +582,10 @@ def main(argv: list[str]) -> int:
     train = settings["train"]
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not (math.isfinite(args.lr_multiplier) and args.lr_multiplier > 0):
+        raise InputError(f"--lr-multiplier must be a positive number, got {args.lr_multiplier}")
+    if args.lr_multiplier != 1.0:  # absent at 1, so that runs of earlier versions resume
+        train["lr_multiplier"] = args.lr_multiplier
     distributed.check_devices(train["devices"], [args.batch_size], train["max_events_per_batch"])
     if train["devices"] > 1 and not distributed.launched():
         Recorder().say(f"training in {train['devices']} processes (torchrun, standalone)")

@@ -29,18 +29,51 @@ SHARDS_DIR = f"{RESULTS}/shards"
 QC = f"{RESULTS}/qc.json"
 SEEDS = config["train"]["seeds"]
 BASELINES = config["baseline"]["models"]
-RUN = "bs{bs}/seed{seed}"  # one training job per (batch size, seed)
+# the learning-rate grid (docs/training.md): the first lr_grid_seeds seeds train at every
+# multiplier of the rule's peak rate, choose_lr picks one per batch size on validation
+# data, and the compared runs are that rate's at every seed
+LR_GRID = config["train"]["lr_grid"]
+GRID_SEEDS = SEEDS[: config["train"]["lr_grid_seeds"]]
+GRID_EPOCHS = config["train"]["lr_grid_epochs"]
+# a grid with a budget of its own trains its own runs; else its runs are compared runs
+SEPARATE_GRID = len(LR_GRID) > 1 and GRID_EPOCHS not in (None, config["train"]["epochs"])
+RUN = "bs{bs}/lr{lr}/seed{seed}"  # one training job per (batch size, rate, seed)
 RUN_DIR = f"{RESULTS}/runs/{RUN}"
-RUNS = expand(RUN, bs=BATCH_SIZES, seed=SEEDS)
-TRAIN_SUMMARIES = expand(f"{RESULTS}/runs/{{run}}/metrics.json", run=RUNS)
-EVALS = expand(f"{RESULTS}/eval/{{run}}.json", run=RUNS)
-MEMORY = expand(f"{RESULTS}/memory/{{run}}.json", run=RUNS)
-# MEDS datasets: every run's test predictions also in the layout meds-evaluation reads
-MEDS_PREDICTIONS = (
-    expand(f"{RESULTS}/eval/{{run}}_meds_predictions.parquet", run=RUNS)
-    if FORMAT == "meds"
-    else []
-)
+GRID_RUN_DIR = f"{RESULTS}/grid_runs/{RUN}" if SEPARATE_GRID else RUN_DIR
+LR_CHOICE = f"{RESULTS}/lr_grid/bs{{bs}}.json"
+LR_CHOICES = expand(LR_CHOICE, bs=BATCH_SIZES)
+
+
+def lr_tag(multiplier):
+    """A multiplier as run directories spell it (seqsetvae.training.lr_grid.multiplier_tag)."""
+    return format(float(multiplier), "g")
+
+
+def grid_summaries(wildcards):
+    """metrics.json of every grid run of one batch size (none for a grid of one rate)."""
+    if len(LR_GRID) == 1:
+        return []
+    return expand(f"{GRID_RUN_DIR}/metrics.json", bs=wildcards.bs, lr=map(lr_tag, LR_GRID), seed=GRID_SEEDS)
+
+
+def chosen_runs():
+    """The compared runs, `bsB/lrM/seedS`: every seed at the rate chosen for its batch size."""
+    runs = []
+    for bs in BATCH_SIZES:
+        if len(LR_GRID) == 1:  # known before anything runs: dry runs show every job
+            tag = lr_tag(LR_GRID[0])
+        else:
+            with open(checkpoints.choose_lr.get(bs=bs).output[0]) as handle:
+                tag = json.load(handle)["chosen"]["tag"]
+        runs += [f"bs{bs}/lr{tag}/seed{seed}" for seed in SEEDS]
+    return runs
+
+
+def of_chosen_runs(pattern):
+    """An input function: `pattern` (with {run}) for every compared run."""
+    return lambda wildcards: [pattern.format(run=run) for run in chosen_runs()]
+
+
 BASELINE_EVALS = expand(f"{RESULTS}/baselines/{{model}}.json", model=BASELINES)
 REPORT = f"{REPORTS}/batch_comparison.md"
 REPORT_JSON = f"{REPORTS}/batch_comparison.json"
@@ -58,6 +91,7 @@ shell.prefix(f"set -euo pipefail; source {shlex.quote(LOGGED_SH)}; ")
 wildcard_constraints:
     bs=r"\d+",
     seed=r"\d+",
+    lr=r"[0-9.]+(e-?[0-9]+)?",
 
 
 def settings(*sections):
@@ -69,15 +103,15 @@ def settings(*sections):
     return json.dumps({name: config[name] for name in sections}, sort_keys=True)
 
 
-def train_settings():
-    """The model and train sections without the lists of batch sizes and seeds, for one
-    training job: adding a batch size or a seed must not retrain the runs already done.
+def train_settings(epochs=None):
+    """The model and train sections without the lists of batch sizes, seeds and rates, for
+    one training job: adding a batch size, a seed or a rate must not retrain the runs
+    already done. `epochs`: another budget (the grid's own).
     """
-    train = {
-        key: value
-        for key, value in config["train"].items()
-        if key not in ("batch_sizes", "seeds")
-    }
+    study = ("batch_sizes", "seeds", "lr_grid", "lr_grid_seeds", "lr_grid_epochs")
+    train = {key: value for key, value in config["train"].items() if key not in study}
+    if epochs is not None:
+        train["epochs"] = epochs
     return json.dumps({"model": config["model"], "train": train}, sort_keys=True)
 
 
@@ -165,6 +199,20 @@ def job_threads(kind):
         return workflow.cores
 
     return threads
+
+
+def grid_job_threads(wildcards):
+    """Threads a run of the grid's own budget claims: on a cluster its resources.train
+    threads; on one machine a share of Snakemake's cores such that one such run goes on
+    each CPU (its speed is not reported, and small models use one thread best)."""
+    if workflow.non_local_exec or workflow.remote_exec:
+        return config["resources"]["train"]["threads"]
+    return max(1, workflow.cores // (os.cpu_count() or 1))
+
+
+def grid_torch_threads(wildcards, threads):
+    """The torch threads of that run: its threads on a cluster, one on one machine."""
+    return threads if workflow.non_local_exec or workflow.remote_exec else 1
 
 
 def job_gpus(kind):

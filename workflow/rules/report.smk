@@ -3,11 +3,12 @@
 
 rule report:
     input:
-        train=TRAIN_SUMMARIES,
-        train_logs=expand(f"{RESULTS}/runs/{{run}}/metrics.jsonl", run=RUNS),
-        evals=EVALS,
-        predictions=expand(rules.evaluate.output.predictions, bs=BATCH_SIZES, seed=SEEDS),
-        memory=MEMORY,
+        lr_grid=LR_CHOICES,
+        train=of_chosen_runs(f"{RESULTS}/runs/{{run}}/metrics.json"),
+        train_logs=of_chosen_runs(f"{RESULTS}/runs/{{run}}/metrics.jsonl"),
+        evals=of_chosen_runs(f"{RESULTS}/eval/{{run}}.json"),
+        predictions=of_chosen_runs(f"{RESULTS}/eval/{{run}}_predictions.parquet"),
+        memory=of_chosen_runs(f"{RESULTS}/memory/{{run}}.json"),
         baselines=BASELINE_EVALS,
         qc=QC,
         shards=SHARDS_DIR,
@@ -42,6 +43,11 @@ rule report:
             caption="../report/reliability.rst",
             category="Figures",
         ),
+        lr_grid_figure=report(
+            f"{REPORTS}/figures/lr_grid.png",
+            caption="../report/lr_grid.rst",
+            category="Figures",
+        ),
     log:
         f"{LOGS}/report.log",
     conda:
@@ -50,11 +56,10 @@ rule report:
         settings=settings(
             "data", "shards", "model", "train", "evaluate", "baseline", "report"
         ),
-        batch_sizes=BATCH_SIZES,
-        seeds=SEEDS,
+        runs=lambda wildcards: chosen_runs(),
         baselines=BASELINES,
         results=lambda wildcards, input: os.path.dirname(input.qc),
     shell:
         "logged {log:q} seqsetvae report --settings {params.settings:q} --results {params.results:q}"
-        " --batch-sizes {params.batch_sizes} --seeds {params.seeds}"
+        " --runs {params.runs} --lr-grid {input.lr_grid:q}"
         " --baselines {params.baselines} --out {output.report:q}"
