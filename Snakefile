@@ -56,4 +56,5 @@ rule train_all:
             lr=[lr_tag(m) for m in LR_GRID] if len(LR_GRID) > 1 else [],
             seed=GRID_SEEDS,
         ),
+        LR_CHOICES,
         of_chosen_runs(f"{RESULTS}/runs/{{run}}/metrics.json"),

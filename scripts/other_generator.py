@@ -70,8 +70,14 @@ def generate(patients: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     value = np.where(is_lab, np.exp(1.0 + 0.5 * z), 80.0 + 12.0 * z)  # labs log-normal (skewed)
     names = np.array([f"vital{i:02d}" for i in range(N_VITALS)] + [f"lab{i:02d}" for i in range(N_LABS)])
     ids = np.char.add("Q", (100000 + np.arange(patients)).astype(str))
-    events = pd.DataFrame({"patient_id": ids[patient], "minute": minute[event_set], "variable": names[variable],
-                           "value": np.round(value, 3)})  # fmt: skip
+    events = pd.DataFrame(
+        {
+            "patient_id": ids[patient],
+            "minute": minute[event_set],
+            "variable": names[variable],
+            "value": np.round(value, 3),
+        }
+    )
     labels = pd.DataFrame({"patient_id": ids, "in_hospital_mortality": label})
     return events, labels
 
@@ -94,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     print(f"{len(labels)} patients ({labels.in_hospital_mortality.mean():.1%} positive), {len(events)} events -> {out}")
     if args.run:
-        return subprocess.run(["snakemake", "--cores", "2", "all", "--configfile", str(out / "config.yaml")], cwd=ROOT).returncode
+        return subprocess.run(
+            ["snakemake", "--cores", "2", "all", "--configfile", str(out / "config.yaml")], cwd=ROOT
+        ).returncode
     return 0
 
 

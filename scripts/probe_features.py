@@ -28,8 +28,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from seqsetvae.model import ModelConfig, SeqSetVAE
+from seqsetvae.runtime.dataset import ShardBatches
 from seqsetvae.segments import segment_sum
-from seqsetvae.training.dataset import ShardBatches
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ("log_counts", "mean_token", "mean_mu", "mean_h", "last_h")

@@ -44,11 +44,26 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     subprocess.run(
-        ["seqsetvae", "train", "--settings", json.dumps({"model": model, "train": train}),
-         "--shards", str(args.results / "shards"), "--embedding", str(args.results / "embedding" / "embedding.safetensors"),
-         "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--out", str(out), "--threads", str(args.threads)],
+        [
+            "seqsetvae",
+            "train",
+            "--settings",
+            json.dumps({"model": model, "train": train}),
+            "--shards",
+            str(args.results / "shards"),
+            "--embedding",
+            str(args.results / "embedding" / "embedding.safetensors"),
+            "--batch-size",
+            str(args.batch_size),
+            "--seed",
+            str(args.seed),
+            "--out",
+            str(out),
+            "--threads",
+            str(args.threads),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     curve = [round(r["val_auroc"], 3) for r in rows if r.get("val_auroc") is not None]
     best = json.loads((out / "metrics.json").read_text())["best_val_auroc"]

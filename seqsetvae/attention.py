@@ -70,7 +70,9 @@ class MAB(nn.Module):
         attended = self.o((v + self.v.bias.view(self.heads, self.head_dim)).reshape(n, -1))
         return self.tail(x, attended)
 
-    def rows_to_rows(self, query_in: torch.Tensor, kv_in: torch.Tensor, pair_key: torch.Tensor, pairs_per_query: torch.Tensor):
+    def rows_to_rows(
+        self, query_in: torch.Tensor, kv_in: torch.Tensor, pair_key: torch.Tensor, pairs_per_query: torch.Tensor
+    ):
         """Rows of query_in [Nq, d] attend to rows of kv_in [Nk, d] along (query, key) pairs.
 
         Pairs are sorted by query: query row i owns the next pairs_per_query[i] pairs.

@@ -81,8 +81,14 @@ class Batch:
     def pin_memory(self) -> "Batch":
         """The batch in page-locked host memory (DataLoader's pin_memory calls this), so
         that `to(cuda, non_blocking=True)` copies it asynchronously."""
-        return Batch(**{f.name: getattr(self, f.name).pin_memory() if isinstance(getattr(self, f.name), torch.Tensor)
-                        else getattr(self, f.name) for f in fields(self)})  # fmt: skip
+        return Batch(
+            **{
+                f.name: getattr(self, f.name).pin_memory()
+                if isinstance(getattr(self, f.name), torch.Tensor)
+                else getattr(self, f.name)
+                for f in fields(self)
+            }
+        )
 
     @property
     def n_patients(self) -> int:
@@ -203,8 +209,9 @@ def collate(patients: RaggedPatients, pad: bool = False) -> Batch:
 
     batch_variables, event_variable = np.unique(variable_ids, return_inverse=True)
     if pad:  # more distinct ids never enter an event: a wider table, the same tokens
-        batch_variables = np.append(batch_variables, np.full(bucket(len(batch_variables)) - len(batch_variables),
-                                                             batch_variables[0]))  # fmt: skip
+        batch_variables = np.append(
+            batch_variables, np.full(bucket(len(batch_variables)) - len(batch_variables), batch_variables[0])
+        )
 
     def t(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(dtype)

@@ -68,8 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         # what was being written is removed (seqsetvae.io.atomic_path); say where and why
         where = f"{error.filename}: " if error.filename else ""
-        print(f"error: {where}no space left on device ({error}); free space on that disk, or set `results:` "
-              f"to a larger one, and rerun", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: {where}no space left on device ({error}); free space on that disk, or set `results:` "
+            f"to a larger one, and rerun",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -63,9 +63,18 @@ def read_json(path: str | os.PathLike, written_by: str | None = None) -> Any:
 
 
 # the folder of the results layout each rule writes into (workflow/rules/common.smk)
-RULE_OF_FOLDER = {"events": "ingest", "stats": "stats", "embedding": "embedding", "shards": "make_shards",
-                  "runs": "train", "grid_runs": "train_grid", "lr_grid": "choose_lr", "eval": "evaluate",
-                  "baselines": "baseline", "memory": "memory"}  # fmt: skip
+RULE_OF_FOLDER = {
+    "events": "ingest",
+    "stats": "stats",
+    "embedding": "embedding",
+    "shards": "make_shards",
+    "runs": "train",
+    "grid_runs": "train_grid",
+    "lr_grid": "choose_lr",
+    "eval": "evaluate",
+    "baselines": "baseline",
+    "memory": "memory",
+}
 
 
 def writer_of(path: str | os.PathLike) -> str | None:

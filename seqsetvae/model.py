@@ -6,23 +6,20 @@ API (the contract of docs/design.md):
     model = SeqSetVAE(config, embedding)                         # embedding: Tensor [V, D]
     weights = loss_weights(settings["model"], step, epochs)      # seqsetvae.training.schedule
     out = model(collate(patients).to(device), weights)           # one forward per batch
-    out.loss.backward()
-    torch.optim.AdamW(model.parameter_groups(lr, setvae_lr_factor, weight_decay))
+    out.loss.backward()                  # the optimiser: model.parameter_groups(lr, ...)
 
 `ModelOutput`: `logits [B, C]`, `loss`, `recon`, `kl`, `ce` (scalars), the `weights`
 used, `mu [S, latent]` and `h [S, latent]` (real sets, in the batch's set order), and
 per-item terms `recon_per_set [S]`, `kl_per_set [S]` (free bits applied),
 `kl_raw_per_set [S]`, `ce_per_patient [B]` (times its class weight).
 
-The variable embedding is a frozen buffer registered with `persistent=False`: it is not
-a parameter, not in the optimiser and not in `state_dict()` (weights files stay small;
-the embedding stage's file is the one source of it), so rebuilding a model for
-evaluation needs the same embedding file.
+The variable embedding is a frozen, non-persistent buffer: not a parameter and not in
+`state_dict()` (the embedding stage's file is its one source; evaluation needs it too).
 
-Layout (see seqsetvae.batching): events are packed `[E, d]` with a set id per event, so
-the set encoder and decoder touch real events only (no padding); the attention blocks
-are in seqsetvae.attention, the per-segment operations in seqsetvae.segments. Attention from a set's
-inducing points to its events is a segment softmax over the event rows of that set;
+Layout (seqsetvae.batching): events are packed `[E, d]` with a set id per event, so the
+set encoder and decoder touch real events only (no padding); the attention blocks are in
+seqsetvae.attention, the per-segment operations in seqsetvae.segments. Attention from a
+set's inducing points to its events is a segment softmax over the event rows of that set;
 attention from events to their set's induced vectors gathers those vectors per event;
 event-to-event attention inside a set (decoder) and the Chamfer loss run over the list
 of within-set event pairs. Every per-set reduction (softmax max/sum, means, minima)
@@ -30,8 +27,7 @@ reads only that set's rows, so a patient's outputs do not depend on its batch-ma
 Only the sequence transformer sees a padded `[B, T_max]` grid, with a causal mask plus
 a key-padding mask.
 
-Deviations from docs/model.md (each with its reason) are listed in docs/model.md (section 5) and
-marked `# deviation:` below.
+Deviations (each with its reason): docs/model.md, section 5; `# deviation:` below.
 """
 
 from __future__ import annotations
@@ -46,7 +42,8 @@ import torch.nn.functional as F
 from seqsetvae.attention import ISAB, MAB
 from seqsetvae.batching import Batch
 from seqsetvae.errors import InputError
-from seqsetvae.segments import at_least_float32, expand, segment_min, segment_softmax, segment_sum, sinusoid
+from seqsetvae.losses import chamfer_per_set, kl_per_set
+from seqsetvae.segments import at_least_float32, expand, segment_softmax, segment_sum, sinusoid
 
 # -- configuration ----------------------------------------------------------------------
 
@@ -79,7 +76,9 @@ class ModelConfig:
         config = cls(**{f.name: section[f.name] for f in fields(cls)})
         for key, heads in (("heads", config.heads), ("transformer_heads", config.transformer_heads)):
             if config.latent_dim % heads:
-                raise InputError(f"configuration key model.{key}: {heads} does not divide model.latent_dim {config.latent_dim}")
+                raise InputError(
+                    f"configuration key model.{key}: {heads} does not divide model.latent_dim {config.latent_dim}"
+                )
         return config
 
 
@@ -91,6 +90,11 @@ class LossWeights:
     beta: float
     recon: float
     pred: float
+
+    @classmethod
+    def at_evaluation(cls, model: dict) -> LossWeights:
+        """Validation and test: the schedules' end (docs/model.md), fixed so that losses compare across runs."""
+        return cls(beta=model["max_beta"], recon=0.5 * model["recon_weight"], pred=model["pred_weight"])
 
 
 @dataclass
@@ -148,7 +152,9 @@ class SequenceModel(nn.Module):
         layer = nn.TransformerEncoderLayer(
             d, c.transformer_heads, c.ff_dim, c.dropout, activation="gelu", batch_first=True, norm_first=True
         )
-        self.transformer = nn.TransformerEncoder(layer, c.transformer_layers, norm=nn.LayerNorm(d), enable_nested_tensor=False)
+        self.transformer = nn.TransformerEncoder(
+            layer, c.transformer_layers, norm=nn.LayerNorm(d), enable_nested_tensor=False
+        )
 
     def time_feature(self, minutes: torch.Tensor) -> torch.Tensor:
         # deviation from the original (raw minutes into Tanh saturates): log1p of minutes
@@ -208,7 +214,9 @@ class SetDecoder(nn.Module):
         # level 1: the set is one row, h_t; each event's seed attends to it (one pair each)
         ones_s, ones_e = torch.ones_like(batch.set_sizes), torch.ones_like(batch.event_set)
         z = self.isabs[0](h, ones_s)  # [S, d]
-        rows = self.expansions[0](z, batch, batch.event_set, ones_e) + expand(h, batch.set_sizes, len(batch.event_set))  # [E, d]
+        rows = self.expansions[0](z, batch, batch.event_set, ones_e) + expand(
+            h, batch.set_sizes, len(batch.event_set)
+        )  # [E, d]
         # deeper levels: one row per event; seeds attend to all rows of their set
         for isab, pma in zip(self.isabs[1:], self.expansions[1:]):
             z = isab(rows, batch.set_sizes)  # [E, d]
@@ -233,7 +241,9 @@ class Classifier(nn.Module):
         if c.head == "linear":  # deviation (docs/learning_on_real_data.md): one linear map of the features
             self.mlp = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(width, c.num_classes))
         else:
-            self.mlp = nn.Sequential(nn.Linear(width, d // 2), nn.ReLU(), nn.Dropout(c.dropout), nn.Linear(d // 2, c.num_classes))
+            self.mlp = nn.Sequential(
+                nn.Linear(width, d // 2), nn.ReLU(), nn.Dropout(c.dropout), nn.Linear(d // 2, c.num_classes)
+            )
         if self.centered:
             self.register_buffer("feature_mean", torch.zeros(width))
             self.register_buffer("patients_seen", torch.zeros(1, dtype=torch.float64))
@@ -287,41 +297,6 @@ class Classifier(nn.Module):
         return before
 
 
-# -- losses -------------------------------------------------------------------------------------
-
-
-def chamfer_per_set(recon: torch.Tensor, target: torch.Tensor, batch: Batch, eps: float = 1e-8) -> torch.Tensor:
-    """[S]: symmetric Chamfer loss between each set's reconstructed and target tokens.
-
-    Three Chamfer terms, each with its own nearest neighbour as in the original:
-    1 - cosine (weight 1), |norm difference| (weight 1), squared L2 (weight 3); each is
-    (mean over recon of the min over targets + mean over targets of the min over recon) / 2.
-    """
-    recon, target = at_least_float32(recon), at_least_float32(target)
-    r_norm, t_norm = recon.norm(dim=-1), target.norm(dim=-1)
-    r_unit, t_unit = recon / (r_norm.unsqueeze(-1) + eps), target / (t_norm.unsqueeze(-1) + eps)
-    ri, tj = batch.pair_query, batch.pair_key  # every (recon i, target j) of one set
-    pair_terms = torch.stack(
-        [
-            1.0 - (r_unit.index_select(0, ri) * t_unit.index_select(0, tj)).sum(-1),
-            (r_norm.index_select(0, ri) - t_norm.index_select(0, tj)).abs(),
-            (recon.index_select(0, ri) - target.index_select(0, tj)).pow(2).sum(-1),
-        ],
-        dim=-1,
-    )  # [P, 3]
-    E = recon.shape[0]
-    nearest = segment_min(pair_terms, ri, E) + segment_min(pair_terms, tj, E)  # [E, 3], both directions
-    per_set = segment_sum(nearest, batch.set_sizes) / (2.0 * batch.set_sizes.unsqueeze(-1))  # [S, 3]
-    return per_set @ per_set.new_tensor([1.0, 1.0, 3.0])
-
-
-def kl_per_set(mu: torch.Tensor, logvar: torch.Tensor, free_bits: float) -> torch.Tensor:
-    """[S]: KL(q(z|set) || N(0, I)) summed over latent dims, clamped below at free_bits x dim."""
-    mu, logvar = at_least_float32(mu), at_least_float32(logvar)
-    kl = 0.5 * (logvar.exp() + mu.pow(2) - 1.0 - logvar).sum(-1)
-    return kl.clamp(min=free_bits * mu.shape[-1])
-
-
 # -- the model ----------------------------------------------------------------------------------
 
 
@@ -334,13 +309,19 @@ class SeqSetVAE(nn.Module):
         # frozen input, not a parameter; not saved with the weights (persistent=False)
         self.register_buffer("embedding", embedding.detach().float().clone(), persistent=False)
         # cross-entropy weight of each class (train.class_weights); a training choice, not saved
-        weights = torch.ones(config.num_classes) if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        weights = (
+            torch.ones(config.num_classes)
+            if class_weights is None
+            else torch.tensor(class_weights, dtype=torch.float32)
+        )
         self.register_buffer("class_weights", weights, persistent=False)
         self.reduce = nn.Linear(embedding.shape[1], config.reduced_dim)  # W: input_dim -> reduced_dim
         # deviation (model.token: value_and_variable): a second projection of the variable's
         # embedding joins the token, so that a value at the train mean (z = 0) still says
         # which variable was measured
-        self.presence = nn.Linear(embedding.shape[1], config.reduced_dim) if config.token == "value_and_variable" else None
+        self.presence = (
+            nn.Linear(embedding.shape[1], config.reduced_dim) if config.token == "value_and_variable" else None
+        )
         self.encoder = SetEncoder(config)
         self.sequence = SequenceModel(config)
         self.decoder = SetDecoder(config)
@@ -378,11 +359,19 @@ class SeqSetVAE(nn.Module):
         out = self.padded_forward(batch, w, noise)
         S, B = batch.n_sets, batch.n_patients  # real rows come first; padding is cut off here
         return ModelOutput(
-            logits=out["logits"][:B], loss=out["loss"], recon=out["recon"], kl=out["kl"], ce=out["ce"],
-            weights=weights, mu=out["mu"][:S], h=out["h"][:S],
-            recon_per_set=out["recon_per_set"][:S], kl_per_set=out["kl_per_set"][:S],
-            kl_raw_per_set=out["kl_raw_per_set"][:S], ce_per_patient=out["ce_per_patient"][:B],
-        )  # fmt: skip
+            logits=out["logits"][:B],
+            loss=out["loss"],
+            recon=out["recon"],
+            kl=out["kl"],
+            ce=out["ce"],
+            weights=weights,
+            mu=out["mu"][:S],
+            h=out["h"][:S],
+            recon_per_set=out["recon_per_set"][:S],
+            kl_per_set=out["kl_per_set"][:S],
+            kl_raw_per_set=out["kl_raw_per_set"][:S],
+            ce_per_patient=out["ce_per_patient"][:B],
+        )
 
     def padded_forward(self, batch: Batch, w: torch.Tensor, noise: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """The network and its losses on every row of `batch`, padding included; `w` [3]:
@@ -406,7 +395,9 @@ class SeqSetVAE(nn.Module):
         recon_per_set = chamfer_per_set(recon, tokens.detach(), batch)
         kl_raw = kl_per_set(mu, logvar, free_bits=0.0)
         kl_set = kl_raw.clamp(min=c.free_bits * mu.shape[-1])
-        ce_per_patient = F.cross_entropy(at_least_float32(logits), batch.labels, label_smoothing=c.label_smoothing, reduction="none")
+        ce_per_patient = F.cross_entropy(
+            at_least_float32(logits), batch.labels, label_smoothing=c.label_smoothing, reduction="none"
+        )
         # a patient's CE times its class's weight; the mean over patients is not renormalised
         # by the batch's weights, so the loss of a batch is the mean of its patients' losses
         ce_per_patient = ce_per_patient * self.class_weights.index_select(0, batch.labels)
@@ -416,10 +407,18 @@ class SeqSetVAE(nn.Module):
         kl = (kl_set * sets).sum() / sets.sum()
         ce = (ce_per_patient * patients).sum() / patients.sum().clamp(min=1.0)  # 0, not 0/0, for a stand-in rank
         return {
-            "logits": logits, "loss": w[0] * ce + w[1] * recon_loss + w[2] * kl, "recon": recon_loss, "kl": kl,
-            "ce": ce, "mu": mu, "h": h, "recon_per_set": recon_per_set, "kl_per_set": kl_set,
-            "kl_raw_per_set": kl_raw, "ce_per_patient": ce_per_patient,
-        }  # fmt: skip
+            "logits": logits,
+            "loss": w[0] * ce + w[1] * recon_loss + w[2] * kl,
+            "recon": recon_loss,
+            "kl": kl,
+            "ce": ce,
+            "mu": mu,
+            "h": h,
+            "recon_per_set": recon_per_set,
+            "kl_per_set": kl_set,
+            "kl_raw_per_set": kl_raw,
+            "ce_per_patient": ce_per_patient,
+        }
 
     def compile_step(self, mode: str | None = None) -> None:
         """Compile `padded_forward` (and, through AOTAutograd, its backward) with
@@ -433,7 +432,9 @@ class SeqSetVAE(nn.Module):
         self.padded_forward = torch.compile(self.padded_forward, dynamic=True, mode=mode)
         self.compiled, self.cuda_graphs = True, mode == "reduce-overhead"
 
-    def parameter_groups(self, lr: float, setvae_lr_factor: float = 0.1, weight_decay: float | None = None) -> list[dict]:
+    def parameter_groups(
+        self, lr: float, setvae_lr_factor: float = 0.1, weight_decay: float | None = None
+    ) -> list[dict]:
         """AdamW groups: the SetVAE encoder (W and the set encoder) at lr x setvae_lr_factor."""
         tokens = [*self.reduce.parameters(), *(self.presence.parameters() if self.presence is not None else [])]
         setvae = [*tokens, *self.encoder.parameters()]

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+
 def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """x in float32 if it is in a half type (bf16 autocast); float32/float64 kept."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

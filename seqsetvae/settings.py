@@ -57,8 +57,10 @@ def load_settings(settings: str | dict | None = None) -> dict[str, Any]:
     if "data" in config:
         _check_column_roles(config["data"]["columns"])
         if config["data"]["prediction_hour"] is not None and config["data"]["format"] != "physionet2019":
-            raise InputError(f"configuration key data.prediction_hour: a physionet2019 task; data.format is "
-                             f"{config['data']['format']!r}")  # fmt: skip
+            raise InputError(
+                f"configuration key data.prediction_hour: a physionet2019 task; data.format is "
+                f"{config['data']['format']!r}"
+            )
     return config
 
 

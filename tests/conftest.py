@@ -14,9 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 # about a minute on 2 CPU cores), less its output folders: each test writes the config
 # into its own working directory, where results/ and reports/ land.
 TINY_PIPELINE_CONFIG = {
-    key: value for key, value in yaml.safe_load((REPO / ".test" / "config.yaml").read_text()).items()
+    key: value
+    for key, value in yaml.safe_load((REPO / ".test" / "config.yaml").read_text()).items()
     if key not in ("results", "reports")
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="session")
@@ -72,12 +73,34 @@ def small_shards(tmp_path_factory):
     for argv in (
         ["synthetic", "--events", f"{r}/events.csv", "--labels", f"{r}/labels.csv"],
         ["splits", "--labels", f"{r}/labels.csv", "--out", f"{r}/splits.csv"],
-        ["ingest", "--events", f"{r}/events.csv", "--labels", f"{r}/labels.csv", "--splits", f"{r}/splits.csv",
-         "--out", f"{r}/events", "--threads", "1"],
+        [
+            "ingest",
+            "--events",
+            f"{r}/events.csv",
+            "--labels",
+            f"{r}/labels.csv",
+            "--splits",
+            f"{r}/splits.csv",
+            "--out",
+            f"{r}/events",
+            "--threads",
+            "1",
+        ],
         ["stats", "--events", f"{r}/events", "--stats", f"{r}/stats.json", "--vocab", f"{r}/vocab.json"],
         ["embedding", "--vocab", f"{r}/vocab.json", "--out", f"{r}/embedding.safetensors"],
-        ["shards", "--events", f"{r}/events", "--stats", f"{r}/stats.json", "--vocab", f"{r}/vocab.json",
-         "--out", f"{r}/shards", "--qc", f"{r}/shards_qc.json"],
-    ):  # fmt: skip
+        [
+            "shards",
+            "--events",
+            f"{r}/events",
+            "--stats",
+            f"{r}/stats.json",
+            "--vocab",
+            f"{r}/vocab.json",
+            "--out",
+            f"{r}/shards",
+            "--qc",
+            f"{r}/shards_qc.json",
+        ],
+    ):
         assert cli.main([argv[0], "--settings", settings, *argv[1:]]) == 0, argv
     return r

@@ -31,8 +31,17 @@ def direct_features(patients, vocab_size: int) -> np.ndarray:
             count.append(len(mine))
         count = np.array(count, dtype=np.float64)
         hours = (float(patients.set_times[sets.stop - 1]) - float(patients.set_times[sets.start])) / 60.0
-        rows.append(np.concatenate([mean, last, np.log1p(count), (count > 0).astype(float),
-                                    [np.log1p(len(sets)), np.log1p(len(events)), np.log1p(hours)]]))  # fmt: skip
+        rows.append(
+            np.concatenate(
+                [
+                    mean,
+                    last,
+                    np.log1p(count),
+                    (count > 0).astype(float),
+                    [np.log1p(len(sets)), np.log1p(len(events)), np.log1p(hours)],
+                ]
+            )
+        )
     return np.array(rows)
 
 
@@ -51,10 +60,14 @@ def test_last_value_is_the_latest_in_time_even_with_repeats_in_a_set():
 
     # one patient, sets at minutes 0, 30, 90; variable 1 measured at 0 (2.0), 30 (5.0) and 90 (-1.0)
     patients = RaggedPatients(
-        patient_ids=["A"], labels=np.array([1]), variable_ids=np.array([1, 0, 1, 1, 0], dtype=np.int32),
-        values=np.array([2.0, 7.0, 5.0, -1.0, 3.0], dtype=np.float32), set_times=np.array([0.0, 30.0, 90.0], dtype=np.float32),
-        set_offsets=np.array([0, 1, 3, 5]), patient_offsets=np.array([0, 3]),
-    )  # fmt: skip
+        patient_ids=["A"],
+        labels=np.array([1]),
+        variable_ids=np.array([1, 0, 1, 1, 0], dtype=np.int32),
+        values=np.array([2.0, 7.0, 5.0, -1.0, 3.0], dtype=np.float32),
+        set_times=np.array([0.0, 30.0, 90.0], dtype=np.float32),
+        set_offsets=np.array([0, 1, 3, 5]),
+        patient_offsets=np.array([0, 3]),
+    )
     f = baseline.patient_features(patients, 2)[0]
     names = baseline.feature_names(["a", "b"])
     got = dict(zip(names, f))
@@ -66,8 +79,16 @@ def test_last_value_is_the_latest_in_time_even_with_repeats_in_a_set():
 def test_baseline_stage_scores_with_the_evaluation_code(small_shards, tmp_path):
     out = tmp_path / "baselines"
     settings = {"evaluate": {"bootstrap_resamples": 150, "seed": 0}, "baseline": {"lr_c_grid": [0.1, 1.0]}}
-    argv = ["--settings", json.dumps(settings), "--shards", str(small_shards / "shards"),
-            "--vocab", str(small_shards / "vocab.json"), "--out-dir", str(out)]  # fmt: skip
+    argv = [
+        "--settings",
+        json.dumps(settings),
+        "--shards",
+        str(small_shards / "shards"),
+        "--vocab",
+        str(small_shards / "vocab.json"),
+        "--out-dir",
+        str(out),
+    ]
     assert baseline.main(argv) == 0
     keys = None
     for name in baseline.MODELS:  # the schema's default list: all of them
@@ -149,17 +170,26 @@ def hand_cohort():
     #    bin 1 is a gap), 185 (v1 0.5) -> 4 bins.
     # B: minutes 10 (v1 5.0), 400 (v0 2.0), 420 (v0 4.0) -> 7 one-hour bins (v1 only before the last 4).
     # C: minute 5 (v2 1.5) -> 1 bin.
-    sets = [(0, [(0, 1.0), (1, 2.0)]), (20, [(0, 3.0), (0, 3.5)]), (130, [(2, -1.0)]), (185, [(1, 0.5)]),
-            (10, [(1, 5.0)]), (400, [(0, 2.0)]), (420, [(0, 4.0)]),
-            (5, [(2, 1.5)])]  # fmt: skip
+    sets = [
+        (0, [(0, 1.0), (1, 2.0)]),
+        (20, [(0, 3.0), (0, 3.5)]),
+        (130, [(2, -1.0)]),
+        (185, [(1, 0.5)]),
+        (10, [(1, 5.0)]),
+        (400, [(0, 2.0)]),
+        (420, [(0, 4.0)]),
+        (5, [(2, 1.5)]),
+    ]
     events = [e for _, set_events in sets for e in set_events]
     return RaggedPatients(
-        patient_ids=["A", "B", "C"], labels=np.array([1, 0, 1]),
+        patient_ids=["A", "B", "C"],
+        labels=np.array([1, 0, 1]),
         variable_ids=np.array([v for v, _ in events], dtype=np.int32),
         values=np.array([x for _, x in events], dtype=np.float32),
         set_times=np.array([t for t, _ in sets], dtype=np.float64),
-        set_offsets=np.concatenate([[0], np.cumsum([len(e) for _, e in sets])]), patient_offsets=np.array([0, 4, 7, 8]),
-    )  # fmt: skip
+        set_offsets=np.concatenate([[0], np.cumsum([len(e) for _, e in sets])]),
+        patient_offsets=np.array([0, 4, 7, 8]),
+    )
 
 
 def test_binned_sequences_equal_a_direct_per_patient_computation():
@@ -200,10 +230,22 @@ def test_gru_baseline_writes_predictions_scored_by_the_evaluation_code(small_sha
     from seqsetvae.data.reader import ShardReader
 
     out = tmp_path / "baselines"
-    settings = {"evaluate": {"bootstrap_resamples": 150, "seed": 1},
-                "baseline": {"models": ["gru"], "gru": GRU_SETTINGS}}  # fmt: skip
-    argv = ["--settings", json.dumps(settings), "--shards", str(small_shards / "shards"),
-            "--vocab", str(small_shards / "vocab.json"), "--out-dir", str(out), "--threads", "1"]  # fmt: skip
+    settings = {
+        "evaluate": {"bootstrap_resamples": 150, "seed": 1},
+        "baseline": {"models": ["gru"], "gru": GRU_SETTINGS},
+    }
+    argv = [
+        "--settings",
+        json.dumps(settings),
+        "--shards",
+        str(small_shards / "shards"),
+        "--vocab",
+        str(small_shards / "vocab.json"),
+        "--out-dir",
+        str(out),
+        "--threads",
+        "1",
+    ]
     start = time.perf_counter()
     assert baseline.main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == ["gru.json", "gru_predictions.parquet"]

@@ -53,7 +53,12 @@ def test_pairs_are_exactly_the_ordered_event_pairs_of_each_set():
     patients = ragged([2, 2], [3, 1, 2, 4], seed=2)
     batch = collate(patients)
     got = set(zip(batch.pair_query.tolist(), batch.pair_key.tolist()))
-    expected = {(a, b) for s in range(4) for a in range(*patients.set_offsets[s : s + 2]) for b in range(*patients.set_offsets[s : s + 2])}
+    expected = {
+        (a, b)
+        for s in range(4)
+        for a in range(*patients.set_offsets[s : s + 2])
+        for b in range(*patients.set_offsets[s : s + 2])
+    }
     assert got == expected
     assert batch.n_pairs == 9 + 1 + 4 + 16  # no duplicates either
 
@@ -111,7 +116,18 @@ def test_segment_lengths_cover_their_rows_exactly(seed, pad):
 
 
 def test_bucket_ladder_has_four_sizes_per_doubling_and_at_most_25_percent_padding():
-    assert [bucket(n) for n in (1, 8, 9, 11, 16, 17, 33, 100, 1000, 1025)] == [8, 8, 10, 12, 16, 20, 40, 112, 1024, 1280]
+    assert [bucket(n) for n in (1, 8, 9, 11, 16, 17, 33, 100, 1000, 1025)] == [
+        8,
+        8,
+        10,
+        12,
+        16,
+        20,
+        40,
+        112,
+        1024,
+        1280,
+    ]
     sizes = np.array([bucket(n) for n in range(1, 20_000)])
     assert np.all(np.diff(sizes) >= 0) and np.all(sizes >= np.arange(1, 20_000))
     assert np.all(sizes[7:] <= 1.25 * np.arange(8, 20_000))
@@ -124,8 +140,13 @@ def test_padded_batch_keeps_every_real_row_and_rounds_every_count_to_a_bucket(se
     plain, padded = collate(patients), collate(patients, pad=True)
     S, E, P, B = plain.n_sets, plain.n_events, plain.n_pairs, plain.n_patients
     assert (padded.n_sets, padded.n_events, padded.n_patients) == (S, E, B)
-    for count in (len(padded.set_sizes), len(padded.event_set), padded.n_pairs, padded.max_sequence_length,
-                  len(padded.batch_variables)):  # fmt: skip
+    for count in (
+        len(padded.set_sizes),
+        len(padded.event_set),
+        padded.n_pairs,
+        padded.max_sequence_length,
+        len(padded.batch_variables),
+    ):
         assert count == bucket(count)
     assert len(padded.labels) == B + 1 and len(padded.set_sizes) > S and len(padded.event_set) > E
     # the real prefix of every per-row field is the unpadded batch's

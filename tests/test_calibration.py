@@ -25,8 +25,12 @@ def test_slope_and_intercept_are_the_maximum_likelihood_recalibration():
     y, p = _case()
     x = logit(p)
     slope, intercept = recalibration_rows(y, p)
-    a, b = minimize(lambda ab: -_log_likelihood(y, ab[0] + ab[1] * x), [0.0, 1.0], method="BFGS", options={"gtol": 1e-10}).x
-    c = minimize_scalar(lambda c: -_log_likelihood(y, c + x), bounds=(-5, 5), method="bounded", options={"xatol": 1e-12}).x
+    a, b = minimize(
+        lambda ab: -_log_likelihood(y, ab[0] + ab[1] * x), [0.0, 1.0], method="BFGS", options={"gtol": 1e-10}
+    ).x
+    c = minimize_scalar(
+        lambda c: -_log_likelihood(y, c + x), bounds=(-5, 5), method="bounded", options={"xatol": 1e-12}
+    ).x
     assert slope[0] == pytest.approx(b, abs=1e-5) and intercept[0] == pytest.approx(c, abs=1e-6)
     assert intercept[0] < 0  # risks overestimated
     # perfectly calibrated risks: slope 1, intercept 0 in expectation
@@ -87,7 +91,11 @@ def test_an_overconfident_model_is_fitted_not_diverged():
     p = expit(3 * logit(truth) - 4)
     x = logit(p)
     slope, intercept = recalibration_rows(y, p)
-    b = minimize(lambda ab: -_log_likelihood(y, ab[0] + ab[1] * x), [0.0, 0.5], method="BFGS", options={"gtol": 1e-10}).x[1]
-    c = minimize_scalar(lambda c: -_log_likelihood(y, c + x), bounds=(-20, 20), method="bounded", options={"xatol": 1e-12}).x
+    b = minimize(
+        lambda ab: -_log_likelihood(y, ab[0] + ab[1] * x), [0.0, 0.5], method="BFGS", options={"gtol": 1e-10}
+    ).x[1]
+    c = minimize_scalar(
+        lambda c: -_log_likelihood(y, c + x), bounds=(-20, 20), method="bounded", options={"xatol": 1e-12}
+    ).x
     assert slope[0] == pytest.approx(b, abs=1e-4) and intercept[0] == pytest.approx(c, abs=1e-6)
     assert slope[0] == pytest.approx(1 / 3, abs=0.1)

@@ -4,16 +4,27 @@ every batch shape, padded or not, from one graph (no recompilation)."""
 import torch
 
 from seqsetvae.batching import collate, random_patients
-from seqsetvae.model import ModelConfig, SeqSetVAE
-from seqsetvae.training.runtime import compiled_graphs, compiled_step
-from seqsetvae.model import LossWeights
+from seqsetvae.model import LossWeights, ModelConfig, SeqSetVAE
+from seqsetvae.runtime.device import compiled_graphs, compiled_step
 
 # one level and one transformer layer: the same kinds of ops as the default model in
 # half the graph, so that inductor's C++ compilation takes a few minutes, not ten
 # config.yaml's token and readout: the centred readout's running mean is a buffer the
 # compiled step must update in place
-CONFIG = ModelConfig(reduced_dim=16, latent_dim=32, levels=1, inducing_points=4, heads=2, transformer_layers=1,
-                     transformer_heads=2, ff_dim=32, dropout=0.0, token="value_and_variable", readout="centered", head="linear")  # fmt: skip
+CONFIG = ModelConfig(
+    reduced_dim=16,
+    latent_dim=32,
+    levels=1,
+    inducing_points=4,
+    heads=2,
+    transformer_layers=1,
+    transformer_heads=2,
+    ff_dim=32,
+    dropout=0.0,
+    token="value_and_variable",
+    readout="centered",
+    head="linear",
+)
 
 
 def test_compile_setting_resolves_per_device():
@@ -57,7 +68,9 @@ def test_compiled_step_equals_eager_on_every_shape_from_one_graph():
                 continue
             scale = float(p.grad.abs().max())
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-3, atol=1e-4 * max(scale, 1e-3), msg=f"{i} {name}")
-        torch.testing.assert_close(compiled.classifier.feature_mean, eager.classifier.feature_mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            compiled.classifier.feature_mean, eager.classifier.feature_mean, rtol=1e-4, atol=1e-5
+        )
         assert compiled.classifier.patients_seen.item() == eager.classifier.patients_seen.item()
     assert compiled_graphs() - graphs == 1  # every shape and weight from the first graph
 

@@ -16,11 +16,19 @@ from seqsetvae.errors import DamagedFile
 from seqsetvae.reports.study import read_predictions
 
 TINY = {
-    "model": {"reduced_dim": 16, "latent_dim": 16, "levels": 1, "inducing_points": 4, "heads": 2,
-              "transformer_layers": 1, "transformer_heads": 2, "ff_dim": 32},
+    "model": {
+        "reduced_dim": 16,
+        "latent_dim": 16,
+        "levels": 1,
+        "inducing_points": 4,
+        "heads": 2,
+        "transformer_layers": 1,
+        "transformer_heads": 2,
+        "ff_dim": 32,
+    },
     "train": {"epochs": 1, "threads": 1, "device": "cpu", "noise_scale": {"per_epoch": 0}},
     "evaluate": {"bootstrap_resamples": 20},
-}  # fmt: skip
+}
 DAMAGE = ("truncated", "empty", "random bytes", "one byte changed")
 
 
@@ -37,27 +45,75 @@ def damage(path: Path, how: str) -> None:
 
 
 def train_argv(r: Path) -> list[str]:
-    return ["train", "--settings", json.dumps(TINY), "--shards", f"{r}/shards", "--embedding",
-            f"{r}/embedding.safetensors", "--batch-size", "4", "--seed", "0", "--out", f"{r}/runs/bs4/seed0"]  # fmt: skip
+    return [
+        "train",
+        "--settings",
+        json.dumps(TINY),
+        "--shards",
+        f"{r}/shards",
+        "--embedding",
+        f"{r}/embedding.safetensors",
+        "--batch-size",
+        "4",
+        "--seed",
+        "0",
+        "--out",
+        f"{r}/runs/bs4/seed0",
+    ]
 
 
 def evaluate_argv(r: Path) -> list[str]:
     run = f"{r}/runs/bs4/seed0"
-    return ["evaluate", "--settings", json.dumps(TINY), "--shards", f"{r}/shards", "--embedding",
-            f"{r}/embedding.safetensors", "--weights", f"{run}/best.safetensors", "--run-config",
-            f"{run}/run_config.json", "--batch-size", "4", "--out", f"{r}/eval/bs4/seed0.json",
-            "--predictions", f"{r}/eval/bs4/seed0_predictions.parquet"]  # fmt: skip
+    return [
+        "evaluate",
+        "--settings",
+        json.dumps(TINY),
+        "--shards",
+        f"{r}/shards",
+        "--embedding",
+        f"{r}/embedding.safetensors",
+        "--weights",
+        f"{run}/best.safetensors",
+        "--run-config",
+        f"{run}/run_config.json",
+        "--batch-size",
+        "4",
+        "--out",
+        f"{r}/eval/bs4/seed0.json",
+        "--predictions",
+        f"{r}/eval/bs4/seed0_predictions.parquet",
+    ]
 
 
 def shards_argv(r: Path) -> list[str]:
-    return ["shards", "--events", f"{r}/events", "--stats", f"{r}/stats.json", "--vocab", f"{r}/vocab.json",
-            "--out", f"{r}/shards_again", "--qc", f"{r}/shards_again_qc.json"]  # fmt: skip
+    return [
+        "shards",
+        "--events",
+        f"{r}/events",
+        "--stats",
+        f"{r}/stats.json",
+        "--vocab",
+        f"{r}/vocab.json",
+        "--out",
+        f"{r}/shards_again",
+        "--qc",
+        f"{r}/shards_again_qc.json",
+    ]
 
 
 def baseline_argv(r: Path) -> list[str]:
     settings = {"baseline": {"models": ["logistic_regression"]}, "evaluate": {"bootstrap_resamples": 20}}
-    return ["baseline", "--settings", json.dumps(settings), "--shards", f"{r}/shards", "--vocab", f"{r}/vocab.json",
-            "--out-dir", f"{r}/baselines"]  # fmt: skip
+    return [
+        "baseline",
+        "--settings",
+        json.dumps(settings),
+        "--shards",
+        f"{r}/shards",
+        "--vocab",
+        f"{r}/vocab.json",
+        "--out-dir",
+        f"{r}/baselines",
+    ]
 
 
 # (file, the rule that writes it, the stage that reads it)

@@ -19,12 +19,16 @@ from safetensors.torch import load_file, save_file
 from test_train import TINY_MODEL, TINY_TRAIN, data  # noqa: F401  (data: the tiny shards fixture)
 
 from seqsetvae.errors import InputError
+from seqsetvae.runtime.device import seed_everything
 from seqsetvae.settings import load_settings
-from seqsetvae.training import distributed, train
+from seqsetvae.training import distributed, resume, train
 from seqsetvae.training.recorder import Recorder
 
 NO_DROPOUT = {**TINY_MODEL, "dropout": 0.0}  # dropout masks are drawn per rank (distributed.py)
-SETTINGS = {"model": NO_DROPOUT, "train": {**TINY_TRAIN, "grad_clip": 1e9, "noise_scale": {"per_epoch": 1, "patients": 4}}}
+SETTINGS = {
+    "model": NO_DROPOUT,
+    "train": {**TINY_TRAIN, "grad_clip": 1e9, "noise_scale": {"per_epoch": 1, "patients": 4}},
+}
 
 
 def test_split_batch_balances_events_and_keeps_every_patient_once():
@@ -42,8 +46,18 @@ def test_split_batch_balances_events_and_keeps_every_patient_once():
 def test_a_batch_size_smaller_than_the_devices_is_a_configuration_error(data, tmp_path):  # noqa: F811
     shards, embedding = data
     settings = {"model": NO_DROPOUT, "train": {**TINY_TRAIN, "devices": 2}}
-    argv = ["--settings", json.dumps(settings), "--shards", str(shards), "--embedding", str(embedding),
-            "--batch-size", "1", "--out", str(tmp_path / "bs1")]  # fmt: skip
+    argv = [
+        "--settings",
+        json.dumps(settings),
+        "--shards",
+        str(shards),
+        "--embedding",
+        str(embedding),
+        "--batch-size",
+        "1",
+        "--out",
+        str(tmp_path / "bs1"),
+    ]
     with pytest.raises(InputError, match=r"train.devices = 2 and train.batch_sizes: batch size 1 cannot be split"):
         train.main(argv)
     assert not (tmp_path / "bs1").exists()
@@ -57,28 +71,32 @@ def _free_port() -> int:
 
 def _trainer(shards, embedding, out: Path, world, batch_size: int):
     torch.set_default_dtype(torch.float64)
-    args = Namespace(shards=str(shards), embedding=str(embedding), batch_size=batch_size, out=str(out),
-                     stop_after_steps=None)  # fmt: skip
+    args = Namespace(
+        shards=str(shards), embedding=str(embedding), batch_size=batch_size, out=str(out), stop_after_steps=None
+    )
     settings = load_settings(SETTINGS)
-    train.seed_everything(3)
+    seed_everything(3)
     trainer = train.Trainer(args, settings, torch.device("cpu"), 1, 3)
     trainer.model.double()  # in place: the optimizer keeps the same parameters
     if world.distributed:  # as Trainer does, after the conversion to float64
         trainer.world, trainer.net = world, torch.nn.parallel.DistributedDataParallel(trainer.model)
         trainer.recorder = Recorder(world.is_main)  # rank 0 alone writes records
-    trainer.resume()
+    resume.resume(trainer)
     return trainer
 
 
 def _gradient_worker(rank: int, port: int, shards: str, embedding: str, out: str, indices: list[int]) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     world = distributed.init("cpu")
     trainer = _trainer(shards, embedding, Path(out) / f"rank{rank}", world, len(indices))
     trainer.step(np.array(indices), 0)
     grads = {name: p.grad for name, p in trainer.model.named_parameters() if p.grad is not None}
-    save_file({**grads, "__weights_after": torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])},
-              str(Path(out) / f"grads{rank}.safetensors"))  # fmt: skip
+    save_file(
+        {**grads, "__weights_after": torch.cat([p.detach().reshape(-1) for p in trainer.model.parameters()])},
+        str(Path(out) / f"grads{rank}.safetensors"),
+    )
     distributed.finish()
 
 
@@ -86,8 +104,9 @@ def _gradient_worker(rank: int, port: int, shards: str, embedding: str, out: str
 def test_one_step_on_two_processes_has_the_single_process_gradient(data, tmp_path, indices):  # noqa: F811
     """float64: the ranks' averaged gradients are the gradient of the global batch."""
     shards, embedding = data
-    torch.multiprocessing.spawn(_gradient_worker, args=(_free_port(), str(shards), str(embedding), str(tmp_path),
-                                                        indices), nprocs=2)  # fmt: skip
+    torch.multiprocessing.spawn(
+        _gradient_worker, args=(_free_port(), str(shards), str(embedding), str(tmp_path), indices), nprocs=2
+    )
     default = torch.get_default_dtype()
     try:
         single = _trainer(shards, embedding, tmp_path / "single", distributed.World(), len(indices))
@@ -109,9 +128,24 @@ def test_one_step_on_two_processes_has_the_single_process_gradient(data, tmp_pat
 def _command(data, out: Path, devices: int, batch_size: int, **train_overrides) -> list[str]:  # noqa: F811
     shards, embedding = data
     settings = {"model": NO_DROPOUT, "train": {**TINY_TRAIN, "devices": devices, **train_overrides}}
-    return [sys.executable, "-m", "seqsetvae.cli", "train", "--settings", json.dumps(settings), "--shards",
-            str(shards), "--embedding", str(embedding), "--batch-size", str(batch_size), "--out", str(out),
-            "--threads", "2"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "seqsetvae.cli",
+        "train",
+        "--settings",
+        json.dumps(settings),
+        "--shards",
+        str(shards),
+        "--embedding",
+        str(embedding),
+        "--batch-size",
+        str(batch_size),
+        "--out",
+        str(out),
+        "--threads",
+        "2",
+    ]
 
 
 def _run(command: list[str]) -> None:

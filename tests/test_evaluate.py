@@ -13,11 +13,19 @@ from sklearn.metrics import accuracy_score, average_precision_score, brier_score
 from seqsetvae.errors import InputError
 from seqsetvae.evaluation import evaluate
 from seqsetvae.evaluation.metrics import ActiveUnits, auprc_rows, auroc_rows, bootstrap_ci, classification_metrics
+from seqsetvae.model import LossWeights
 from seqsetvae.settings import load_settings
-from seqsetvae.training.schedule import evaluation_weights
 
-MODEL = {"reduced_dim": 16, "latent_dim": 16, "levels": 1, "inducing_points": 4, "heads": 2,
-         "transformer_layers": 1, "transformer_heads": 2, "ff_dim": 32}  # fmt: skip
+MODEL = {
+    "reduced_dim": 16,
+    "latent_dim": 16,
+    "levels": 1,
+    "inducing_points": 4,
+    "heads": 2,
+    "transformer_layers": 1,
+    "transformer_heads": 2,
+    "ff_dim": 32,
+}
 
 
 # -- metrics --------------------------------------------------------------------------
@@ -76,7 +84,7 @@ def test_active_units_constructed_case():
 def trained(small_shards):
     """Shards of 80 synthetic patients and an untrained small model's run files."""
     from seqsetvae.model import ModelConfig, SeqSetVAE
-    from seqsetvae.training.checkpoint import save_weights
+    from seqsetvae.runtime.weights import save_weights
 
     r = small_shards
     from safetensors.torch import load_file
@@ -95,12 +103,25 @@ def run_evaluate(root, batch_size: int, name: str, resamples: int = 300):
     run_config["batch_size"] = batch_size
     (root / f"run_config_{name}.json").write_text(json.dumps(run_config))
     argv = [
-        "--settings", json.dumps({"evaluate": {"bootstrap_resamples": resamples, "seed": 0}}),
-        "--shards", str(root / "shards"), "--embedding", str(root / "embedding.safetensors"),
-        "--weights", str(root / "best.safetensors"), "--run-config", str(root / f"run_config_{name}.json"),
-        "--batch-size", str(batch_size), "--out", str(root / f"{name}.json"),
-        "--predictions", str(root / f"{name}.parquet"), "--threads", "1",
-    ]  # fmt: skip
+        "--settings",
+        json.dumps({"evaluate": {"bootstrap_resamples": resamples, "seed": 0}}),
+        "--shards",
+        str(root / "shards"),
+        "--embedding",
+        str(root / "embedding.safetensors"),
+        "--weights",
+        str(root / "best.safetensors"),
+        "--run-config",
+        str(root / f"run_config_{name}.json"),
+        "--batch-size",
+        str(batch_size),
+        "--out",
+        str(root / f"{name}.json"),
+        "--predictions",
+        str(root / f"{name}.parquet"),
+        "--threads",
+        "1",
+    ]
     assert evaluate.main(argv) == 0
     return json.loads((root / f"{name}.json").read_text()), pd.read_parquet(root / f"{name}.parquet")
 
@@ -120,7 +141,9 @@ def test_json_metrics_equal_sklearn_on_the_predictions(trained):
     assert metrics["auprc"] == pytest.approx(average_precision_score(y, p), abs=1e-12)
     assert metrics["brier"] == pytest.approx(brier_score_loss(y, p), abs=1e-12)
     assert metrics["accuracy"] == pytest.approx(accuracy_score(y, p > 0.5), abs=1e-12)
-    assert metrics["positive_rate"] == pytest.approx({"observed": y.mean(), "predicted": (p > 0.5).mean(), "mean_probability": p.mean()})
+    assert metrics["positive_rate"] == pytest.approx(
+        {"observed": y.mean(), "predicted": (p > 0.5).mean(), "mean_probability": p.mean()}
+    )
     assert metrics["auroc_ci"] == pytest.approx(bootstrap_ci(y, p, 300, 0)["auroc_ci"], abs=1e-12)
     assert metrics["auroc_ci"][0] <= metrics["auroc"] <= metrics["auroc_ci"][1]
     assert metrics["checkpoint"] == {"epoch": 1, "step": 12}
@@ -148,7 +171,7 @@ def test_predictions_and_loss_terms_do_not_depend_on_the_batch_size(trained):
     model = evaluate.load_model(run_config, embedding, trained / "best.safetensors", torch.device("cpu"))
     reader = ShardReader(str(trained / "shards"), "test")
     with torch.no_grad():
-        out = model(collate(reader.take(np.arange(len(reader)))), evaluation_weights(load_settings({})["model"]))
+        out = model(collate(reader.take(np.arange(len(reader)))), LossWeights.at_evaluation(load_settings({})["model"]))
     np.testing.assert_allclose(torch.softmax(out.logits, -1)[:, 1].numpy(), p1.probability, atol=1e-5)
     assert one["recon"] == pytest.approx(float(out.recon_per_set.mean()), rel=1e-5)
     assert one["kl"] == pytest.approx(float(out.kl_raw_per_set.mean()), rel=1e-5)
@@ -161,10 +184,21 @@ def test_predictions_and_loss_terms_do_not_depend_on_the_batch_size(trained):
 
 def test_mismatched_batch_size_is_an_input_error(trained):
     argv = [
-        "--shards", str(trained / "shards"), "--embedding", str(trained / "embedding.safetensors"),
-        "--weights", str(trained / "best.safetensors"), "--run-config", str(trained / "run_config.json"),
-        "--batch-size", "5", "--out", str(trained / "bad.json"), "--predictions", str(trained / "bad.parquet"),
-    ]  # fmt: skip
+        "--shards",
+        str(trained / "shards"),
+        "--embedding",
+        str(trained / "embedding.safetensors"),
+        "--weights",
+        str(trained / "best.safetensors"),
+        "--run-config",
+        str(trained / "run_config.json"),
+        "--batch-size",
+        "5",
+        "--out",
+        str(trained / "bad.json"),
+        "--predictions",
+        str(trained / "bad.parquet"),
+    ]
     with pytest.raises(InputError, match=r"run_config\.json: batch_size is 3, but --batch-size is 5"):
         evaluate.main(argv)
     assert not (trained / "bad.json").exists() and not (trained / "bad.parquet").exists()
@@ -175,10 +209,21 @@ def test_weights_of_another_model_are_an_input_error(trained, tmp_path):
     config["model"] = {**MODEL, "latent_dim": 32}
     (tmp_path / "run_config.json").write_text(json.dumps(config))
     argv = [
-        "--shards", str(trained / "shards"), "--embedding", str(trained / "embedding.safetensors"),
-        "--weights", str(trained / "best.safetensors"), "--run-config", str(tmp_path / "run_config.json"),
-        "--batch-size", "3", "--out", str(tmp_path / "e.json"), "--predictions", str(tmp_path / "e.parquet"),
-    ]  # fmt: skip
+        "--shards",
+        str(trained / "shards"),
+        "--embedding",
+        str(trained / "embedding.safetensors"),
+        "--weights",
+        str(trained / "best.safetensors"),
+        "--run-config",
+        str(tmp_path / "run_config.json"),
+        "--batch-size",
+        "3",
+        "--out",
+        str(tmp_path / "e.json"),
+        "--predictions",
+        str(tmp_path / "e.parquet"),
+    ]
     with pytest.raises(InputError, match=r"best\.safetensors: weights do not match the model of the run config"):
         evaluate.main(argv)
     assert not (tmp_path / "e.json").exists()
@@ -187,11 +232,23 @@ def test_weights_of_another_model_are_an_input_error(trained, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
 def test_an_evaluation_job_given_gpus_without_one_fails_at_once(trained):
     argv = [
-        "--shards", str(trained / "shards"), "--embedding", str(trained / "embedding.safetensors"),
-        "--weights", str(trained / "best.safetensors"), "--run-config", str(trained / "run_config.json"),
-        "--batch-size", "3", "--out", str(trained / "gpu.json"), "--predictions", str(trained / "gpu.parquet"),
-        "--gpus", "1",
-    ]  # fmt: skip
+        "--shards",
+        str(trained / "shards"),
+        "--embedding",
+        str(trained / "embedding.safetensors"),
+        "--weights",
+        str(trained / "best.safetensors"),
+        "--run-config",
+        str(trained / "run_config.json"),
+        "--batch-size",
+        "3",
+        "--out",
+        str(trained / "gpu.json"),
+        "--predictions",
+        str(trained / "gpu.parquet"),
+        "--gpus",
+        "1",
+    ]
     with pytest.raises(InputError, match=r"this job was given 1 GPU\(s\).*no CUDA device is visible"):
         evaluate.main(argv)
     assert not (trained / "gpu.json").exists()

@@ -42,10 +42,18 @@ def write_csv_format(root: Path, rows, label):
     root.mkdir(parents=True, exist_ok=True)
     text = "patient_id,minute,variable,value\n" + "".join(f"{p},{m},{v},{x}\n" for p, m, v, x in rows)
     (root / "events.csv").write_text(text)
-    (root / "labels.csv").write_text("patient_id,in_hospital_mortality\n" + "".join(
-        f"{1001 + i},{y}\n" for i, y in enumerate(label)))  # fmt: skip
-    (root / "splits.csv").write_text("patient_id,split\n" + "".join(f"{1001 + i},{s}\n" for i, s in enumerate(SPLIT_OF)))
-    return {"format": "csv", "events": root / "events.csv", "labels": root / "labels.csv", "splits": root / "splits.csv"}
+    (root / "labels.csv").write_text(
+        "patient_id,in_hospital_mortality\n" + "".join(f"{1001 + i},{y}\n" for i, y in enumerate(label))
+    )
+    (root / "splits.csv").write_text(
+        "patient_id,split\n" + "".join(f"{1001 + i},{s}\n" for i, s in enumerate(SPLIT_OF))
+    )
+    return {
+        "format": "csv",
+        "events": root / "events.csv",
+        "labels": root / "labels.csv",
+        "splits": root / "splits.csv",
+    }
 
 
 def meds_time(patient: int, minute: float) -> datetime.datetime:
@@ -61,32 +69,41 @@ def write_meds(root: Path, rows, label, prediction_minutes=None, splits=True):
     subjects = sorted({r[0] for r in rows})
     extra = [(s, None, "GENDER//F", 1.0) for s in subjects] + [(s, 0.0, "ADMISSION", None) for s in subjects]
     data = sorted(rows + extra, key=lambda r: (r[0], -1 if r[1] is None else r[1]))
-    table = pa.table({
-        "subject_id": pa.array([r[0] for r in data], pa.int64()),
-        "time": pa.array([None if r[1] is None else meds_time(r[0], r[1]) for r in data], pa.timestamp("us")),
-        "code": pa.array([r[2] for r in data], pa.string()),
-        "numeric_value": pa.array([r[3] for r in data], pa.float32()),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "subject_id": pa.array([r[0] for r in data], pa.int64()),
+            "time": pa.array([None if r[1] is None else meds_time(r[0], r[1]) for r in data], pa.timestamp("us")),
+            "code": pa.array([r[2] for r in data], pa.string()),
+            "numeric_value": pa.array([r[3] for r in data], pa.float32()),
+        }
+    )
     half = len(table) // 2
     cut = int(np.searchsorted(table["subject_id"].to_numpy(), table["subject_id"][half].as_py()))
     pq.write_table(table.slice(0, cut), root / "data" / "0.parquet")
     pq.write_table(table.slice(cut), root / "data" / "1.parquet")
     if splits:
         names = {"train": "train", "valid": "tuning", "test": "held_out"}
-        pq.write_table(pa.table({
-            "subject_id": pa.array(subjects, pa.int64()),
-            "split": [names[SPLIT_OF[s - 1001]] for s in subjects],
-        }), root / "metadata" / "subject_splits.parquet")  # fmt: skip
+        pq.write_table(
+            pa.table(
+                {"subject_id": pa.array(subjects, pa.int64()), "split": [names[SPLIT_OF[s - 1001]] for s in subjects]}
+            ),
+            root / "metadata" / "subject_splits.parquet",
+        )
     last = {}
     for p, m, _, _ in rows:
         last[p] = max(last.get(p, 0), m)
     prediction = prediction_minutes or last
     (root / "task").mkdir(exist_ok=True)
-    pq.write_table(pa.table({
-        "subject_id": pa.array(subjects, pa.int64()),
-        "prediction_time": pa.array([meds_time(s, prediction[s]) for s in subjects], pa.timestamp("us")),
-        "boolean_value": pa.array([bool(label[s - 1001]) for s in subjects]),
-    }), root / "task" / "labels.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "subject_id": pa.array(subjects, pa.int64()),
+                "prediction_time": pa.array([meds_time(s, prediction[s]) for s in subjects], pa.timestamp("us")),
+                "boolean_value": pa.array([bool(label[s - 1001]) for s in subjects]),
+            }
+        ),
+        root / "task" / "labels.parquet",
+    )
     return {"format": "meds", "events": root, "labels": root / "task"}
 
 
@@ -99,10 +116,16 @@ def write_physionet2012(root: Path, rows, label, csv_splits):
         # the RecordID row and a -1 missing marker: dropped and counted
         text = "Time,Parameter,Value\n00:00,RecordID," + str(p) + "\n00:00,Height,-1\n" + "".join(lines)
         (root / "set-a" / f"{p}.txt").write_text(text)
-    (root / "Outcomes-a.txt").write_text("RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death\n" + "".join(
-        f"{1001 + i},10,3,5,-1,{y}\n" for i, y in enumerate(label)))  # fmt: skip
-    return {"format": "physionet2012", "events": root / "set-a", "labels": root / "Outcomes-a.txt",
-            "splits": csv_splits}  # fmt: skip
+    (root / "Outcomes-a.txt").write_text(
+        "RecordID,SAPS-I,SOFA,Length_of_stay,Survival,In-hospital_death\n"
+        + "".join(f"{1001 + i},10,3,5,-1,{y}\n" for i, y in enumerate(label))
+    )
+    return {
+        "format": "physionet2012",
+        "events": root / "set-a",
+        "labels": root / "Outcomes-a.txt",
+        "splits": csv_splits,
+    }
 
 
 def write_physionet2019(root: Path, rows, label, csv_splits):
@@ -130,12 +153,20 @@ def write_seqsetvae_v0(root: Path, rows, label):
         folder = root / "patient_ehr" / SPLIT_OF[p - 1001]
         folder.mkdir(parents=True, exist_ok=True)
         minutes = [float(r[1]) for r in mine]
-        pq.write_table(pa.table({
-            "variable": [r[2] for r in mine], "value": [r[3] for r in mine], "minute": minutes,
-            "set_index": np.unique(minutes, return_inverse=True)[1],
-        }), folder / f"{p}.0.parquet")  # fmt: skip
-    (root / "oc.csv").write_text("ts_id,in_hospital_mortality\n" + "".join(
-        f"{1001 + i}.0,{y}\n" for i, y in enumerate(label)))  # fmt: skip
+        pq.write_table(
+            pa.table(
+                {
+                    "variable": [r[2] for r in mine],
+                    "value": [r[3] for r in mine],
+                    "minute": minutes,
+                    "set_index": np.unique(minutes, return_inverse=True)[1],
+                }
+            ),
+            folder / f"{p}.0.parquet",
+        )
+    (root / "oc.csv").write_text(
+        "ts_id,in_hospital_mortality\n" + "".join(f"{1001 + i}.0,{y}\n" for i, y in enumerate(label))
+    )
     return {"format": "seqsetvae_v0", "events": root / "patient_ehr", "labels": root / "oc.csv"}
 
 
@@ -154,14 +185,55 @@ def run_data_stages(out: Path, spec: dict, **data) -> dict:
         argv += ["--splits-out", str(given)] if given else []
         _run(argv, settings)
         labels, splits = out / "labels.csv", given or splits
-    _run(["splits", "--labels", str(labels), "--out", str(out / "splits.csv")]
-         + (["--splits", str(splits)] if splits else []), settings)  # fmt: skip
-    _run(["ingest", "--events", str(spec["events"]), "--labels", str(labels), "--splits", str(out / "splits.csv"),
-          "--out", str(out / "events"), "--threads", "1"], settings)  # fmt: skip
-    _run(["stats", "--events", str(out / "events"), "--stats", str(out / "stats.json"), "--vocab",
-          str(out / "vocab.json")], settings)  # fmt: skip
-    _run(["shards", "--events", str(out / "events"), "--stats", str(out / "stats.json"), "--vocab",
-          str(out / "vocab.json"), "--out", str(out / "shards"), "--qc", str(out / "shards_qc.json")], settings)  # fmt: skip
+    _run(
+        ["splits", "--labels", str(labels), "--out", str(out / "splits.csv")]
+        + (["--splits", str(splits)] if splits else []),
+        settings,
+    )
+    _run(
+        [
+            "ingest",
+            "--events",
+            str(spec["events"]),
+            "--labels",
+            str(labels),
+            "--splits",
+            str(out / "splits.csv"),
+            "--out",
+            str(out / "events"),
+            "--threads",
+            "1",
+        ],
+        settings,
+    )
+    _run(
+        [
+            "stats",
+            "--events",
+            str(out / "events"),
+            "--stats",
+            str(out / "stats.json"),
+            "--vocab",
+            str(out / "vocab.json"),
+        ],
+        settings,
+    )
+    _run(
+        [
+            "shards",
+            "--events",
+            str(out / "events"),
+            "--stats",
+            str(out / "stats.json"),
+            "--vocab",
+            str(out / "vocab.json"),
+            "--out",
+            str(out / "shards"),
+            "--qc",
+            str(out / "shards_qc.json"),
+        ],
+        settings,
+    )
     return json.loads((out / "events" / "qc.json").read_text())
 
 
@@ -183,7 +255,9 @@ def measurements(out: Path) -> dict:
             offsets = patient.set_offsets
             for s, time in enumerate(patient.set_times.tolist()):
                 events = range(int(offsets[s]), int(offsets[s + 1]))
-                sets.append((time, [(vocabulary[int(patient.variable_ids[e])], float(patient.values[e])) for e in events]))
+                sets.append(
+                    (time, [(vocabulary[int(patient.variable_ids[e])], float(patient.values[e])) for e in events])
+                )
             result[reader.patient_ids[i]] = (split, int(reader.labels[i]), sets)
     return result
 
@@ -325,12 +399,25 @@ def test_bad_inputs_of_each_format_name_the_file_and_column(tmp_path, fmt, break
             pq.write_table(pa.concat_tables([table, extra_row]), path)
         elif breakage == "label_without_events":
             table = pq.read_table(tmp_path / "meds" / "task" / "labels.parquet")
-            row = pa.table({"subject_id": pa.array([999], pa.int64()), "prediction_time": table["prediction_time"][:1],
-                            "boolean_value": [True]})  # fmt: skip
-            pq.write_table(pa.concat_tables([table, row.cast(table.schema)]), tmp_path / "meds" / "task" / "labels.parquet")
-            pq.write_table(pa.concat_tables([pq.read_table(tmp_path / "meds" / "metadata" / "subject_splits.parquet"),
-                                             pa.table({"subject_id": pa.array([999], pa.int64()), "split": ["train"]})]),
-                           tmp_path / "meds" / "metadata" / "subject_splits.parquet")  # fmt: skip
+            row = pa.table(
+                {
+                    "subject_id": pa.array([999], pa.int64()),
+                    "prediction_time": table["prediction_time"][:1],
+                    "boolean_value": [True],
+                }
+            )
+            pq.write_table(
+                pa.concat_tables([table, row.cast(table.schema)]), tmp_path / "meds" / "task" / "labels.parquet"
+            )
+            pq.write_table(
+                pa.concat_tables(
+                    [
+                        pq.read_table(tmp_path / "meds" / "metadata" / "subject_splits.parquet"),
+                        pa.table({"subject_id": pa.array([999], pa.int64()), "split": ["train"]}),
+                    ]
+                ),
+                tmp_path / "meds" / "metadata" / "subject_splits.parquet",
+            )
             extra = {"labels_without_events": "error"}
     elif fmt == "physionet2012":
         spec = write_physionet2012(tmp_path / "p2012", rows, label, csv["splits"])
@@ -352,7 +439,7 @@ def test_bad_inputs_of_each_format_name_the_file_and_column(tmp_path, fmt, break
         elif breakage == "no_label":
             lines = [line.replace("SepsisLabel", "Sepsis") if i == 0 else line for i, line in enumerate(lines)]
         else:
-            lines[1] = "high" + lines[1][lines[1].index("|"):]
+            lines[1] = "high" + lines[1][lines[1].index("|") :]
         if breakage != "missing_dir":
             path.write_text("\n".join(lines) + "\n")
     else:
@@ -381,14 +468,19 @@ def _direct(out: Path, spec: dict, extra: dict):
     from seqsetvae.data.ingest import ingest
     from seqsetvae.settings import load_settings
 
-    settings = load_settings({"data": {"format": spec["format"], "events": str(spec["events"]),
-                                       "incomplete_splits": "warn", **extra}})  # fmt: skip
+    settings = load_settings(
+        {"data": {"format": spec["format"], "events": str(spec["events"]), "incomplete_splits": "warn", **extra}}
+    )
     data = settings["data"]
     splits_out = out / "given.csv" if formats.carries_splits(data) else None
     formats.adapter(spec["format"]).write_labels(
-        spec["format"], Path(spec["events"]), str(spec.get("labels")) if spec.get("labels") else None,
-        out / "labels.csv", splits_out, data,
-    )  # fmt: skip
+        spec["format"],
+        Path(spec["events"]),
+        str(spec.get("labels")) if spec.get("labels") else None,
+        out / "labels.csv",
+        splits_out,
+        data,
+    )
     ingest(settings, [str(spec["events"])], str(out / "labels.csv"), str(out / "splits.csv"), out / "events", 1)
 
 
@@ -404,17 +496,38 @@ def test_original_layout_through_snakemake_with_its_embedding_table(tmp_path):
     rows, label = make_cohort(seed=5)
     spec = write_seqsetvae_v0(tmp_path / "v0", rows, label)
     rng = np.random.default_rng(0)
-    (tmp_path / "v0" / "cached.csv").write_text("Key," + ",".join(f"d{i}" for i in range(8)) + "\n" + "".join(
-        f"{v}," + ",".join(f"{x:.4f}" for x in rng.standard_normal(8)) + "\n" for v in VARIABLES + ["Unused"]))  # fmt: skip
+    (tmp_path / "v0" / "cached.csv").write_text(
+        "Key,"
+        + ",".join(f"d{i}" for i in range(8))
+        + "\n"
+        + "".join(f"{v}," + ",".join(f"{x:.4f}" for x in rng.standard_normal(8)) + "\n" for v in VARIABLES + ["Unused"])
+    )
     config = {
-        "data": {"source": "files", "format": "seqsetvae_v0", "events": str(spec["events"]),
-                 "labels": str(spec["labels"]), "incomplete_splits": "warn"},
+        "data": {
+            "source": "files",
+            "format": "seqsetvae_v0",
+            "events": str(spec["events"]),
+            "labels": str(spec["labels"]),
+            "incomplete_splits": "warn",
+        },
         "embedding": {"method": "table", "table": str(tmp_path / "v0" / "cached.csv"), "dim": 8},
-    }  # fmt: skip
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     repo = Path(__file__).resolve().parents[1]
-    command = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(tmp_path),
-               "--configfile", str(tmp_path / "config.yaml"), "--cores", "1", "shards"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(repo / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(tmp_path / "config.yaml"),
+        "--cores",
+        "1",
+        "shards",
+    ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     results = tmp_path / "results"
@@ -452,8 +565,9 @@ def test_physionet2019_early_prediction_cohort_against_a_direct_computation(tmp_
 
     hour = 6
     write_early_prediction_stays(tmp_path / "p2019")
-    qc = run_data_stages(tmp_path / "out", {"format": "physionet2019", "events": tmp_path / "p2019"},
-                         prediction_hour=hour)  # fmt: skip
+    qc = run_data_stages(
+        tmp_path / "out", {"format": "physionet2019", "events": tmp_path / "p2019"}, prediction_hour=hour
+    )
     found = measurements(tmp_path / "out")
 
     expected, excluded, cells = {}, {"stay_shorter_than_prediction_hour": 0, "sepsis_by_prediction_hour": 0}, {}
@@ -473,7 +587,8 @@ def test_physionet2019_early_prediction_cohort_against_a_direct_computation(tmp_
         )
         expected[path.stem] = (int((frame["SepsisLabel"][hour:] == 1).any()), events)
         cells["after_prediction_hour"] = cells.get("after_prediction_hour", 0) + int(
-            frame[hour:][["HR", "Lactate", "Age"]].notna().sum().sum())  # fmt: skip
+            frame[hour:][["HR", "Lactate", "Age"]].notna().sum().sum()
+        )
         cells["repeated_static_descriptor"] = cells.get("repeated_static_descriptor", 0) + hour - 1
 
     assert min(excluded.values()) > 0 and 0 < sum(y for y, _ in expected.values()) < len(expected)
@@ -482,8 +597,13 @@ def test_physionet2019_early_prediction_cohort_against_a_direct_computation(tmp_
         events = sorted((t, variable) for t, members in sets for variable, _ in members)
         assert (label, events) == expected[stay], stay  # nothing of a row after the W-th
     cohort = qc["cohort"]
-    assert cohort == {"prediction_hour": hour, "stays": 40, "eligible": len(expected),
-                      "positive": sum(y for y, _ in expected.values()), "excluded": excluded}  # fmt: skip
+    assert cohort == {
+        "prediction_hour": hour,
+        "stays": 40,
+        "eligible": len(expected),
+        "positive": sum(y for y, _ in expected.values()),
+        "excluded": excluded,
+    }
     assert {k: v for k, v in qc["rows_dropped"].items() if v} == {k: v for k, v in cells.items() if v}
     labels = (tmp_path / "out" / "labels.csv").read_text().splitlines()
     assert len(labels) - 1 == len(expected)  # excluded stays have no label row

@@ -38,8 +38,18 @@ def fill(disk: Path) -> None:
 
 def test_a_stage_on_a_full_disk_names_the_reason_and_leaves_nothing(small_disk):
     raw = small_disk / "raw"
-    command = [sys.executable, "-m", "seqsetvae.cli", "synthetic", "--settings", '{"synthetic": {"patients": 500}}',
-               "--events", str(raw / "events.csv"), "--labels", str(raw / "labels.csv")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "seqsetvae.cli",
+        "synthetic",
+        "--settings",
+        '{"synthetic": {"patients": 500}}',
+        "--events",
+        str(raw / "events.csv"),
+        "--labels",
+        str(raw / "labels.csv"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 1, result.stderr
     assert result.stderr.startswith("error: ") and "no space left on device" in result.stderr
@@ -52,7 +62,9 @@ def test_the_reason_reaches_the_console_when_the_log_cannot_be_written(small_dis
     fill(small_disk)
     log = small_disk / "logs" / "stage.log"
     stage = "import sys; print('working'); print('error: the reason', file=sys.stderr); sys.exit(3)"
-    script = f"set -euo pipefail; source {REPO / 'workflow/scripts/logged.sh'}; logged {log} {sys.executable} -c \"{stage}\""
+    script = (
+        f'set -euo pipefail; source {REPO / "workflow/scripts/logged.sh"}; logged {log} {sys.executable} -c "{stage}"'
+    )
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True)
     assert result.returncode == 3
     lines = result.stderr.splitlines()
@@ -77,11 +89,24 @@ def test_the_shards_stage_checks_free_space_before_writing(small_disk, small_sha
 
     fill(small_disk)
     out = small_disk / "shards"
-    argv = ["shards", "--events", str(small_shards / "events"), "--stats", str(small_shards / "stats.json"),
-            "--vocab", str(small_shards / "vocab.json"), "--out", str(out), "--qc", str(small_disk / "qc.json")]  # fmt: skip
+    argv = [
+        "shards",
+        "--events",
+        str(small_shards / "events"),
+        "--stats",
+        str(small_shards / "stats.json"),
+        "--vocab",
+        str(small_shards / "vocab.json"),
+        "--out",
+        str(out),
+        "--qc",
+        str(small_disk / "qc.json"),
+    ]
     assert cli.main(argv) == 1
     rows = json.loads((small_shards / "events" / "qc.json").read_text())["rows_kept"]
     assert rows > 0 and not out.exists() and not (small_disk / "qc.json").exists()
     error = capsys.readouterr().err
-    assert error.startswith(f"error: {small_disk}: 0.0 MiB free on its disk, but the shards of {rows} events needs at least")
+    assert error.startswith(
+        f"error: {small_disk}: 0.0 MiB free on its disk, but the shards of {rows} events needs at least"
+    )
     assert [p.name for p in small_disk.iterdir()] == ["filler"]  # no scratch folder left

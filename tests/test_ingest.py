@@ -81,8 +81,21 @@ def test_round_trip_partitions_hold_exactly_the_rows(tmp_path, synthetic_raw, mo
     settings = load_settings({"data": {"partitions": partitions, "incomplete_splits": "warn"}})
     make_splits(settings, labels_csv, None, tmp_path / "splits.csv")
     out = tmp_path / "events"
-    args = ["ingest", "--events", str(events_csv), "--labels", str(labels_csv), "--splits",
-            str(tmp_path / "splits.csv"), "--out", str(out), "--settings", json.dumps(settings), "--threads", "2"]
+    args = [
+        "ingest",
+        "--events",
+        str(events_csv),
+        "--labels",
+        str(labels_csv),
+        "--splits",
+        str(tmp_path / "splits.csv"),
+        "--out",
+        str(out),
+        "--settings",
+        json.dumps(settings),
+        "--threads",
+        "2",
+    ]
     assert cli(args) == 0
     qc = json.loads((out / "qc.json").read_text())
     got = read_events(out)
@@ -115,26 +128,26 @@ def test_round_trip_partitions_hold_exactly_the_rows(tmp_path, synthetic_raw, mo
 
 def test_messy_input_every_row_counted(tmp_path):
     events = HEADER + (
-        "1,0,HR,80\n"          # 1 kept
-        "1,0,HR,80\n"          # 2 duplicate_row
-        "1,0,SBP,120\n"        # 3 conflicting: merged into mean 125
-        "1,0,SBP,130\n"        # 4 conflicting_duplicate_merged
-        "1,0,SBP,130\n"        # 5 duplicate_row
-        "1.0,60,HR,abc\n"      # 6 value_not_numeric
-        "1,60,HR,NaN\n"        # 7 value_not_finite
-        "1,60,HR,inf\n"        # 8 value_not_finite
-        "1,60,HR,\n"           # 9 value_missing
-        "1,x,HR,80\n"          # 10 time_not_numeric
-        "1,,HR,80\n"           # 11 time_missing
-        "1,nan,HR,80\n"        # 12 time_not_finite
-        "1,-5,HR,80\n"         # 13 negative_time
-        ",60,HR,80\n"          # 14 patient_id_missing
-        "1,60, ,80\n"          # 15 variable_missing
-        "9,60,HR,80\n"         # 16 patient_without_label
-        "9,70,HR,80\n"         # 17 patient_without_label
-        "P-17,30,HR,70\n"      # 18 kept
+        "1,0,HR,80\n"  # 1 kept
+        "1,0,HR,80\n"  # 2 duplicate_row
+        "1,0,SBP,120\n"  # 3 conflicting: merged into mean 125
+        "1,0,SBP,130\n"  # 4 conflicting_duplicate_merged
+        "1,0,SBP,130\n"  # 5 duplicate_row
+        "1.0,60,HR,abc\n"  # 6 value_not_numeric
+        "1,60,HR,NaN\n"  # 7 value_not_finite
+        "1,60,HR,inf\n"  # 8 value_not_finite
+        "1,60,HR,\n"  # 9 value_missing
+        "1,x,HR,80\n"  # 10 time_not_numeric
+        "1,,HR,80\n"  # 11 time_missing
+        "1,nan,HR,80\n"  # 12 time_not_finite
+        "1,-5,HR,80\n"  # 13 negative_time
+        ",60,HR,80\n"  # 14 patient_id_missing
+        "1,60, ,80\n"  # 15 variable_missing
+        "9,60,HR,80\n"  # 16 patient_without_label
+        "9,70,HR,80\n"  # 17 patient_without_label
+        "P-17,30,HR,70\n"  # 18 kept
         " P-17 ,30,Temp,37.5\n"  # 19 kept (id stripped)
-        "4,10,HR,abc\n"        # 20 value_not_numeric: patient 4 has no valid event
+        "4,10,HR,abc\n"  # 20 value_not_numeric: patient 4 has no valid event
     )
     labels = "patient_id,in_hospital_mortality\n1,1\n1.0,1\nP-17,0\n3,0\n4,1\n"
     qc, got, patients = run(tmp_path, events, labels, data={"max_invalid_fraction": 1.0})
@@ -142,9 +155,17 @@ def test_messy_input_every_row_counted(tmp_path):
     assert qc["rows_in"] == 20 and qc["rows_kept"] == 4
     dropped = {k: v for k, v in qc["rows_dropped"].items() if v}
     assert dropped == {
-        "duplicate_row": 2, "conflicting_duplicate_merged": 1, "value_not_numeric": 2,
-        "value_not_finite": 2, "value_missing": 1, "time_not_numeric": 1, "time_missing": 1,
-        "time_not_finite": 1, "negative_time": 1, "patient_id_missing": 1, "variable_missing": 1,
+        "duplicate_row": 2,
+        "conflicting_duplicate_merged": 1,
+        "value_not_numeric": 2,
+        "value_not_finite": 2,
+        "value_missing": 1,
+        "time_not_numeric": 1,
+        "time_missing": 1,
+        "time_not_finite": 1,
+        "negative_time": 1,
+        "patient_id_missing": 1,
+        "variable_missing": 1,
         "patient_without_label": 2,
     }
     assert qc["patients_in"] == 5 and qc["patients_kept"] == 2
@@ -153,8 +174,12 @@ def test_messy_input_every_row_counted(tmp_path):
     assert qc["labels_dropped"] == {"duplicate_label_row": 1, "label_without_events": 1, "no_valid_events": 1}
     assert qc["dropped_row_examples"]["value_not_numeric"] == [f"{tmp_path / 'events0.csv'}:{r}" for r in (6, 20)]
     rows = got.drop(columns=["part", "split"]).values.tolist()
-    assert rows == [["1", 0.0, "HR", 80.0], ["1", 0.0, "SBP", 125.0], ["P-17", 30.0, "HR", 70.0],
-                    ["P-17", 30.0, "Temp", 37.5]]
+    assert rows == [
+        ["1", 0.0, "HR", 80.0],
+        ["1", 0.0, "SBP", 125.0],
+        ["P-17", 30.0, "HR", 70.0],
+        ["P-17", 30.0, "Temp", 37.5],
+    ]
     assert patients["patient_id"].tolist() == ["1", "P-17"]
     assert patients["n_events"].tolist() == [2, 2] and patients["n_sets"].tolist() == [1, 1]
 
@@ -163,8 +188,13 @@ def test_invalid_share_over_limit_names_rows_and_column(tmp_path):
     good = [f"1,{t},HR,80\n" for t in range(40)]
     bad = ["1,5,HR,abc\n", "1,6,HR,n/a\n"]
     events = [HEADER + "".join(good[:20] + bad + good[20:]), HEADER + "1,1,SBP,1\n1,x,SBP,2\n"]
-    message = run(tmp_path, events, "patient_id,in_hospital_mortality\n1,0\n",
-                  data={"max_invalid_fraction": 0.05}, expect_error="more than data.max_invalid_fraction")
+    message = run(
+        tmp_path,
+        events,
+        "patient_id,in_hospital_mortality\n1,0\n",
+        data={"max_invalid_fraction": 0.05},
+        expect_error="more than data.max_invalid_fraction",
+    )
     assert "3 of 44 rows" in message
     assert f"value_not_numeric: 2 rows, column 'value' (e.g. file {tmp_path / 'events0.csv'} rows 21, 22)" in message
     assert f"time_not_numeric: 1 rows, column 'minute' (e.g. file {tmp_path / 'events1.csv'} rows 2)" in message
@@ -180,8 +210,9 @@ def test_hours_and_custom_column_names(tmp_path):
     events = "stay,charttime_h,item,val,extra\nA,0.5,HR,80,x\nA,1.25,HR,81,y\nA,0.18333333333333332,HR,82,z\n"
     labels = "stay,died\nA,1\n"
     columns = {"patient_id": "stay", "time": "charttime_h", "variable": "item", "value": "val", "label": "died"}
-    qc, got, patients = run(tmp_path, events, labels, data={"time_unit": "hours", "columns": columns},
-                            splits="patient_id,split\nA,test\n")
+    qc, got, patients = run(
+        tmp_path, events, labels, data={"time_unit": "hours", "columns": columns}, splits="patient_id,split\nA,test\n"
+    )
     assert got["time"].tolist() == [11.0, 30.0, 75.0]  # 11/60 h written as a float is 11 minutes
     assert got["split"].tolist() == ["test"] * 3 and qc["by_split"]["test"]["events"] == 3
     assert patients["label"].tolist() == [1]
@@ -194,21 +225,33 @@ def test_ids_numeric_looking_or_not_match_across_files(tmp_path):
     qc, got, patients = run(tmp_path, events, labels, splits=splits)
     assert qc["rows_kept"] == 4 and qc["patients_kept"] == 4
     assert dict(zip(got["patient_id"], got["split"])) == {
-        "200001": "train", "200002": "valid", "P-17": "test", "007": "train"}
+        "200001": "train",
+        "200002": "valid",
+        "P-17": "test",
+        "007": "train",
+    }
     assert dict(zip(patients["patient_id"], patients["label"])) == {"200001": 1, "200002": 0, "P-17": 1, "007": 0}
 
 
 def test_unlabeled_events_error_policy_lists_patients(tmp_path):
     events = HEADER + "1,0,HR,80\n9,0,HR,80\nX-2,0,HR,80\n"
-    message = run(tmp_path, events, "patient_id,in_hospital_mortality\n1,0\n",
-                  data={"unlabeled_events": "error"}, expect_error="events of patients without a label")
+    message = run(
+        tmp_path,
+        events,
+        "patient_id,in_hospital_mortality\n1,0\n",
+        data={"unlabeled_events": "error"},
+        expect_error="events of patients without a label",
+    )
     assert "rows 2, 3" in message and "'9', 'X-2'" in message and "column 'patient_id'" in message
 
 
 @pytest.mark.parametrize(
     "labels, message",
     [
-        ("patient_id,in_hospital_mortality\n1,0\n2,2\n", r"rows 2, column 'in_hospital_mortality': label must be 0 or 1, found '2'"),
+        (
+            "patient_id,in_hospital_mortality\n1,0\n2,2\n",
+            r"rows 2, column 'in_hospital_mortality': label must be 0 or 1, found '2'",
+        ),
         ("patient_id,in_hospital_mortality\n1,yes\n2,0\n", r"rows 1, column 'in_hospital_mortality'.*'yes'"),
         ("patient_id,in_hospital_mortality\n1,0\n2,\n", r"rows 2, column 'in_hospital_mortality'.*found ''"),
         ("patient_id,in_hospital_mortality\n1,0\n2,1\n1.0,1\n", r"conflicting labels for patient '1' \(rows 1 and 3\)"),
@@ -216,28 +259,56 @@ def test_unlabeled_events_error_policy_lists_patients(tmp_path):
     ],
 )
 def test_bad_labels(tmp_path, labels, message):
-    text = run(tmp_path, HEADER + "1,0,HR,80\n", labels, splits="patient_id,split\n1,train\n2,test\n",
-               expect_error=message)
+    text = run(
+        tmp_path, HEADER + "1,0,HR,80\n", labels, splits="patient_id,split\n1,train\n2,test\n", expect_error=message
+    )
     assert str(tmp_path / "labels.csv") in text
 
 
 def test_splits_must_cover_labelled_patients_once(tmp_path):
     labels = "patient_id,in_hospital_mortality\n1,0\n2,1\n"
-    run(tmp_path / "a", HEADER + "1,0,HR,80\n", labels, splits="patient_id,split\n1,train\n",
-        expect_error=r"splits.csv, column 'patient_id': 1 labelled patient\(s\) have no split, e.g. '2'")
-    run(tmp_path / "b", HEADER + "1,0,HR,80\n", labels, splits="patient_id,split\n1,train\n2,test\n1.0,valid\n",
-        expect_error=r"splits.csv: rows 1, 3, column 'split': a patient listed twice with different splits, e.g. '1'")
-    run(tmp_path / "c", HEADER + "1,0,HR,80\n", labels, splits="patient_id,split\n1,train\n2,holdout\n",
-        expect_error=r"splits.csv: rows 2, column 'split': expected train, valid or test")
+    run(
+        tmp_path / "a",
+        HEADER + "1,0,HR,80\n",
+        labels,
+        splits="patient_id,split\n1,train\n",
+        expect_error=r"splits.csv, column 'patient_id': 1 labelled patient\(s\) have no split, e.g. '2'",
+    )
+    run(
+        tmp_path / "b",
+        HEADER + "1,0,HR,80\n",
+        labels,
+        splits="patient_id,split\n1,train\n2,test\n1.0,valid\n",
+        expect_error=r"splits.csv: rows 1, 3, column 'split': a patient listed twice with different splits, e.g. '1'",
+    )
+    run(
+        tmp_path / "c",
+        HEADER + "1,0,HR,80\n",
+        labels,
+        splits="patient_id,split\n1,train\n2,holdout\n",
+        expect_error=r"splits.csv: rows 2, column 'split': expected train, valid or test",
+    )
 
 
 BAD_FILES = {
-    "events missing column": ("events", "patient_id,minute,variable\n1,0,HR\n", r"missing column 'value' \(data.columns.value\)"),
-    "events misnamed column": ("events", "patient_id,time,variable,value\n1,0,HR,1\n", r"missing column 'minute' \(data.columns.time\)"),
+    "events missing column": (
+        "events",
+        "patient_id,minute,variable\n1,0,HR\n",
+        r"missing column 'value' \(data.columns.value\)",
+    ),
+    "events misnamed column": (
+        "events",
+        "patient_id,time,variable,value\n1,0,HR,1\n",
+        r"missing column 'minute' \(data.columns.time\)",
+    ),
     "events empty": ("events", "", r"is empty"),
     "events binary": ("events", bytes(range(256)) * 20, r"events file .*(cannot be parsed as CSV|missing column)"),
     "events directory": ("events", None, r"is a directory"),
-    "labels missing column": ("labels", "patient_id,mortality\n1,0\n", r"missing column 'in_hospital_mortality' \(data.columns.label\)"),
+    "labels missing column": (
+        "labels",
+        "patient_id,mortality\n1,0\n",
+        r"missing column 'in_hospital_mortality' \(data.columns.label\)",
+    ),
     "labels empty": ("labels", "", r"labels file .* is empty"),
     "splits missing column": ("splits", "patient_id,fold\n1,train\n", r"splits file .* missing column 'split'"),
     "splits missing": ("splits", "missing", r"splits file .*: not found"),
@@ -260,8 +331,19 @@ def test_bad_files_fail_through_cli_without_output(tmp_path, write_text, capsys,
     else:
         files[which] = write_text(f"bad_{which}.csv", content)
     out = tmp_path / "results" / "events"
-    code = cli(["ingest", "--events", str(files["events"]), "--labels", str(files["labels"]),
-                "--splits", str(files["splits"]), "--out", str(out)])
+    code = cli(
+        [
+            "ingest",
+            "--events",
+            str(files["events"]),
+            "--labels",
+            str(files["labels"]),
+            "--splits",
+            str(files["splits"]),
+            "--out",
+            str(out),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert err.startswith("error: ") and "Traceback" not in err
@@ -272,18 +354,25 @@ def test_bad_files_fail_through_cli_without_output(tmp_path, write_text, capsys,
 
 def test_missing_events_path_and_no_valid_events(tmp_path):
     labels = "patient_id,in_hospital_mortality\n1,0\n"
-    run(tmp_path, HEADER + "2,0,HR,80\n", labels, expect_error=r"no valid event of a labelled patient.*patient_without_label 1")
+    run(
+        tmp_path,
+        HEADER + "2,0,HR,80\n",
+        labels,
+        expect_error=r"no valid event of a labelled patient.*patient_without_label 1",
+    )
     settings = load_settings()
     (tmp_path / "labels.csv").write_text(labels)
     with pytest.raises(InputError, match="events file .*nowhere.csv: not found"):
-        ingest_module.ingest(settings, [tmp_path / "nowhere.csv"], tmp_path / "labels.csv",
-                             tmp_path / "splits.csv", tmp_path / "out", 1)
+        ingest_module.ingest(
+            settings, [tmp_path / "nowhere.csv"], tmp_path / "labels.csv", tmp_path / "splits.csv", tmp_path / "out", 1
+        )
 
 
 def test_stable_partition_is_a_fixed_hash():
     ids = pa.array(["200001", "P-17", "", "ü"])
     assert ingest_module.stable_partition(ids, 1 << 30).tolist() == [
-        int.from_bytes(_fnv1a(s.encode()), "big") % (1 << 30) for s in ids.to_pylist()]
+        int.from_bytes(_fnv1a(s.encode()), "big") % (1 << 30) for s in ids.to_pylist()
+    ]
 
 
 def _fnv1a(data: bytes) -> bytes:
@@ -304,17 +393,35 @@ def test_documented_worked_example(tmp_path):
     readme_data = {"columns": columns, "max_invalid_fraction": 0.2, "max_dropped_fraction": 0.5}
     qc, got, patients = run(tmp_path, events, labels, data=readme_data)
     assert got.drop(columns=["part", "split"]).values.tolist() == [
-        ["200001", 0.0, "HR", 88.0], ["200001", 0.0, "MAP", 71.0], ["200001", 60.0, "Lactate", pytest.approx(2.6)],
-        ["P-17", 30.0, "HR", 115.0], ["P-17", 30.0, "Temp", 38.2]]
+        ["200001", 0.0, "HR", 88.0],
+        ["200001", 0.0, "MAP", 71.0],
+        ["200001", 60.0, "Lactate", pytest.approx(2.6)],
+        ["P-17", 30.0, "HR", 115.0],
+        ["P-17", 30.0, "Temp", 38.2],
+    ]
     assert {k: v for k, v in qc["rows_dropped"].items() if v} == {
-        "value_not_numeric": 1, "negative_time": 1, "patient_without_label": 1, "duplicate_row": 1,
-        "conflicting_duplicate_merged": 1}
+        "value_not_numeric": 1,
+        "negative_time": 1,
+        "patient_without_label": 1,
+        "duplicate_row": 1,
+        "conflicting_duplicate_merged": 1,
+    }
     assert qc["patients_dropped"]["label_without_events"] == 1 and qc["labels_dropped"]["duplicate_label_row"] == 1
-    run(tmp_path / "strict", events, labels, data={"columns": columns, "max_dropped_fraction": 0.5},
-        expect_error=r"value_not_numeric: 1 rows, column 'value' \(e.g. file .*events0.csv rows 4\)")
+    run(
+        tmp_path / "strict",
+        events,
+        labels,
+        data={"columns": columns, "max_dropped_fraction": 0.5},
+        expect_error=r"value_not_numeric: 1 rows, column 'value' \(e.g. file .*events0.csv rows 4\)",
+    )
     schema_limit = {"columns": columns, "max_invalid_fraction": 0.2, "max_dropped_fraction": 0.2}
-    run(tmp_path / "default", events, labels, data=schema_limit,
-        expect_error=r"3 of 10 rows \(30.0%\) would be dropped, more than data.max_dropped_fraction = 0.2")
+    run(
+        tmp_path / "default",
+        events,
+        labels,
+        data=schema_limit,
+        expect_error=r"3 of 10 rows \(30.0%\) would be dropped, more than data.max_dropped_fraction = 0.2",
+    )
 
 
 @pytest.mark.parametrize("key_limit", [2**62, 0])  # 0: the general lexsort path
@@ -322,12 +429,14 @@ def test_deduplicate_matches_pandas(monkeypatch, key_limit):
     monkeypatch.setattr(ingest_module, "KEY_LIMIT", key_limit)
     rng = np.random.default_rng(0)
     n = 5000
-    frame = pd.DataFrame({
-        "patient": rng.integers(0, 30, n).astype(np.int32),
-        "time": rng.integers(0, 20, n) * rng.choice([1.0, 0.5], n),  # non-integral times too
-        "variable": rng.integers(0, 5, n).astype(np.int32),
-        "value": rng.integers(0, 4, n).astype(np.float64),  # many exact duplicates
-    })
+    frame = pd.DataFrame(
+        {
+            "patient": rng.integers(0, 30, n).astype(np.int32),
+            "time": rng.integers(0, 20, n) * rng.choice([1.0, 0.5], n),  # non-integral times too
+            "variable": rng.integers(0, 5, n).astype(np.int32),
+            "value": rng.integers(0, 4, n).astype(np.float64),  # many exact duplicates
+        }
+    )
     order, values, n_exact, n_merged = ingest_module.deduplicate(*(frame[c].to_numpy() for c in frame.columns))
     distinct = frame.drop_duplicates()
     expected = distinct.groupby(["patient", "time", "variable"], sort=True)["value"].mean().reset_index()
@@ -341,21 +450,33 @@ def test_overflowing_values_and_times_are_counted_drops(tmp_path):
     """No non-finite number gets through: a value beyond 1e30 (whose square or merged
     mean would overflow) is `value_out_of_range`; a time in hours that is infinite in
     minutes is `time_not_finite`, checked after the conversion."""
-    events = HEADER.replace("minute", "hour") + "".join([
-        "1,0,HR,80\n", "1,1,HR,1e300\n",         # one huge value
-        "1,2,HR,1.7e308\n", "1,2,HR,1.6e308\n",  # conflicting duplicates whose mean would be inf
-        "2,1e307,HR,80\n",                       # finite hours, infinite minutes
-        "2,1,HR,-2e30\n", "2,1,MAP,1e30\n",      # the bound itself is kept
-    ])  # fmt: skip
+    events = HEADER.replace("minute", "hour") + "".join(
+        [
+            "1,0,HR,80\n",
+            "1,1,HR,1e300\n",  # one huge value
+            "1,2,HR,1.7e308\n",
+            "1,2,HR,1.6e308\n",  # conflicting duplicates whose mean would be inf
+            "2,1e307,HR,80\n",  # finite hours, infinite minutes
+            "2,1,HR,-2e30\n",
+            "2,1,MAP,1e30\n",  # the bound itself is kept
+        ]
+    )
     labels = "patient_id,in_hospital_mortality\n1,0\n2,1\n"
     data = {"time_unit": "hours", "columns": {"time": "hour"}, "max_invalid_fraction": 0.9}
     qc, got, _ = run(tmp_path, events, labels, data=data)
     assert {k: v for k, v in qc["rows_dropped"].items() if v} == {"value_out_of_range": 4, "time_not_finite": 1}
     assert got[["patient_id", "time", "variable", "value"]].values.tolist() == [
-        ["1", 0.0, "HR", 80.0], ["2", 60.0, "MAP", 1e30]]
+        ["1", 0.0, "HR", 80.0],
+        ["2", 60.0, "MAP", 1e30],
+    ]
     assert qc["rows_in"] == qc["rows_kept"] + sum(qc["rows_dropped"].values())
-    message = run(tmp_path / "strict", events, labels, data={**data, "max_invalid_fraction": 0.05},
-                  expect_error=r"value_out_of_range: 4 rows, column 'value'")  # fmt: skip
+    message = run(
+        tmp_path / "strict",
+        events,
+        labels,
+        data={**data, "max_invalid_fraction": 0.05},
+        expect_error=r"value_out_of_range: 4 rows, column 'value'",
+    )
     assert "time_not_finite: 1 rows, column 'hour'" in message
 
 

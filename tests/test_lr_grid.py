@@ -18,17 +18,31 @@ from seqsetvae.errors import InputError
 from seqsetvae.training.lr_grid import choose, multiplier_tag
 
 
-def summary(multiplier: float, seed: int, auroc: float | None, loss: float = 0.5, batch_size: int = 4) -> tuple[Path, dict]:
+def summary(
+    multiplier: float, seed: int, auroc: float | None, loss: float = 0.5, batch_size: int = 4
+) -> tuple[Path, dict]:
     path = Path(f"grid_runs/bs{batch_size}/lr{multiplier:g}/seed{seed}/metrics.json")
     best = {"val_auroc": auroc, "val_loss": loss}
-    return path, {"batch_size": batch_size, "seed": seed, "lr_multiplier": multiplier, "lr": 1e-3 * multiplier, "epochs": 1,
-                  "best": best}  # fmt: skip
+    return path, {
+        "batch_size": batch_size,
+        "seed": seed,
+        "lr_multiplier": multiplier,
+        "lr": 1e-3 * multiplier,
+        "epochs": 1,
+        "best": best,
+    }
 
 
 def test_the_best_seed_mean_validation_auroc_is_chosen():
     # seed 0 alone would choose x2; the mean over both seeds chooses x1
-    runs = [summary(0.5, 0, 0.70), summary(0.5, 1, 0.70), summary(1.0, 0, 0.74), summary(1.0, 1, 0.78),
-            summary(2.0, 0, 0.80), summary(2.0, 1, 0.60)]  # fmt: skip
+    runs = [
+        summary(0.5, 0, 0.70),
+        summary(0.5, 1, 0.70),
+        summary(1.0, 0, 0.74),
+        summary(1.0, 1, 0.78),
+        summary(2.0, 0, 0.80),
+        summary(2.0, 1, 0.60),
+    ]
     choice = choose(4, [0.5, 1.0, 2.0], runs)
     assert choice["chosen"] == {"multiplier": 1.0, "tag": "1", "peak_lr": 1e-3, "val_auroc_mean": pytest.approx(0.76)}
     assert [c["val_auroc_mean"] for c in choice["candidates"]] == pytest.approx([0.70, 0.76, 0.70])
@@ -94,17 +108,63 @@ def test_a_test_split_that_would_change_the_choice_does_not(tmp_path):
         summaries, test_auroc = [], {}
         for m in grid:
             run = root / "grid_runs" / "bs4" / f"lr{m:g}" / "seed3"
-            assert cli.main(["train", "--settings", settings, "--shards", str(shards), "--embedding", str(embedding),
-                             "--batch-size", "4", "--seed", "3", "--lr-multiplier", str(m), "--out", str(run),
-                             "--threads", "1"]) == 0  # fmt: skip
-            assert cli.main(["evaluate", "--settings", json.dumps({"evaluate": {"bootstrap_resamples": 20}}),
-                             "--shards", str(shards), "--embedding", str(embedding), "--weights", str(run / "best.safetensors"),
-                             "--run-config", str(run / "run_config.json"), "--batch-size", "4", "--out", str(run / "test.json"),
-                             "--predictions", str(run / "test.parquet")]) == 0  # fmt: skip
+            assert (
+                cli.main(
+                    [
+                        "train",
+                        "--settings",
+                        settings,
+                        "--shards",
+                        str(shards),
+                        "--embedding",
+                        str(embedding),
+                        "--batch-size",
+                        "4",
+                        "--seed",
+                        "3",
+                        "--lr-multiplier",
+                        str(m),
+                        "--out",
+                        str(run),
+                        "--threads",
+                        "1",
+                    ]
+                )
+                == 0
+            )
+            assert (
+                cli.main(
+                    [
+                        "evaluate",
+                        "--settings",
+                        json.dumps({"evaluate": {"bootstrap_resamples": 20}}),
+                        "--shards",
+                        str(shards),
+                        "--embedding",
+                        str(embedding),
+                        "--weights",
+                        str(run / "best.safetensors"),
+                        "--run-config",
+                        str(run / "run_config.json"),
+                        "--batch-size",
+                        "4",
+                        "--out",
+                        str(run / "test.json"),
+                        "--predictions",
+                        str(run / "test.parquet"),
+                    ]
+                )
+                == 0
+            )
             test_auroc[m] = json.loads((run / "test.json").read_text())["auroc"]
             summaries.append(str(run / "metrics.json"))
         out = root / "lr_grid" / "bs4.json"
-        assert cli.main(["choose-lr", "--batch-size", "4", "--grid", *map(str, grid), "--runs", *summaries, "--out", str(out)]) == 0
+        assert (
+            cli.main(
+                ["choose-lr", "--batch-size", "4", "--grid", *map(str, grid), "--runs", *summaries, "--out", str(out)]
+            )
+            == 0
+        )
         choices.append(json.loads(out.read_text()))
         test_best.append(max(grid, key=test_auroc.get))
         assert test_auroc[0.5] != pytest.approx(test_auroc[2.0])

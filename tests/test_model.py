@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from seqsetvae.batching import collate, random_patients
 from seqsetvae.data.ragged import RaggedPatients
 from seqsetvae.errors import InputError
-from seqsetvae.model import ModelConfig, SeqSetVAE, chamfer_per_set, kl_per_set
-from seqsetvae.model import LossWeights
+from seqsetvae.losses import chamfer_per_set, kl_per_set
+from seqsetvae.model import LossWeights, ModelConfig, SeqSetVAE
 
 SMALL = ModelConfig(
     reduced_dim=16,
@@ -61,8 +61,15 @@ def concat(*groups: RaggedPatients) -> RaggedPatients:
 
 def mixed_patients() -> RaggedPatients:
     """Patients of very different lengths and set sizes, one of a single 1-event set."""
-    one = RaggedPatients(["single"], np.array([1]), np.array([3], np.int32), np.array([0.7], np.float32),
-                         np.array([5.0], np.float32), np.array([0, 1]), np.array([0, 1]))
+    one = RaggedPatients(
+        ["single"],
+        np.array([1]),
+        np.array([3], np.int32),
+        np.array([0.7], np.float32),
+        np.array([5.0], np.float32),
+        np.array([0, 1]),
+        np.array([0, 1]),
+    )
     return concat(
         random_patients(2, mean_sets=40, mean_events=150, vocab_size=VOCAB, seed=1),
         one,
@@ -158,7 +165,9 @@ def test_bucket_padding_changes_no_output_loss_or_gradient():
     for name in ("logits", "mu", "h", "recon_per_set", "kl_per_set", "ce_per_patient", "loss", "recon", "kl", "ce"):
         torch.testing.assert_close(getattr(b, name), getattr(a, name), rtol=1e-12, atol=1e-12, msg=name)
     model.train()  # the reparameterised sample too, with the same draws
-    noise = torch.randn(plain.n_sets, config.latent_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(
+        plain.n_sets, config.latent_dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
     grads = []
     for batch in (plain, padded):
         model.zero_grad()
@@ -190,9 +199,15 @@ def test_event_order_inside_a_set_does_not_change_its_encoding():
     slot = np.arange(patients.n_events) - starts
     mirrored = starts + np.repeat(sizes, sizes) - 1 - slot
     assert not np.array_equal(mirrored, np.arange(patients.n_events))
-    shuffled = RaggedPatients(patients.patient_ids, patients.labels, patients.variable_ids[mirrored],
-                              patients.values[mirrored], patients.set_times, patients.set_offsets,
-                              patients.patient_offsets)
+    shuffled = RaggedPatients(
+        patients.patient_ids,
+        patients.labels,
+        patients.variable_ids[mirrored],
+        patients.values[mirrored],
+        patients.set_times,
+        patients.set_offsets,
+        patients.patient_offsets,
+    )
     with torch.no_grad():
         a, b = model(collate(patients), W), model(collate(shuffled), W)
     for key in ("mu", "h", "logits", "recon_per_set", "kl_per_set"):
@@ -203,16 +218,22 @@ def test_changing_a_later_set_leaves_earlier_states_unchanged():
     patients = random_patients(2, mean_sets=12, mean_events=40, vocab_size=VOCAB, seed=6)
     model = small_model()
     t = 5  # patient 0's set 5: new values and a new time
-    changed = RaggedPatients(patients.patient_ids, patients.labels, patients.variable_ids,
-                             patients.values.copy(), patients.set_times.copy(), patients.set_offsets,
-                             patients.patient_offsets)
+    changed = RaggedPatients(
+        patients.patient_ids,
+        patients.labels,
+        patients.variable_ids,
+        patients.values.copy(),
+        patients.set_times.copy(),
+        patients.set_offsets,
+        patients.patient_offsets,
+    )
     changed.values[patients.set_offsets[t] : patients.set_offsets[t + 1]] += 3.0
     changed.set_times[t] += 1.0
     with torch.no_grad():
         a, b = model(collate(patients), W), model(collate(changed), W)
     torch.testing.assert_close(a.h[:t], b.h[:t], rtol=0, atol=0)
-    assert (a.h[t:patients.patient_offsets[1]] - b.h[t:patients.patient_offsets[1]]).abs().amax(-1).min() > 1e-6
-    torch.testing.assert_close(a.h[patients.patient_offsets[1]:], b.h[patients.patient_offsets[1]:], rtol=0, atol=0)
+    assert (a.h[t : patients.patient_offsets[1]] - b.h[t : patients.patient_offsets[1]]).abs().amax(-1).min() > 1e-6
+    torch.testing.assert_close(a.h[patients.patient_offsets[1] :], b.h[patients.patient_offsets[1] :], rtol=0, atol=0)
 
 
 def test_decoder_is_deterministic_in_eval():
@@ -283,8 +304,12 @@ def test_chamfer_and_kl_match_loop_references():
     target = torch.randn(batch.n_events, 6, generator=gen, dtype=torch.float64)
     got = chamfer_per_set(recon, target, batch)
     offsets = patients.set_offsets
-    expected = torch.stack([chamfer_reference(recon[offsets[s] : offsets[s + 1]], target[offsets[s] : offsets[s + 1]])
-                            for s in range(batch.n_sets)])
+    expected = torch.stack(
+        [
+            chamfer_reference(recon[offsets[s] : offsets[s + 1]], target[offsets[s] : offsets[s + 1]])
+            for s in range(batch.n_sets)
+        ]
+    )
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
     assert batch.set_sizes.max() > 2
 
@@ -325,7 +350,7 @@ def test_value_and_variable_token_names_the_variable_of_a_value_at_the_mean():
     variables = batch.batch_variables[batch.event_variable]
     first = {int(v): tokens[i] for i, v in reversed(list(enumerate(variables)))}
     assert len(first) > 3 and all(torch.equal(tokens[i], first[int(v)]) for i, v in enumerate(variables))
-    assert min(torch.dist(a, b) for i, a in enumerate(first.values()) for b in list(first.values())[i + 1:]) > 1e-3
+    assert min(torch.dist(a, b) for i, a in enumerate(first.values()) for b in list(first.values())[i + 1 :]) > 1e-3
     groups = {g["name"]: {id(p) for p in g["params"]} for g in model.parameter_groups(1e-3)}
     assert id(model.presence.weight) in groups["setvae_encoder"]
 
@@ -349,7 +374,12 @@ def test_embedding_is_a_frozen_buffer_and_groups_split_the_set_encoder():
 
 def test_config_from_settings_fills_defaults_and_checks_heads():
     config = ModelConfig.from_settings({"latent_dim": 64})
-    assert (config.latent_dim, config.reduced_dim, config.inducing_points, config.time_encoding) == (64, 256, 16, "log1p_minutes")
+    assert (config.latent_dim, config.reduced_dim, config.inducing_points, config.time_encoding) == (
+        64,
+        256,
+        16,
+        "log1p_minutes",
+    )
     with pytest.raises(InputError, match="model.heads"):
         ModelConfig.from_settings({"latent_dim": 30, "heads": 4})
     with pytest.raises(InputError, match="model.time_encoding"):
@@ -386,7 +416,8 @@ def test_overfits_a_tiny_separable_dataset():
     patients = random_patients(8, mean_sets=4, mean_events=10, vocab_size=VOCAB, seed=12)
     patients.labels = np.array([0, 1] * 4)
     patients.values = patients.values + np.where(patients.labels == 1, 1.5, -1.5)[
-        np.repeat(np.arange(8), patients.events_per_patient())].astype(np.float32)
+        np.repeat(np.arange(8), patients.events_per_patient())
+    ].astype(np.float32)
     batch = collate(patients)
     torch.manual_seed(0)
     model = SeqSetVAE(SMALL, torch.randn(VOCAB, EMB_DIM)).train()
@@ -424,7 +455,10 @@ def mlp_inputs(model, batch):
 def test_centered_readout_keeps_a_running_mean_of_training_patients_only():
     model = small_model(config=CENTERED).train()
     readout = model.classifier
-    first, second = collate(mixed_patients()), collate(random_patients(3, mean_sets=5, mean_events=20, vocab_size=VOCAB, seed=7))
+    first, second = (
+        collate(mixed_patients()),
+        collate(random_patients(3, mean_sets=5, mean_events=20, vocab_size=VOCAB, seed=7)),
+    )
     centred = mlp_inputs(model, first)  # the first batch is centred by its own mean
     torch.testing.assert_close(centred.mean(0), torch.zeros_like(centred[0]), atol=1e-12, rtol=0)
     m1 = readout.feature_mean.clone()
@@ -444,7 +478,9 @@ def test_centered_readout_keeps_a_running_mean_of_training_patients_only():
     padded_model, plain_model = small_model(config=CENTERED).train(), small_model(config=CENTERED).train()
     padded_model(collate(mixed_patients(), pad=True), W)
     plain_model(collate(mixed_patients()), W)
-    torch.testing.assert_close(padded_model.classifier.feature_mean, plain_model.classifier.feature_mean, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        padded_model.classifier.feature_mean, plain_model.classifier.feature_mean, rtol=1e-12, atol=1e-12
+    )
     assert padded_model.classifier.patients_seen.item() == first.n_patients
 
 

@@ -28,8 +28,20 @@ CONFIG = {
 
 
 def snakemake(tmp: Path, config: str, *args: str) -> str:
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp),
-               "--configfile", str(tmp / config), "--cores", "2", *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp),
+        "--configfile",
+        str(tmp / config),
+        "--cores",
+        "2",
+        *args,
+    ]
     result = subprocess.run(command, cwd=tmp, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -53,9 +65,15 @@ def test_shards_target_caching_and_targeted_rerun(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(CONFIG))
     first = snakemake(tmp_path, "config.yaml", "shards")
     assert planned_jobs(first) == {
-        "synthetic_data": 1, "splits": 1, "ingest": 1, "stats": 1, "embedding": 1, "make_shards": 1, "qc": 1,
+        "synthetic_data": 1,
+        "splits": 1,
+        "ingest": 1,
+        "stats": 1,
+        "embedding": 1,
+        "make_shards": 1,
+        "qc": 1,
         "shards": 1,
-    }  # fmt: skip
+    }
     qc = json.loads((tmp_path / "results/qc.json").read_text())
     assert qc["rows_in"] == qc["rows_kept"] + sum(qc["rows_dropped"].values())
     assert qc["rows_dropped"]["truncated_sequence"] > 0
@@ -67,9 +85,7 @@ def test_shards_target_caching_and_targeted_rerun(tmp_path):
 
     changed = {**CONFIG, "shards": {**CONFIG["shards"], "max_sequence_length": 25}}
     (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
-    assert planned_jobs(snakemake(tmp_path, "changed.yaml", "-n", "shards")) == {
-        "make_shards": 1, "qc": 1, "shards": 1
-    }  # fmt: skip
+    assert planned_jobs(snakemake(tmp_path, "changed.yaml", "-n", "shards")) == {"make_shards": 1, "qc": 1, "shards": 1}
     snakemake(tmp_path, "changed.yaml", "shards")
     assert json.loads((tmp_path / "results/qc.json").read_text())["rows_kept"] < qc["rows_kept"]
     assert ShardReader(tmp_path / "results/shards", "train").n_events.max() <= 25
@@ -87,15 +103,32 @@ def test_bench_data_runs_and_reports_rates(tmp_path, capsys):
     assert "(a) ingest-to-shards, in-process" in out and "events/s" in out
     result = json.loads(out.strip().splitlines()[-1])[0]
     assert result["events"] > 15000 and set(result["chain"]["seconds"]) == {
-        "splits", "ingest", "stats", "embedding", "shards", "qc"
-    }  # fmt: skip
+        "splits",
+        "ingest",
+        "stats",
+        "embedding",
+        "shards",
+        "qc",
+    }
     assert not list(tmp_path.iterdir())  # scratch removed
 
 
 def run_snakemake(tmp: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
     (tmp / "config.yaml").write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp),
-               "--configfile", str(tmp / "config.yaml"), "--cores", "1", *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp),
+        "--configfile",
+        str(tmp / "config.yaml"),
+        "--cores",
+        "1",
+        *args,
+    ]
     return subprocess.run(command, cwd=tmp, capture_output=True, text=True, timeout=300)
 
 
@@ -161,8 +194,29 @@ def test_bench_train_counts_host_syncs_ops_and_data_wait(tmp_path):
 
     small = json.dumps({"model": {"reduced_dim": 16, "latent_dim": 16, "ff_dim": 32, "levels": 1}})
     out = tmp_path / "bench.json"
-    assert bench.main(["--batch-sizes", "2", "--patients", "4", "--mean-sets", "4", "--mean-events", "120",
-                       "--warmup", "1", "--threads", "1", "--settings", small, "--json", str(out)]) == 0  # fmt: skip
+    assert (
+        bench.main(
+            [
+                "--batch-sizes",
+                "2",
+                "--patients",
+                "4",
+                "--mean-sets",
+                "4",
+                "--mean-events",
+                "120",
+                "--warmup",
+                "1",
+                "--threads",
+                "1",
+                "--settings",
+                small,
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     (result,) = json.loads(out.read_text())["results"]
     assert result["host_syncs_per_step"] == 0
     assert result["ops_per_step"] > 100 and 0 <= result["data_wait_fraction"] < 1

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_pipeline_data import planned_jobs
 from conftest import TINY_PIPELINE_CONFIG
+from test_pipeline_data import planned_jobs
 from test_report import shown, table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,14 +21,33 @@ GRID = [0.5, 1.0, 2.0]
 # .test/config.yaml with two seeds, 2 epochs of three validation points and noise-scale
 # measurements, and a learning-rate grid on the first seed for 1 epoch of its own
 CONFIG = copy.deepcopy(TINY_PIPELINE_CONFIG)
-CONFIG["train"] |= {"batch_sizes": BATCH_SIZES, "seeds": SEEDS, "epochs": 2, "validations_per_epoch": 3,
-                    "noise_scale": {"per_epoch": 2, "patients": 4}, "lr_grid": GRID, "lr_grid_seeds": 1,
-                    "lr_grid_epochs": 1}  # fmt: skip
+CONFIG["train"] |= {
+    "batch_sizes": BATCH_SIZES,
+    "seeds": SEEDS,
+    "epochs": 2,
+    "validations_per_epoch": 3,
+    "noise_scale": {"per_epoch": 2, "patients": 4},
+    "lr_grid": GRID,
+    "lr_grid_seeds": 1,
+    "lr_grid_epochs": 1,
+}
 
 
 def snakemake(workdir: Path, *args: str, config: str = "config.yaml") -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-               "--configfile", str(workdir / config), "--cores", "2", *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / config),
+        "--cores",
+        "2",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
@@ -44,7 +63,10 @@ def test_pipeline_end_to_end(tmp_path):
     # the grid: every rate at seed 0 for 1 epoch; the choice from those runs' validation
     chosen, chosen_lr = {}, {}
     for b in BATCH_SIZES:
-        grid = {m: json.loads((results / "grid_runs" / f"bs{b}" / f"lr{m:g}" / "seed0" / "metrics.json").read_text()) for m in GRID}
+        grid = {
+            m: json.loads((results / "grid_runs" / f"bs{b}" / f"lr{m:g}" / "seed0" / "metrics.json").read_text())
+            for m in GRID
+        }
         assert all(g["epochs"] == 1 and g["lr_multiplier"] == m and g["validations"] == 3 for m, g in grid.items())
         assert not (results / "grid_runs" / f"bs{b}" / "lr1" / "seed1").exists()
         best = max(GRID, key=lambda m: (grid[m]["best"]["val_auroc"], -grid[m]["best"]["val_loss"], -abs(m - 1)))
@@ -81,7 +103,9 @@ def test_pipeline_end_to_end(tmp_path):
     assert [b["name"] for b in study["baselines"]] == ["logistic_regression", "gradient_boosting", "gru"]
     baseline = pd.read_parquet(results / "baselines" / "logistic_regression_predictions.parquet")
     assert sorted(baseline.patient_id) == test_ids
-    assert study["summary"] == [line[2:] for line in text.split("## Summary\n", 1)[1].split("\n## ", 1)[0].strip().splitlines()]
+    assert study["summary"] == [
+        line[2:] for line in text.split("## Summary\n", 1)[1].split("\n## ", 1)[0].strip().splitlines()
+    ]
 
     for name in ("validation_curves", "training_loss", "throughput_memory", "lr_grid"):
         assert f"](figures/{name}.png)" in text
@@ -122,25 +146,42 @@ def test_meds_dataset_through_the_pipeline_and_meds_evaluation(tmp_path):
     events, labels = pd.read_csv(tmp_path / "events.csv"), pd.read_csv(tmp_path / "labels.csv")
     admission = pd.Timestamp("2180-01-01") + pd.to_timedelta(events.patient_id.rank(method="dense"), unit="D")
     (tmp_path / "meds" / "data").mkdir(parents=True)
-    pq.write_table(pa.table({
-        "subject_id": pa.array(events.patient_id, pa.int64()),
-        "time": pa.array(admission + pd.to_timedelta(events.minute, unit="min"), pa.timestamp("us")),
-        "code": pa.array(events.variable.astype(str)),
-        "numeric_value": pa.array(events.value, pa.float32()),
-    }), tmp_path / "meds" / "data" / "0.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "subject_id": pa.array(events.patient_id, pa.int64()),
+                "time": pa.array(admission + pd.to_timedelta(events.minute, unit="min"), pa.timestamp("us")),
+                "code": pa.array(events.variable.astype(str)),
+                "numeric_value": pa.array(events.value, pa.float32()),
+            }
+        ),
+        tmp_path / "meds" / "data" / "0.parquet",
+    )
     end = events.groupby("patient_id").minute.max()
     first = admission.groupby(events.patient_id).min()
     (tmp_path / "task").mkdir()
-    pq.write_table(pa.table({
-        "subject_id": pa.array(labels.patient_id, pa.int64()),
-        "prediction_time": pa.array(first[labels.patient_id].to_numpy()
-                                    + pd.to_timedelta(end[labels.patient_id].to_numpy(), unit="min"),
-                                    pa.timestamp("us")),
-        "boolean_value": pa.array(labels.in_hospital_mortality.astype(bool)),
-    }), tmp_path / "task" / "mortality.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "subject_id": pa.array(labels.patient_id, pa.int64()),
+                "prediction_time": pa.array(
+                    first[labels.patient_id].to_numpy()
+                    + pd.to_timedelta(end[labels.patient_id].to_numpy(), unit="min"),
+                    pa.timestamp("us"),
+                ),
+                "boolean_value": pa.array(labels.in_hospital_mortality.astype(bool)),
+            }
+        ),
+        tmp_path / "task" / "mortality.parquet",
+    )
     config = {**CONFIG, "train": {**CONFIG["train"], "batch_sizes": [2], "seeds": [0], "lr_grid": [1]}}
-    config["data"] = {**CONFIG["data"], "source": "files", "format": "meds", "events": str(tmp_path / "meds"),
-                      "labels": str(tmp_path / "task")}  # fmt: skip
+    config["data"] = {
+        **CONFIG["data"],
+        "source": "files",
+        "format": "meds",
+        "events": str(tmp_path / "meds"),
+        "labels": str(tmp_path / "task"),
+    }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     run = snakemake(tmp_path, "all")
     assert run.returncode == 0, run.stderr[-5000:]
@@ -149,8 +190,13 @@ def test_meds_dataset_through_the_pipeline_and_meds_evaluation(tmp_path):
     meds_predictions = tmp_path / "results" / "eval" / "bs2" / "lr1" / "seed0_meds_predictions.parquet"
     table = pq.read_table(meds_predictions)
     ours = pd.read_parquet(tmp_path / "results" / "eval" / "bs2" / "lr1" / "seed0_predictions.parquet")
-    assert table.column_names == ["subject_id", "prediction_time", "boolean_value", "predicted_boolean_value",
-                                  "predicted_boolean_probability"]  # fmt: skip
+    assert table.column_names == [
+        "subject_id",
+        "prediction_time",
+        "boolean_value",
+        "predicted_boolean_value",
+        "predicted_boolean_probability",
+    ]
     assert sorted(table["subject_id"].to_pylist()) == sorted(int(i) for i in ours.patient_id)
     assert table["prediction_time"].type == pa.timestamp("us")
     assert isinstance(table["prediction_time"][0].as_py(), datetime.datetime)

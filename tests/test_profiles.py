@@ -19,8 +19,18 @@ REPO = Path(__file__).resolve().parents[1]
 SLURM_PROFILE = REPO / "profiles" / "slurm"
 LOCAL_PROFILE = REPO / "profiles" / "local"
 # rules whose jobs run inside the Snakemake process, never as cluster jobs
-LOCAL_RULES = {"all", "shards", "train_all", "splits", "embedding", "qc", "memory", "report", "meds_predictions",
-               "choose_lr"}  # fmt: skip
+LOCAL_RULES = {
+    "all",
+    "shards",
+    "train_all",
+    "splits",
+    "embedding",
+    "qc",
+    "memory",
+    "report",
+    "meds_predictions",
+    "choose_lr",
+}
 # format_labels reads a whole non-CSV dataset (every P2019 file): a cluster job
 CLUSTER_RULES = {"synthetic_data", "ingest", "stats", "make_shards", "train", "evaluate", "baseline", "format_labels"}
 DATA_RULES = {"synthetic_data", "ingest", "stats", "make_shards"}
@@ -34,8 +44,20 @@ needs_slurm_plugin = pytest.mark.skipif(
 def dry_run(workdir: Path, config: dict, *args: str) -> list[dict]:
     """`snakemake -n` over `config` in `workdir`: one dict per job (rule, wildcards, threads, resources)."""
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-               "--configfile", str(workdir / "config.yaml"), "-n", "all", *args]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        "-n",
+        "all",
+        *args,
+    ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     jobs, group, groups = [], None, 0
@@ -120,8 +142,13 @@ def test_slurm_dry_run_jobs_and_resources(tmp_path, tiny_pipeline_config):
     jobs = by_rule(dry_run(tmp_path, config, "--profile", str(SLURM_PROFILE)))
     counts = {rule: len(found) for rule, found in jobs.items()}
     not_synthetic = {"format_labels", "meds_predictions"}  # rules of non-CSV datasets only
-    assert counts == {**{rule: 1 for rule in (LOCAL_RULES | CLUSTER_RULES) - {"shards", "train_all"} - not_synthetic},
-                      "train": 2, "evaluate": 2, "memory": 2, "choose_lr": 2}  # fmt: skip
+    assert counts == {
+        **{rule: 1 for rule in (LOCAL_RULES | CLUSTER_RULES) - {"shards", "train_all"} - not_synthetic},
+        "train": 2,
+        "evaluate": 2,
+        "memory": 2,
+        "choose_lr": 2,
+    }
     assert sorted(job["wildcards"] for job in jobs["train"]) == ["bs=1, lr=1, seed=0", "bs=2, lr=1, seed=0"]
     for rule in DATA_RULES:
         (job,) = jobs[rule]

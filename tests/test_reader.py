@@ -23,9 +23,14 @@ def shards_dir(tmp_path_factory):
 def patient_view(batch, p):
     sets = range(batch.patient_offsets[p], batch.patient_offsets[p + 1])
     lo, hi = batch.set_offsets[sets.start], batch.set_offsets[sets.stop]
-    return (batch.patient_ids[p], int(batch.labels[p]), batch.variable_ids[lo:hi].tolist(),
-            batch.values[lo:hi].tolist(), batch.set_times[sets.start:sets.stop].tolist(),
-            np.diff(batch.set_offsets[sets.start:sets.stop + 1]).tolist())  # fmt: skip
+    return (
+        batch.patient_ids[p],
+        int(batch.labels[p]),
+        batch.variable_ids[lo:hi].tolist(),
+        batch.values[lo:hi].tolist(),
+        batch.set_times[sets.start : sets.stop].tolist(),
+        np.diff(batch.set_offsets[sets.start : sets.stop + 1]).tolist(),
+    )
 
 
 def test_take_matches_single_patients_in_given_order(shards_dir):
@@ -52,8 +57,11 @@ def test_reader_agrees_with_shard_files(shards_dir):
     files = [map_safetensors(shards_dir / "valid" / s["file"]) for s in index["shards"]]
     np.testing.assert_array_equal(everything.values, np.concatenate([f["values"] for f in files]))
     np.testing.assert_array_equal(everything.variable_ids, np.concatenate([f["variable_ids"] for f in files]))
-    ids = [bytes(f["patient_id_bytes"][a:b]).decode() for f in files
-           for a, b in zip(f["patient_id_offsets"][:-1], f["patient_id_offsets"][1:])]  # fmt: skip
+    ids = [
+        bytes(f["patient_id_bytes"][a:b]).decode()
+        for f in files
+        for a, b in zip(f["patient_id_offsets"][:-1], f["patient_id_offsets"][1:])
+    ]
     assert ids == everything.patient_ids == list(reader.patient_ids)
     base = files[0]["values"]
     while base.base is not None and not isinstance(base, np.memmap):

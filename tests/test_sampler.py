@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seqsetvae.training.sampler import LengthGroupedBatchSampler
+from seqsetvae.runtime.sampler import LengthGroupedBatchSampler
 
 
 @pytest.fixture

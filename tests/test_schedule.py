@@ -5,13 +5,29 @@ import math
 import pytest
 import torch
 
+from seqsetvae.model import LossWeights
 from seqsetvae.settings import load_settings
-from seqsetvae.training.schedule import LossWeights, evaluation_weights, loss_weights, lr_factor, scaled_lr
+from seqsetvae.training.schedule import loss_weights, lr_factor, scaled_lr
 
-MODEL = {"max_beta": 0.2, "pred_weight": 2.0, "recon_weight": 1.0, "beta_warmup_epochs": 1.0, "pred_warmup_epochs": 0.5,
-         "recon_decay_epochs": 2.0, "beta_warmup_steps": None, "pred_warmup_steps": None, "recon_decay_steps": None}  # fmt: skip
-TRAIN = {"epochs": 4, "lr_schedule": "cosine", "lr_warmup_epochs": 0.5, "eta_min_factor": 0.01,
-         "scheduler_t0": 10, "scheduler_t_mult": 2}  # fmt: skip
+MODEL = {
+    "max_beta": 0.2,
+    "pred_weight": 2.0,
+    "recon_weight": 1.0,
+    "beta_warmup_epochs": 1.0,
+    "pred_warmup_epochs": 0.5,
+    "recon_decay_epochs": 2.0,
+    "beta_warmup_steps": None,
+    "pred_warmup_steps": None,
+    "recon_decay_steps": None,
+}
+TRAIN = {
+    "epochs": 4,
+    "lr_schedule": "cosine",
+    "lr_warmup_epochs": 0.5,
+    "eta_min_factor": 0.01,
+    "scheduler_t0": 10,
+    "scheduler_t_mult": 2,
+}
 
 
 def test_loss_weights_follow_epochs():
@@ -21,13 +37,13 @@ def test_loss_weights_follow_epochs():
     assert loss_weights(MODEL, 0, 3.0) == pytest.approx(LossWeights(beta=0.2, recon=0.5, pred=2.0))
     zero = {**MODEL, "beta_warmup_epochs": 0, "pred_warmup_epochs": 0, "recon_decay_epochs": 0}
     assert loss_weights(zero, 0, 0.0) == LossWeights(beta=0.2, recon=0.5, pred=2.0)
-    assert evaluation_weights(MODEL) == LossWeights(beta=0.2, recon=0.5, pred=2.0)
+    assert LossWeights.at_evaluation(MODEL) == LossWeights(beta=0.2, recon=0.5, pred=2.0)
 
 
 def test_recon_weight_scales_the_reconstruction_in_training_and_evaluation():
     half = {**MODEL, "recon_weight": 0.5}
     assert loss_weights(half, 3, 1.0) == pytest.approx(LossWeights(beta=0.2, recon=0.375, pred=2.0))
-    assert evaluation_weights(half) == LossWeights(beta=0.2, recon=0.25, pred=2.0)
+    assert LossWeights.at_evaluation(half) == LossWeights(beta=0.2, recon=0.25, pred=2.0)
     assert loss_weights({**MODEL, "recon_weight": 0.0}, 0, 0.0).recon == 0.0
 
 

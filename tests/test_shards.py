@@ -17,13 +17,18 @@ from seqsetvae.data import shards, stats
 from seqsetvae.data.reader import ShardReader
 from seqsetvae.errors import InputError
 
-
 # ----------------------------------------------------------------------------------
 # a writer of the validated-events format of docs/design.md (what `ingest` writes)
 
 
-def write_events(events_dir: Path, events: pd.DataFrame, labels: dict[str, int], n_partitions: int = 3,
-                 seed: int = 0, shuffle: bool = True):  # fmt: skip
+def write_events(
+    events_dir: Path,
+    events: pd.DataFrame,
+    labels: dict[str, int],
+    n_partitions: int = 3,
+    seed: int = 0,
+    shuffle: bool = True,
+):
     """Write `events` (patient_id, time, variable, value, split) as validated partitions,
     rows shuffled inside each partition (or sorted, as ingest writes them), plus
     patients.parquet and ingest's qc.json."""
@@ -97,17 +102,53 @@ def random_events(n_patients: int = 40, seed: int = 0, splits=("train", "valid",
     return frame, labels
 
 
-def run_stage(tmp: Path, events: pd.DataFrame, labels: dict, settings: dict | None = None, n_partitions: int = 3,
-              write: bool = True, shuffle: bool = True):  # fmt: skip
+def run_stage(
+    tmp: Path,
+    events: pd.DataFrame,
+    labels: dict,
+    settings: dict | None = None,
+    n_partitions: int = 3,
+    write: bool = True,
+    shuffle: bool = True,
+):
     """events -> stats -> shards in `tmp`; returns (shards dir, shards qc)."""
     if write:
         write_events(tmp / "events", events, labels, n_partitions, shuffle=shuffle)
     text = json.dumps(settings or {})
-    assert stats.main(["--events", str(tmp / "events"), "--stats", str(tmp / "norm.json"),
-                       "--vocab", str(tmp / "vocab.json"), "--settings", text]) == 0  # fmt: skip
-    assert shards.main(["--events", str(tmp / "events"), "--stats", str(tmp / "norm.json"),
-                        "--vocab", str(tmp / "vocab.json"), "--out", str(tmp / "shards"),
-                        "--qc", str(tmp / "shards_qc.json"), "--settings", text]) == 0  # fmt: skip
+    assert (
+        stats.main(
+            [
+                "--events",
+                str(tmp / "events"),
+                "--stats",
+                str(tmp / "norm.json"),
+                "--vocab",
+                str(tmp / "vocab.json"),
+                "--settings",
+                text,
+            ]
+        )
+        == 0
+    )
+    assert (
+        shards.main(
+            [
+                "--events",
+                str(tmp / "events"),
+                "--stats",
+                str(tmp / "norm.json"),
+                "--vocab",
+                str(tmp / "vocab.json"),
+                "--out",
+                str(tmp / "shards"),
+                "--qc",
+                str(tmp / "shards_qc.json"),
+                "--settings",
+                text,
+            ]
+        )
+        == 0
+    )
     return tmp / "shards", json.loads((tmp / "shards_qc.json").read_text())
 
 
@@ -333,8 +374,10 @@ def test_qc_balance_merges_and_checks(tmp_path):
     assert qc["rows_dropped"]["truncated_set"] > 0 and qc["rows_dropped"]["truncated_sequence"] > 0
     assert qc["rows_dropped"]["value_not_numeric"] == 5
     assert qc["patients_in"] == qc["patients_kept"] + sum(qc["patients_dropped"].values())
-    stored = sum(len(ShardReader(shards_dir, s).take(np.arange(len(ShardReader(shards_dir, s)))).values)
-                 for s in ("train", "valid", "test"))  # fmt: skip
+    stored = sum(
+        len(ShardReader(shards_dir, s).take(np.arange(len(ShardReader(shards_dir, s)))).values)
+        for s in ("train", "valid", "test")
+    )
     assert qc["rows_kept"] == stored
     # a shards_qc that disagrees with the shard files is a bug: qc fails loudly
     broken = json.loads((tmp_path / "shards_qc.json").read_text())

@@ -47,8 +47,15 @@ CLUSTER_JOBS = Counter(
     [("synthetic_data", ""), ("ingest", ""), ("stats", ""), ("make_shards", ""), ("baseline", "")]
     + [(rule, f"{b}_1_0") for rule in ("train", "evaluate") for b in BATCH_SIZES]  # wildcards bs, lr, seed
 )
-RESOURCE_KIND = {"synthetic_data": "data", "ingest": "data", "stats": "data", "make_shards": "data",
-                 "train": "train", "evaluate": "evaluate", "baseline": "evaluate"}  # fmt: skip
+RESOURCE_KIND = {
+    "synthetic_data": "data",
+    "ingest": "data",
+    "stats": "data",
+    "make_shards": "data",
+    "train": "train",
+    "evaluate": "evaluate",
+    "baseline": "evaluate",
+}
 TIMING = {"patients_per_s", "events_per_s", "wall_time_s", "train_time_s"}
 TIMEOUT_S = 900
 
@@ -95,8 +102,19 @@ def slurm_cluster(tmp_path_factory):
 
 
 def snakemake_command(workdir: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
-            "--configfile", str(workdir / "config.yaml"), *args, "all"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        *args,
+        "all",
+    ]
 
 
 def scontrol_jobs() -> list[dict]:
@@ -133,8 +151,11 @@ def signal_training_after_first_checkpoint(workdir: Path, snakemake: subprocess.
             queue = subprocess.run(
                 ["squeue", "--noheader", "--format=%i|%k|%T"], capture_output=True, text=True, check=True
             )
-            running = [line.split("|")[0] for line in queue.stdout.split()
-                       if line.split("|")[1:] == [f"rule_train_wildcards_{bs}_1_0", "RUNNING"]]  # fmt: skip
+            running = [
+                line.split("|")[0]
+                for line in queue.stdout.split()
+                if line.split("|")[1:] == [f"rule_train_wildcards_{bs}_1_0", "RUNNING"]
+            ]
             assert len(running) == 1, f"no running bs{bs} training job to signal: {queue.stdout}"
             assert not (run_dir / "metrics.json").exists(), f"bs{bs} training ended before it could be signalled"
             checkpoint = json.loads((run_dir / "checkpoints" / "latest.json").read_text())
@@ -169,13 +190,21 @@ def runs(slurm_cluster, tmp_path_factory, tiny_pipeline_config):
     logs = {name: open(root / f"{name}.log", "w") for name in ("local", "cluster")}
     local_run = subprocess.Popen(
         snakemake_command(local, "--profile", str(REPO / "profiles" / "local"), "--cores", "1"),
-        stdout=logs["local"], stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        stdout=logs["local"],
+        stderr=subprocess.STDOUT,
+    )
     snakemake = subprocess.Popen(
-        snakemake_command(cluster, "--profile", str(REPO / "profiles" / "slurm"),
-                          "--slurm-init-seconds-before-status-checks", "1", "--slurm-keep-successful-logs"),
-        stdout=logs["cluster"], stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        snakemake_command(
+            cluster,
+            "--profile",
+            str(REPO / "profiles" / "slurm"),
+            "--slurm-init-seconds-before-status-checks",
+            "1",
+            "--slurm-keep-successful-logs",
+        ),
+        stdout=logs["cluster"],
+        stderr=subprocess.STDOUT,
+    )
     try:
         signalled = signal_training_after_first_checkpoint(cluster, snakemake)
         returncode = snakemake.wait(timeout=TIMEOUT_S)
@@ -191,8 +220,14 @@ def runs(slurm_cluster, tmp_path_factory, tiny_pipeline_config):
     assert returncode == 0, output[-8000:]
     print(f"local and SLURM runs: {time.monotonic() - started:.0f} s")
     jobs = [job for job in scontrol_jobs() if job.get("WorkDir") == str(cluster)]
-    return {"config": config, "local": local, "cluster": cluster, "signalled": signalled, "jobs": jobs,
-            "output": output}  # fmt: skip
+    return {
+        "config": config,
+        "local": local,
+        "cluster": cluster,
+        "signalled": signalled,
+        "jobs": jobs,
+        "output": output,
+    }
 
 
 def test_cluster_rules_went_through_sbatch(runs):
@@ -241,7 +276,9 @@ def test_cluster_results_equal_local_results(runs):
             pd.read_parquet(local / "eval" / f"bs{b}" / "lr1" / "seed0_predictions.parquet"),
             pd.read_parquet(cluster / "eval" / f"bs{b}" / "lr1" / "seed0_predictions.parquet"),
         )
-        ours, theirs = (json.loads((d / "eval" / f"bs{b}" / "lr1" / "seed0.json").read_text()) for d in (local, cluster))
+        ours, theirs = (
+            json.loads((d / "eval" / f"bs{b}" / "lr1" / "seed0.json").read_text()) for d in (local, cluster)
+        )
         for key in ("n_patients", "auroc", "auroc_ci", "auprc", "brier", "accuracy", "recon", "kl"):
             assert ours[key] == theirs[key], f"eval bs{b}: {key}"
 
@@ -255,7 +292,9 @@ def test_signalled_training_checkpointed_its_step_and_the_retry_resumed_from_it(
     (job,) = [job for job in runs["jobs"] if job["JobId"] == signalled["job_id"]]
     assert rule_of(job) == ("train", f"{bs}_1_0")
     assert job["JobState"] == ("CANCELLED" if signalled["signal"] == "TERM" else "FAILED"), job
-    steps = json.loads((cluster / "results" / "runs" / f"bs{bs}" / "lr1" / "seed0" / "metrics.json").read_text())["steps"]
+    steps = json.loads((cluster / "results" / "runs" / f"bs{bs}" / "lr1" / "seed0" / "metrics.json").read_text())[
+        "steps"
+    ]
     # the signalled job's SLURM log (the plugin keeps failed jobs' logs) has the stage's
     # own word on where it stopped; the retry's training log says where it resumed
     slurm_log = cluster / ".snakemake" / "slurm_logs" / "rule_train" / f"{bs}_1_0" / f"{signalled['job_id']}.log"
@@ -266,4 +305,6 @@ def test_signalled_training_checkpointed_its_step_and_the_retry_resumed_from_it(
     assert resumed, log
     assert int(resumed.group(2)) == int(stopped.group(1)), "the retry redid steps"
     assert signalled["latest"]["step"] <= int(stopped.group(1)) < steps
-    assert "resuming" not in (runs["local"] / "results" / "logs" / "train" / f"bs{bs}" / "lr1" / "seed0.log").read_text()
+    assert (
+        "resuming" not in (runs["local"] / "results" / "logs" / "train" / f"bs{bs}" / "lr1" / "seed0.log").read_text()
+    )

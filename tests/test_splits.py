@@ -86,7 +86,10 @@ def test_user_splits_file(tmp_path, write_text):
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("patient_id,split\n200001,train\n200002,holdout\n", r"rows 2, column 'split': unknown split name\(s\) 'holdout'"),
+        (
+            "patient_id,split\n200001,train\n200002,holdout\n",
+            r"rows 2, column 'split': unknown split name\(s\) 'holdout'",
+        ),
         ("patient_id,fold\n200001,train\n", r"missing column 'split' \(data.columns.split\)"),
         ("id,split\n200001,train\n", r"missing column 'patient_id'"),
         (
@@ -132,16 +135,25 @@ def test_unusable_splits_fail_at_the_splits_stage(tmp_path, write_text, capsys):
     columns = {"label": "y"}
     out = tmp_path / "s.csv"
     no_test = {"columns": columns, "split_fractions": {"train": 0.8, "valid": 0.2, "test": 0.0}}
-    with pytest.raises(InputError, match=r"random split of the 10 labelled patients of .*labels.csv "
-                       r"\(train 0.8, valid 0.2, test 0, stratified by label\): .*the test split has no patients"):  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=r"random split of the 10 labelled patients of .*labels.csv "
+        r"\(train 0.8, valid 0.2, test 0, stratified by label\): .*the test split has no patients",
+    ):
         make_splits(load_settings({"data": no_test}), labels, None, out)
     assert not out.exists()
 
-    splits = write_text("user.csv", "patient_id,split\n" + "".join(
-        f"{i},{'test' if i in (0, 5) else 'valid' if i in (6, 7) else 'train'}\n" for i in range(10)))
+    splits = write_text(
+        "user.csv",
+        "patient_id,split\n"
+        + "".join(f"{i},{'test' if i in (0, 5) else 'valid' if i in (6, 7) else 'train'}\n" for i in range(10)),
+    )
     settings = {"data": {"columns": columns, "splits": str(splits)}}
-    with pytest.raises(InputError, match=r"splits file .*user.csv: all 2 patients of the valid split are "
-                       r"negatives, so its AUROC and AUPRC are undefined\. .*data.incomplete_splits: warn"):  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=r"splits file .*user.csv: all 2 patients of the valid split are "
+        r"negatives, so its AUROC and AUPRC are undefined\. .*data.incomplete_splits: warn",
+    ):
         make_splits(load_settings(settings), labels, str(splits), out)
     assert not out.exists()
 
@@ -182,7 +194,9 @@ def test_groups_share_one_split(tmp_path, write_text):
     text = "stay,person,y\n" + "".join(f"s{i},p{p},{int(p % 5 == 0)}\n" for i, p in enumerate(person))
     labels = write_text("labels.csv", text)
     columns = {"patient_id": "stay", "label": "y", "group": "person"}
-    settings = load_settings({"data": {"columns": columns, "split_fractions": {"train": 0.6, "valid": 0.2, "test": 0.2}}})
+    settings = load_settings(
+        {"data": {"columns": columns, "split_fractions": {"train": 0.6, "valid": 0.2, "test": 0.2}}}
+    )
     make_splits(settings, labels, None, tmp_path / "s.csv")
     split = read_splits(tmp_path / "s.csv").set_index("patient_id")["split"]
     by_person = pd.Series(split.loc[[f"s{i}" for i in range(400)]].to_numpy()).groupby(person).nunique()
@@ -191,12 +205,16 @@ def test_groups_share_one_split(tmp_path, write_text):
     for name, share in {"train": 0.6, "valid": 0.2, "test": 0.2}.items():
         assert abs((split == name).mean() - share) < 0.08
 
-    splits = write_text("user.csv", "stay,split\n" + "".join(
-        f"s{i},{'test' if i == 1 else 'train'}\n" for i in range(400)))  # fmt: skip
+    splits = write_text(
+        "user.csv", "stay,split\n" + "".join(f"s{i},{'test' if i == 1 else 'train'}\n" for i in range(400))
+    )
     same = [i for i in range(400) if person[i] == person[1] and i != 1][0]
     settings = load_settings({"data": {"columns": columns, "incomplete_splits": "warn"}})
-    with pytest.raises(InputError, match=rf"group 'p{person[1]}' \(labels column 'person'\) is in two splits: "
-                       rf"patient 's1' in test and patient 's{same}' in train"):  # fmt: skip
+    with pytest.raises(
+        InputError,
+        match=rf"group 'p{person[1]}' \(labels column 'person'\) is in two splits: "
+        rf"patient 's1' in test and patient 's{same}' in train",
+    ):
         make_splits(settings, labels, str(splits), tmp_path / "bad.csv")
     assert not (tmp_path / "bad.csv").exists()
     two = write_text("two.csv", "stay,person,y\ns1,p1,0\ns1,p2,0\ns2,p2,1\n")

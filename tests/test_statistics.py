@@ -63,10 +63,21 @@ def test_holm_adjustment():
 
 
 def test_time_to_target_on_a_hand_made_curve():
-    curve = pd.DataFrame({"samples": [100, 200, 300, 400], "steps": [25, 50, 75, 100], "train_seconds": [10.0, 20.0, 30.0, 40.0],
-                          "wall_seconds": [12.0, 24.0, 36.0, 48.0], "val_auroc": [0.6, 0.79, 0.81, 0.8]})  # fmt: skip
-    assert first_reaching(curve, 0.8) == {"samples_to_target": 300.0, "steps_to_target": 75.0,
-                                          "seconds_to_target": 30.0, "wall_seconds_to_target": 36.0}  # fmt: skip
+    curve = pd.DataFrame(
+        {
+            "samples": [100, 200, 300, 400],
+            "steps": [25, 50, 75, 100],
+            "train_seconds": [10.0, 20.0, 30.0, 40.0],
+            "wall_seconds": [12.0, 24.0, 36.0, 48.0],
+            "val_auroc": [0.6, 0.79, 0.81, 0.8],
+        }
+    )
+    assert first_reaching(curve, 0.8) == {
+        "samples_to_target": 300.0,
+        "steps_to_target": 75.0,
+        "seconds_to_target": 30.0,
+        "wall_seconds_to_target": 36.0,
+    }
     assert first_reaching(curve, 0.6)["steps_to_target"] == 25.0
     assert first_reaching(curve, 0.9)["samples_to_target"] is None
 
@@ -76,9 +87,16 @@ def test_mean_curve_averages_seeds_point_by_point():
         def __init__(self, seed, aurocs):
             self.seed = seed
             n = len(aurocs)
-            self.validations = pd.DataFrame({"validation": range(1, n + 1), "samples": [100 * (i + 1) for i in range(n)],
-                                             "step": [10 * (i + 1) for i in range(n)], "train_time_s": [1.0 * (i + 1) for i in range(n)],
-                                             "wall_time_s": [2.0 * (i + 1) for i in range(n)], "val_auroc": aurocs})  # fmt: skip
+            self.validations = pd.DataFrame(
+                {
+                    "validation": range(1, n + 1),
+                    "samples": [100 * (i + 1) for i in range(n)],
+                    "step": [10 * (i + 1) for i in range(n)],
+                    "train_time_s": [1.0 * (i + 1) for i in range(n)],
+                    "wall_time_s": [2.0 * (i + 1) for i in range(n)],
+                    "val_auroc": aurocs,
+                }
+            )
 
     curve = mean_curve([R(0, [0.5, 0.7, 0.9]), R(1, [0.7, 0.9])])  # seed 1 stopped early: only common points
     assert curve["val_auroc"].tolist() == pytest.approx([0.6, 0.8])

@@ -15,8 +15,14 @@ from seqsetvae.errors import InputError
 
 def run(tmp_path, events, labels, n_partitions=3):
     write_events(tmp_path / "events", events, labels, n_partitions)
-    argv = ["--events", str(tmp_path / "events"), "--stats", str(tmp_path / "norm.json"),
-            "--vocab", str(tmp_path / "vocab.json")]  # fmt: skip
+    argv = [
+        "--events",
+        str(tmp_path / "events"),
+        "--stats",
+        str(tmp_path / "norm.json"),
+        "--vocab",
+        str(tmp_path / "vocab.json"),
+    ]
     assert stats.main(argv) == 0
     return json.loads((tmp_path / "norm.json").read_text()), json.loads((tmp_path / "vocab.json").read_text())
 
@@ -48,9 +54,14 @@ def test_valid_and_test_do_not_move_stats_or_vocabulary(tmp_path):
 
 
 def test_std_rules_single_observation_and_constant(tmp_path):
-    rows = [("P1", 1.0, "once", 7.0, "train"), ("P1", 1.0, "flat", 3.0, "train"), ("P2", 2.0, "flat", 3.0, "train"),
-            ("P1", 2.0, "two", 1.0, "train"), ("P2", 3.0, "two", 4.0, "train"),
-            ("P3", 1.0, "once", 100.0, "valid")]  # fmt: skip
+    rows = [
+        ("P1", 1.0, "once", 7.0, "train"),
+        ("P1", 1.0, "flat", 3.0, "train"),
+        ("P2", 2.0, "flat", 3.0, "train"),
+        ("P1", 2.0, "two", 1.0, "train"),
+        ("P2", 3.0, "two", 4.0, "train"),
+        ("P3", 1.0, "once", 100.0, "valid"),
+    ]
     events = pd.DataFrame(rows, columns=["patient_id", "time", "variable", "value", "split"])
     norm, vocab = run(tmp_path, events, {"P1": 0, "P2": 1, "P3": 0}, n_partitions=2)
     v = norm["variables"]

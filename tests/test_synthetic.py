@@ -85,6 +85,15 @@ def test_files_in_user_format_and_deterministic(tmp_path):
     assert events["hour"].max() < 24 * 60 and (events["hour"] % 1 != 0).any()
 
     other = tmp_path / "other.csv"
-    cli(["synthetic", "--events", str(other), "--labels", str(tmp_path / "o.csv"),
-         "--settings", settings.replace('"seed": 7', '"seed": 8')])
+    cli(
+        [
+            "synthetic",
+            "--events",
+            str(other),
+            "--labels",
+            str(tmp_path / "o.csv"),
+            "--settings",
+            settings.replace('"seed": 7', '"seed": 8'),
+        ]
+    )
     assert other.read_bytes() != paths["a"][0].read_bytes()

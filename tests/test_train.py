@@ -19,28 +19,88 @@ from safetensors.torch import load_file, save_file
 from seqsetvae.batching import random_patients
 from seqsetvae.data.ragged import RaggedPatients
 from seqsetvae.errors import InputError
+from seqsetvae.runtime.device import resolve_threads
 from seqsetvae.settings import load_settings
 from seqsetvae.training import train
 from seqsetvae.training.schedule import lr_factor
-from seqsetvae.training.runtime import resolve_threads
 
 VOCAB, DIM = 12, 16
 TINY_MODEL = {
-    "reduced_dim": 16, "latent_dim": 16, "levels": 1, "inducing_points": 4, "heads": 2,
-    "transformer_layers": 1, "transformer_heads": 2, "ff_dim": 32,
-    "beta_warmup_steps": 4, "pred_warmup_steps": 4, "recon_decay_steps": 8,
-    "token": "value_and_variable", "readout": "centered", "head": "linear",  # config.yaml's (the readout's running mean is state)
-}  # fmt: skip
-TINY_TRAIN = {"epochs": 2, "lr": 0.003, "checkpoint_every": 3, "log_every": 2, "threads": 1, "device": "cpu",
-              "seeds": [3], "validations_per_epoch": 2, "noise_scale": {"per_epoch": 1, "patients": 4},
-              "weight_average_epochs": 0.5}  # fmt: skip
-STEP_KEYS = {"kind", "epoch", "step", "samples", "epochs", "loss", "recon", "kl", "ce", "grad_norm", "beta", "lr",
-             "recon_weight", "pred_weight", "patients_per_s", "events_per_s", "fill_ratio", "sequence_fill_ratio",
-             "batch_patients", "batch_events", "batch_sets"}  # fmt: skip
+    "reduced_dim": 16,
+    "latent_dim": 16,
+    "levels": 1,
+    "inducing_points": 4,
+    "heads": 2,
+    "transformer_layers": 1,
+    "transformer_heads": 2,
+    "ff_dim": 32,
+    "beta_warmup_steps": 4,
+    "pred_warmup_steps": 4,
+    "recon_decay_steps": 8,
+    "token": "value_and_variable",
+    "readout": "centered",
+    "head": "linear",  # config.yaml's (the readout's running mean is state)
+}
+TINY_TRAIN = {
+    "epochs": 2,
+    "lr": 0.003,
+    "checkpoint_every": 3,
+    "log_every": 2,
+    "threads": 1,
+    "device": "cpu",
+    "seeds": [3],
+    "validations_per_epoch": 2,
+    "noise_scale": {"per_epoch": 1, "patients": 4},
+    "weight_average_epochs": 0.5,
+}
+STEP_KEYS = {
+    "kind",
+    "epoch",
+    "step",
+    "samples",
+    "epochs",
+    "loss",
+    "recon",
+    "kl",
+    "ce",
+    "grad_norm",
+    "beta",
+    "lr",
+    "recon_weight",
+    "pred_weight",
+    "patients_per_s",
+    "events_per_s",
+    "fill_ratio",
+    "sequence_fill_ratio",
+    "batch_patients",
+    "batch_events",
+    "batch_sets",
+}
 EPOCH_KEYS = {"kind", "epoch", "step", "train_loss", "wall_time_s", "compiled_graphs"}
-VALIDATION_KEYS = {"kind", "validation", "step", "samples", "epochs", "train_loss", "val_loss", "val_auroc", "val_auprc",
-                   "train_time_s", "wall_time_s"}  # fmt: skip
-NOISE_KEYS = {"kind", "step", "epochs", "b_small", "b_big", "sq_norm_small", "sq_norm_big", "gradient_sq", "trace_sigma"}
+VALIDATION_KEYS = {
+    "kind",
+    "validation",
+    "step",
+    "samples",
+    "epochs",
+    "train_loss",
+    "val_loss",
+    "val_auroc",
+    "val_auprc",
+    "train_time_s",
+    "wall_time_s",
+}
+NOISE_KEYS = {
+    "kind",
+    "step",
+    "epochs",
+    "b_small",
+    "b_big",
+    "sq_norm_small",
+    "sq_norm_big",
+    "gradient_sq",
+    "trace_sigma",
+}
 TIMING = {"patients_per_s", "events_per_s", "wall_time_s", "train_time_s"}
 
 
@@ -53,21 +113,40 @@ def _write_split(root: Path, split: str, patients: RaggedPatients) -> None:
     (root / split).mkdir(parents=True)
     save_numpy(
         {
-            "variable_ids": p.variable_ids, "values": p.values, "set_times": p.set_times,
-            "set_offsets": p.set_offsets, "patient_offsets": p.patient_offsets, "labels": p.labels,
+            "variable_ids": p.variable_ids,
+            "values": p.values,
+            "set_times": p.set_times,
+            "set_offsets": p.set_offsets,
+            "patient_offsets": p.patient_offsets,
+            "labels": p.labels,
             "patient_id_bytes": np.frombuffer(b"".join(id_bytes), dtype=np.uint8).copy(),
             "patient_id_offsets": np.concatenate([[0], np.cumsum([len(b) for b in id_bytes])]).astype(np.int64),
         },
         str(root / split / "shard-00000.safetensors"),
-    )  # fmt: skip
+    )
     n = p.n_patients
     index = {
-        "split": split, "n_patients": n, "n_sets": int(n_sets.sum()), "n_events": int(n_events.sum()),
-        "shards": [{"file": "shard-00000.safetensors", "n_patients": n, "n_sets": int(n_sets.sum()),
-                    "n_events": int(n_events.sum())}],
-        "patients": {"patient_id": p.patient_ids, "label": p.labels.tolist(), "n_events": n_events.tolist(),
-                     "n_sets": n_sets.tolist(), "shard": [0] * n, "row": list(range(n))},
-    }  # fmt: skip
+        "split": split,
+        "n_patients": n,
+        "n_sets": int(n_sets.sum()),
+        "n_events": int(n_events.sum()),
+        "shards": [
+            {
+                "file": "shard-00000.safetensors",
+                "n_patients": n,
+                "n_sets": int(n_sets.sum()),
+                "n_events": int(n_events.sum()),
+            }
+        ],
+        "patients": {
+            "patient_id": p.patient_ids,
+            "label": p.labels.tolist(),
+            "n_events": n_events.tolist(),
+            "n_sets": n_sets.tolist(),
+            "shard": [0] * n,
+            "row": list(range(n)),
+        },
+    }
     (root / split / "index.json").write_text(json.dumps(index))
 
 
@@ -106,8 +185,21 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
 def _run(data, out: Path, batch_size: int = 4, extra: list[str] | None = None, **train_overrides) -> int:
     shards, embedding = data
     settings = {"model": TINY_MODEL, "train": {**TINY_TRAIN, **train_overrides}}
-    argv = ["--settings", json.dumps(settings), "--shards", str(shards), "--embedding", str(embedding),
-            "--batch-size", str(batch_size), "--out", str(out), "--threads", "1", *(extra or [])]  # fmt: skip
+    argv = [
+        "--settings",
+        json.dumps(settings),
+        "--shards",
+        str(shards),
+        "--embedding",
+        str(embedding),
+        "--batch-size",
+        str(batch_size),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        *(extra or []),
+    ]
     return train.main(argv)
 
 
@@ -233,8 +325,22 @@ def test_killed_job_resumes_to_the_same_weights(data, reference, tmp_path):
     shards, embedding = data
     out = tmp_path / "bs4"
     settings = {"model": TINY_MODEL, "train": {**TINY_TRAIN, "checkpoint_every": 1}}
-    command = [sys.executable, "-m", "seqsetvae.cli", "train", "--settings", json.dumps(settings), "--shards",
-               str(shards), "--embedding", str(embedding), "--batch-size", "4", "--out", str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "seqsetvae.cli",
+        "train",
+        "--settings",
+        json.dumps(settings),
+        "--shards",
+        str(shards),
+        "--embedding",
+        str(embedding),
+        "--batch-size",
+        "4",
+        "--out",
+        str(out),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = out / "checkpoints" / "latest.json"
     deadline = time.monotonic() + 300  # generous: a loaded CI machine imports torch slowly
@@ -338,8 +444,11 @@ def test_a_non_finite_batch_is_skipped_before_the_step_then_fails_past_the_limit
     assert all(torch.isfinite(w).all() for w in weights.values())
 
     calls["n"] = 0
-    with pytest.raises(FloatingPointError, match=r"non-finite grad_norm, loss \(epoch 1, after step 2, patients .*"
-                       r"1 batches skipped, more than train.max_skipped_batches = 0"):  # fmt: skip
+    with pytest.raises(
+        FloatingPointError,
+        match=r"non-finite grad_norm, loss \(epoch 1, after step 2, patients .*"
+        r"1 batches skipped, more than train.max_skipped_batches = 0",
+    ):
         _run(data, tmp_path / "strict", noise_scale={"per_epoch": 0, "patients": 4}, max_skipped_batches=0)
 
 
@@ -449,8 +558,9 @@ def test_no_complete_checkpoint_left_trains_from_step_zero(data, reference, tmp_
 
 
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
-def test_a_stop_signal_checkpoints_the_step_in_flight_and_the_rerun_redoes_nothing(data, reference, tmp_path,
-                                                                                    monkeypatch, capsys, name):  # fmt: skip
+def test_a_stop_signal_checkpoints_the_step_in_flight_and_the_rerun_redoes_nothing(
+    data, reference, tmp_path, monkeypatch, capsys, name
+):
     """The signal (sent to this very process, as a cluster sends it) arrives during step 5;
     the run checkpoints step 5 at once (periodic checkpoints only at 3 and the epoch end),
     exits with 128 + the signal, and its rerun ends with the reference run's weights."""
@@ -470,7 +580,9 @@ def test_a_stop_signal_checkpoints_the_step_in_flight_and_the_rerun_redoes_nothi
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 5
     assert not (out / "final.safetensors").exists() and not (out / "metrics.json").exists()
     error = capsys.readouterr().err
-    assert f"error: stopped by {name} after step 5: checkpoint written to {out / 'checkpoints' / 'step-00000005'}" in error
+    assert (
+        f"error: stopped by {name} after step 5: checkpoint written to {out / 'checkpoints' / 'step-00000005'}" in error
+    )
     monkeypatch.setattr(train.Trainer, "step", step)
     steps_run = []
     monkeypatch.setattr(train.Trainer, "step", lambda self, *a, **k: steps_run.append(1) or step(self, *a, **k))

@@ -5,10 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = {
-    "data": "seqsetvae.benchmarks.data",
-    "train": "seqsetvae.benchmarks.train",
-}
+BENCHMARKS = {"data": "seqsetvae.benchmarks.data", "train": "seqsetvae.benchmarks.train"}
 
 
 def main(argv: list[str]) -> int:

@@ -41,9 +41,7 @@ def _run(command: list[str], cwd: Path | None = None) -> tuple[float, float, str
     """
     env = dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     start = time.perf_counter()
-    process = subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -67,18 +65,27 @@ def write_meds(raw: Path) -> None:
     admission = pc.multiply(subject, 86_400_000_000)  # one day apart, from 1970
     time = pc.add(admission, pc.cast(pc.multiply(events["minute"], 60_000_000), pa.int64()))
     (raw / "meds" / "data").mkdir(parents=True, exist_ok=True)
-    table = pa.table({
-        "subject_id": subject, "time": pc.cast(time, pa.timestamp("us")),
-        "code": pc.cast(events["variable"], pa.string()), "numeric_value": pc.cast(events["value"], pa.float32()),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "subject_id": subject,
+            "time": pc.cast(time, pa.timestamp("us")),
+            "code": pc.cast(events["variable"], pa.string()),
+            "numeric_value": pc.cast(events["value"], pa.float32()),
+        }
+    )
     pq.write_table(table, raw / "meds" / "data" / "0.parquet", row_group_size=1 << 20)
     last = table.group_by("subject_id").aggregate([("time", "max")])
     index = pc.index_in(pc.cast(labels["patient_id"], pa.int64()), value_set=last["subject_id"])
-    pq.write_table(pa.table({
-        "subject_id": pc.cast(labels["patient_id"], pa.int64()),
-        "prediction_time": last["time_max"].take(index),
-        "boolean_value": pc.cast(labels["in_hospital_mortality"], pa.bool_()),
-    }).filter(pc.is_valid(index)), raw / "task.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table(
+            {
+                "subject_id": pc.cast(labels["patient_id"], pa.int64()),
+                "prediction_time": last["time_max"].take(index),
+                "boolean_value": pc.cast(labels["in_hospital_mortality"], pa.bool_()),
+            }
+        ).filter(pc.is_valid(index)),
+        raw / "task.parquet",
+    )
 
 
 def chain(workdir: Path, settings: dict, threads: int) -> dict:
@@ -91,23 +98,70 @@ def chain(workdir: Path, settings: dict, threads: int) -> dict:
     labels = out / "labels.csv" if meds else raw / "labels.csv"
     events = raw / "meds" if meds else raw / "events.csv"
     steps = {
-        "labels": lambda: formats.main(["--events", str(events), "--labels", str(raw / "task.parquet"),
-                                        "--out", str(labels), "--settings", text]),
-        "splits": lambda: splits.main(["--labels", str(labels), "--out", str(out / "splits.csv"),
-                                       "--settings", text]),
-        "ingest": lambda: ingest.main(["--events", str(events), "--labels", str(labels),
-                                       "--splits", str(out / "splits.csv"), "--out", str(out / "events"),
-                                       "--settings", text, "--threads", str(threads)]),
-        "stats": lambda: stats.main(["--events", str(out / "events"), "--stats", str(out / "normalization.json"),
-                                     "--vocab", str(out / "vocabulary.json"), "--settings", text]),
-        "embedding": lambda: embedding.main(["--vocab", str(out / "vocabulary.json"),
-                                             "--out", str(out / "embedding.safetensors"), "--settings", text]),
-        "shards": lambda: shards.main(["--events", str(out / "events"), "--stats", str(out / "normalization.json"),
-                                       "--vocab", str(out / "vocabulary.json"), "--out", str(out / "shards"),
-                                       "--qc", str(out / "shards_qc.json"), "--settings", text]),
-        "qc": lambda: qc.main(["--events", str(out / "events"), "--shards-qc", str(out / "shards_qc.json"),
-                               "--shards", str(out / "shards"), "--out", str(out / "qc.json")]),
-    }  # fmt: skip
+        "labels": lambda: formats.main(
+            ["--events", str(events), "--labels", str(raw / "task.parquet"), "--out", str(labels), "--settings", text]
+        ),
+        "splits": lambda: splits.main(["--labels", str(labels), "--out", str(out / "splits.csv"), "--settings", text]),
+        "ingest": lambda: ingest.main(
+            [
+                "--events",
+                str(events),
+                "--labels",
+                str(labels),
+                "--splits",
+                str(out / "splits.csv"),
+                "--out",
+                str(out / "events"),
+                "--settings",
+                text,
+                "--threads",
+                str(threads),
+            ]
+        ),
+        "stats": lambda: stats.main(
+            [
+                "--events",
+                str(out / "events"),
+                "--stats",
+                str(out / "normalization.json"),
+                "--vocab",
+                str(out / "vocabulary.json"),
+                "--settings",
+                text,
+            ]
+        ),
+        "embedding": lambda: embedding.main(
+            ["--vocab", str(out / "vocabulary.json"), "--out", str(out / "embedding.safetensors"), "--settings", text]
+        ),
+        "shards": lambda: shards.main(
+            [
+                "--events",
+                str(out / "events"),
+                "--stats",
+                str(out / "normalization.json"),
+                "--vocab",
+                str(out / "vocabulary.json"),
+                "--out",
+                str(out / "shards"),
+                "--qc",
+                str(out / "shards_qc.json"),
+                "--settings",
+                text,
+            ]
+        ),
+        "qc": lambda: qc.main(
+            [
+                "--events",
+                str(out / "events"),
+                "--shards-qc",
+                str(out / "shards_qc.json"),
+                "--shards",
+                str(out / "shards"),
+                "--out",
+                str(out / "qc.json"),
+            ]
+        ),
+    }
     if not meds:
         del steps["labels"]
     seconds = {}
@@ -149,28 +203,67 @@ def bench_size(n_events: int, workdir: Path, cores: int, snakemake: bool, data_f
     patients = max(3, round(n_events / MEAN_EVENTS))
     settings = {"synthetic": {"patients": patients, "seed": 0}}
     raw = workdir / "raw"
-    wall, _, _ = _run([sys.executable, "-m", "seqsetvae.cli", "synthetic", "--settings", json.dumps(settings),
-                       "--events", str(raw / "events.csv"), "--labels", str(raw / "labels.csv")])  # fmt: skip
+    wall, _, _ = _run(
+        [
+            sys.executable,
+            "-m",
+            "seqsetvae.cli",
+            "synthetic",
+            "--settings",
+            json.dumps(settings),
+            "--events",
+            str(raw / "events.csv"),
+            "--labels",
+            str(raw / "labels.csv"),
+        ]
+    )
     result = {"patients": patients, "generate_s": wall, "csv_mb": (raw / "events.csv").stat().st_size / 2**20}
     if data_format == "meds":
         write_meds(raw)
         settings["data"] = {"format": "meds", "events": str(raw / "meds")}
         result["format"] = "meds"
 
-    _, peak, output = _run([sys.executable, "-m", "seqsetvae.benchmarks.data", "--chain", str(workdir),
-                            "--settings", json.dumps(settings), "--cores", str(cores)])  # fmt: skip
+    _, peak, output = _run(
+        [
+            sys.executable,
+            "-m",
+            "seqsetvae.benchmarks.data",
+            "--chain",
+            str(workdir),
+            "--settings",
+            json.dumps(settings),
+            "--cores",
+            str(cores),
+        ]
+    )
     report = json.loads(output.strip().splitlines()[-1])
     result["events"] = report["rows_in"]
     result["chain"] = report | {"total_s": sum(report["seconds"].values())}
     shutil.rmtree(workdir / "chain")
 
     if snakemake:
-        config = {"data": {"source": "files", "events": str(raw / "events.csv"), "labels": str(raw / "labels.csv")},
-                  "results": str(workdir / "results"), "reports": str(workdir / "reports")}  # fmt: skip
+        config = {
+            "data": {"source": "files", "events": str(raw / "events.csv"), "labels": str(raw / "labels.csv")},
+            "results": str(workdir / "results"),
+            "reports": str(workdir / "reports"),
+        }
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-        wall, peak, _ = _run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                              str(workdir), "--configfile", str(workdir / "config.yaml"), "--cores", str(cores),
-                              "shards"])  # fmt: skip
+        wall, peak, _ = _run(
+            [
+                sys.executable,
+                "-m",
+                "snakemake",
+                "-s",
+                str(REPO / "Snakefile"),
+                "--directory",
+                str(workdir),
+                "--configfile",
+                str(workdir / "config.yaml"),
+                "--cores",
+                str(cores),
+                "shards",
+            ]
+        )
         result["snakemake"] = {"wall_s": wall, "peak_rss_mb": peak}
         shutil.rmtree(workdir / "results")
     return result
@@ -201,17 +294,25 @@ def main(argv: list[str]) -> int:
         results.append(r)
         chain_s = r["chain"]["total_s"]
         stages = ", ".join(f"{k} {v:.2f}s" for k, v in r["chain"]["seconds"].items())
-        print(f"\n{r['events']:,} events, {r['patients']:,} patients, CSV {r['csv_mb']:.0f} MiB"
-              f" (generated in {r['generate_s']:.1f}s, not counted)")  # fmt: skip
-        print(f"  (a) ingest-to-shards, in-process: {chain_s:.2f}s = {r['events'] / chain_s:,.0f} events/s,"
-              f" peak RSS {r['chain']['peak_rss_mb']:.0f} MiB  [{stages}]")  # fmt: skip
+        print(
+            f"\n{r['events']:,} events, {r['patients']:,} patients, CSV {r['csv_mb']:.0f} MiB"
+            f" (generated in {r['generate_s']:.1f}s, not counted)"
+        )
+        print(
+            f"  (a) ingest-to-shards, in-process: {chain_s:.2f}s = {r['events'] / chain_s:,.0f} events/s,"
+            f" peak RSS {r['chain']['peak_rss_mb']:.0f} MiB  [{stages}]"
+        )
         take = r["chain"]["take_us"]
-        print(f"  reader.take of 16 train patients: {take['random']:.0f} us (random patients),"
-              f" {take['neighbours']:.0f} us (neighbours in length order)")  # fmt: skip
+        print(
+            f"  reader.take of 16 train patients: {take['random']:.0f} us (random patients),"
+            f" {take['neighbours']:.0f} us (neighbours in length order)"
+        )
         if "snakemake" in r:
             s = r["snakemake"]
-            print(f"  (b) snakemake --cores {args.cores} shards: {s['wall_s']:.2f}s ="
-                  f" {r['events'] / s['wall_s']:,.0f} events/s, peak RSS {s['peak_rss_mb']:.0f} MiB")  # fmt: skip
+            print(
+                f"  (b) snakemake --cores {args.cores} shards: {s['wall_s']:.2f}s ="
+                f" {r['events'] / s['wall_s']:,.0f} events/s, peak RSS {s['peak_rss_mb']:.0f} MiB"
+            )
     if len(results) > 1:
         a, b = results[0], results[-1]
         line = f"\nscaling {b['events'] / a['events']:.1f}x events: peak RSS (a) x"

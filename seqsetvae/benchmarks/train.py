@@ -36,25 +36,29 @@ import sys
 import time
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqsetvae bench train", description=__doc__.split("\n")[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs over the patients, per batch size")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--patients", type=int, default=64,
-                        help="synthetic patients; every batch size trains on exactly these")  # fmt: skip
+    parser.add_argument(
+        "--patients", type=int, default=64, help="synthetic patients; every batch size trains on exactly these"
+    )
     parser.add_argument("--mean-sets", type=float, default=110.0, help="average sets per patient")
     parser.add_argument("--mean-events", type=float, default=300.0, help="average events per patient")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--settings", default="{}", help="JSON with model/train sections (defaults: the schema's)")
-    parser.add_argument("--compile", choices=["auto", "true", "false"],
-                        help="train.compile for this benchmark (default: the settings')")  # fmt: skip
+    parser.add_argument(
+        "--compile", choices=["auto", "true", "false"], help="train.compile for this benchmark (default: the settings')"
+    )
     parser.add_argument("--json", help="also write the results to this JSON file")
-    parser.add_argument("--sync-check", action="store_true",
-                        help="CUDA: run one whole step under torch.cuda.set_sync_debug_mode('error')")  # fmt: skip
+    parser.add_argument(
+        "--sync-check",
+        action="store_true",
+        help="CUDA: run one whole step under torch.cuda.set_sync_debug_mode('error')",
+    )
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # one batch size, in-process
     return parser
 
@@ -94,8 +98,11 @@ def count_syncs_and_ops(forward_backward, batch, device) -> tuple[int, int]:
     if device.type == "cuda":
         ops = sum(1 for e in events if e.device_type.name == "CUDA")
     else:
-        ops = sum(1 for e in events if e.name.startswith("aten::")
-                  and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::")))  # fmt: skip
+        ops = sum(
+            1
+            for e in events
+            if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+        )
     return syncs, ops
 
 
@@ -105,13 +112,13 @@ def worker(args) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from seqsetvae.batching import collate, random_patients
-    from seqsetvae.model import ModelConfig, SeqSetVAE
+    from seqsetvae.model import LossWeights, ModelConfig, SeqSetVAE
+    from seqsetvae.runtime.device import compiled_graphs, compiled_step
+    from seqsetvae.runtime.memory import cuda_peaks_mb, peak_rss_mb
+    from seqsetvae.runtime.sampler import LengthGroupedBatchSampler
     from seqsetvae.settings import load_settings
-    from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
-    from seqsetvae.training.sampler import LengthGroupedBatchSampler
-    from seqsetvae.training.schedule import evaluation_weights
     from seqsetvae.training.optimizer import build_optimizer
-    from seqsetvae.training.runtime import compiled_graphs, compiled_step
+    from seqsetvae.training.step import train_step
 
     batch_size = args.worker
     settings = json.loads(args.settings)
@@ -128,12 +135,18 @@ def worker(args) -> dict:
     # panels, ventilator settings: 30-60 values at one time) get room for them
     room = int(-(-3 * args.mean_events // args.mean_sets))
     vocab, cap = max(40, room), max(15, room)
-    patients = random_patients(args.patients, mean_sets=args.mean_sets, mean_events=args.mean_events,
-                               vocab_size=vocab, max_set_size=cap, seed=0)  # fmt: skip
+    patients = random_patients(
+        args.patients,
+        mean_sets=args.mean_sets,
+        mean_events=args.mean_events,
+        vocab_size=vocab,
+        max_set_size=cap,
+        seed=0,
+    )
     embedding = torch.randn(vocab, 768, generator=torch.Generator().manual_seed(0))
     model = SeqSetVAE(ModelConfig.from_settings(settings["model"]), embedding).to(device)
     optimizer = build_optimizer(model, train, train["lr"])
-    weights = evaluation_weights(settings["model"])  # every term active, as in most of a run
+    weights = LossWeights.at_evaluation(settings["model"])  # every term active, as in most of a run
     sampler = LengthGroupedBatchSampler(
         patients.events_per_patient(),
         batch_size,
@@ -146,7 +159,7 @@ def worker(args) -> dict:
 
     data_seconds = [0.0]
 
-    def forward_backward(batch):
+    def forward_backward(batch):  # what the profiler counts (count_syncs_and_ops)
         with autocast:
             out = model(batch, weights)
         optimizer.zero_grad(set_to_none=True)
@@ -161,14 +174,12 @@ def worker(args) -> dict:
         batch = collate(patients.take(indices), pad=pad)
         batch = (batch.pin_memory() if pin else batch).to(device, non_blocking=pin)
         data_seconds[0] += time.perf_counter() - start  # on the critical path: no loader overlaps it
-        forward_backward(batch)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
-        optimizer.step()
+        train_step(model, model, optimizer, batch, weights, lambda: autocast, train["grad_clip"])
         sync()
         return batch
 
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # as training does (runtime.resolve_device)
+        torch.backends.cuda.matmul.allow_tf32 = True  # as training does (seqsetvae.runtime.device.resolve_device)
         torch.backends.cudnn.allow_tf32 = True
     # FLOPs of one eager step, per event (applied to the timed events below)
     with FlopCounterMode(display=False) as counter:
@@ -185,9 +196,7 @@ def worker(args) -> dict:
         torch.cuda.set_sync_debug_mode("error")
         try:
             batch = collate(patients.take(next(warmup_batches)), pad=pad).pin_memory().to(device, non_blocking=True)
-            forward_backward(batch)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train["grad_clip"])
-            optimizer.step()
+            train_step(model, model, optimizer, batch, weights, lambda: autocast, train["grad_clip"])
             sync_check = "passed"
         except RuntimeError as error:
             sync_check = f"failed: {str(error).splitlines()[0][:200]}"
@@ -253,19 +262,37 @@ def _table(results: list[dict]) -> str:
     cuda = any(r["cuda_max_allocated_mb"] is not None for r in results)
     head = ["batch", "patients/s", "events/s", "s/step", "fill", "seq fill", "peak RSS MiB"]
     head += ["CUDA alloc MiB", "CUDA reserved MiB"] if cuda else []
-    head += ["model GFLOP/s", "matmul GFLOP/s", "of matmul", "syncs", "ops" if not cuda else "kernels", "data wait",
-             "recompiles"]  # fmt: skip
+    head += [
+        "model GFLOP/s",
+        "matmul GFLOP/s",
+        "of matmul",
+        "syncs",
+        "ops" if not cuda else "kernels",
+        "data wait",
+        "recompiles",
+    ]
     rows = []
     for r in results:
-        row = [str(r["batch_size"]), f"{r['patients_per_s']:.2f}", f"{r['events_per_s']:.0f}",
-               f"{r['seconds_per_step']:.3f}", f"{r['fill_ratio']:.3f}", f"{r['sequence_fill_ratio']:.3f}",
-               f"{r['peak_rss_mb']:.0f}"]  # fmt: skip
+        row = [
+            str(r["batch_size"]),
+            f"{r['patients_per_s']:.2f}",
+            f"{r['events_per_s']:.0f}",
+            f"{r['seconds_per_step']:.3f}",
+            f"{r['fill_ratio']:.3f}",
+            f"{r['sequence_fill_ratio']:.3f}",
+            f"{r['peak_rss_mb']:.0f}",
+        ]
         if cuda:
             row += [f"{r['cuda_max_allocated_mb']:.0f}", f"{r['cuda_max_reserved_mb']:.0f}"]
-        row += [f"{r['model_flops_per_s'] / 1e9:.2f}", f"{r['matmul_flops_per_s'] / 1e9:.1f}",
-                f"{100 * r['fraction_of_matmul']:.1f}%", str(r["host_syncs_per_step"]),
-                str(r.get("kernels_per_step", r.get("ops_per_step"))), f"{100 * r['data_wait_fraction']:.1f}%",
-                "-" if r["recompiles"] is None else str(r["recompiles"])]  # fmt: skip
+        row += [
+            f"{r['model_flops_per_s'] / 1e9:.2f}",
+            f"{r['matmul_flops_per_s'] / 1e9:.1f}",
+            f"{100 * r['fraction_of_matmul']:.1f}%",
+            str(r["host_syncs_per_step"]),
+            str(r.get("kernels_per_step", r.get("ops_per_step"))),
+            f"{100 * r['data_wait_fraction']:.1f}%",
+            "-" if r["recompiles"] is None else str(r["recompiles"]),
+        ]
         rows.append(row)
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
@@ -281,8 +308,18 @@ def main(argv: list[str]) -> int:
     results = []
     for batch_size in args.batch_sizes:
         command = [sys.executable, "-m", "seqsetvae.benchmarks.train", "--worker", str(batch_size)]
-        for name in ("epochs", "warmup", "patients", "mean_sets", "mean_events", "threads", "device", "precision", "settings",
-                     "compile"):  # fmt: skip
+        for name in (
+            "epochs",
+            "warmup",
+            "patients",
+            "mean_sets",
+            "mean_events",
+            "threads",
+            "device",
+            "precision",
+            "settings",
+            "compile",
+        ):
             if getattr(args, name) is not None:
                 command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
         command += ["--sync-check"] if args.sync_check else []
@@ -303,8 +340,10 @@ def main(argv: list[str]) -> int:
     by_size = {r["batch_size"]: r for r in results}
     if 1 in by_size and 16 in by_size:
         speedup = by_size[16]["patients_per_s"] / by_size[1]["patients_per_s"]
-        print(f"batch 16 vs 1: {speedup:.2f}x patients/s (target >= 1.0); batch 16: "
-              f"{by_size[16]['patients_per_s']:.2f} patients/s (CPU target >= 4)")  # fmt: skip
+        print(
+            f"batch 16 vs 1: {speedup:.2f}x patients/s (target >= 1.0); batch 16: "
+            f"{by_size[16]['patients_per_s']:.2f} patients/s (CPU target >= 4)"
+        )
     if args.json:
         from seqsetvae.io import write_json
 

@@ -83,7 +83,7 @@ def parse_numbers(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         trimmed = pc.utf8_trim_whitespace(strings)
         numeric = pc.match_substring_regex(trimmed, _DECIMAL).to_numpy(zero_copy_only=False)
         non_finite = pc.match_substring_regex(trimmed, _NON_FINITE).to_numpy(zero_copy_only=False)
-        empty = (pc.utf8_length(trimmed).to_numpy(zero_copy_only=False) == 0)
+        empty = pc.utf8_length(trimmed).to_numpy(zero_copy_only=False) == 0
         safe = pc.if_else(pa.array(numeric), trimmed, pa.scalar("nan"))
         values = pc.cast(safe, pa.float64()).to_numpy(zero_copy_only=False)
         codes = np.full(len(values), 2, dtype=np.int8)
@@ -129,9 +129,7 @@ def _check_columns(path: Path, what: str, found: list[str], required: dict[str, 
     missing = [f"{name!r} (data.columns.{role})" for role, name in required.items() if name not in found]
     if missing:
         shown = ", ".join(repr(name) for name in found[:12]) + (", ..." if len(found) > 12 else "")
-        raise InputError(
-            f"{what} file {path}: missing column {' and '.join(missing)}; the header has {shown}"
-        )
+        raise InputError(f"{what} file {path}: missing column {' and '.join(missing)}; the header has {shown}")
 
 
 def _arrow_error(path: Path, what: str, error: Exception) -> InputError:

@@ -85,9 +85,11 @@ def read_table(path: str | Path, variables: list[str]) -> np.ndarray:
     cells = frame.iloc[:, 1:]
     # numeric columns parsed already; only a column with a bad cell is left as strings
     numbers = cells.apply(
-        lambda column: column
-        if pd.api.types.is_numeric_dtype(column)
-        else pd.to_numeric(column.astype(str).str.strip(), errors="coerce")
+        lambda column: (
+            column
+            if pd.api.types.is_numeric_dtype(column)
+            else pd.to_numeric(column.astype(str).str.strip(), errors="coerce")
+        )
     )
     bad = ~np.isfinite(numbers.to_numpy(dtype=np.float64))
     if bad.any():
@@ -116,8 +118,12 @@ def main(argv: list[str]) -> int:
             print(f"embedding: the table is {table.shape[1]} wide; embedding.dim {config['dim']} is ignored")
     else:
         table = random_table(variables, config["dim"], config["seed"])
-    metadata = {"variables": json.dumps(variables), "method": config["method"], "seed": str(config["seed"]),
-                "sha256": tensors_sha256({"embedding": np.ascontiguousarray(table)})}  # fmt: skip
+    metadata = {
+        "variables": json.dumps(variables),
+        "method": config["method"],
+        "seed": str(config["seed"]),
+        "sha256": tensors_sha256({"embedding": np.ascontiguousarray(table)}),
+    }
     with atomic_path(args.out) as tmp:
         save_file({"embedding": np.ascontiguousarray(table)}, str(tmp), metadata=metadata)
     print(f"embedding: {table.shape[0]} variables x {table.shape[1]} ({config['method']})")

@@ -222,9 +222,7 @@ class FirstPass:
         self.labelled_seen = np.zeros(len(labels), dtype=bool)
         self.unlabelled_ids: list[pa.Array] = []
         self._unlabelled_unique: pa.Array | None = None
-        self.writers = [
-            pa.ipc.new_file(str(raw_dir / f"raw-{p:05d}.arrow"), RAW_SCHEMA) for p in range(n_partitions)
-        ]
+        self.writers = [pa.ipc.new_file(str(raw_dir / f"raw-{p:05d}.arrow"), RAW_SCHEMA) for p in range(n_partitions)]
 
     def unlabelled_unique(self) -> pa.Array:
         """The distinct ids of events without a label (computed once)."""
@@ -413,8 +411,9 @@ def ingest(settings: dict, event_paths: list[str], labels_path: str, splits_path
 
         n_events, n_sets, duplicates = second_pass(raw_dir, tmp, labels, first_pass.variables, n_partitions)
         shutil.rmtree(raw_dir)
-        qc = _qc(labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data,
-                 source.drops)  # fmt: skip
+        qc = _qc(
+            labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data, source.drops
+        )
         _check_labels_without_events(qc, labels, first_pass, labels_path, data)
         if source.cohort is not None:  # the format's task: stays in, eligible, excluded by reason
             qc["cohort"] = source.cohort
@@ -503,9 +502,7 @@ def _reason_details(reasons, counts: dict, examples: dict, required: dict) -> li
             for file, row in examples[reason]:
                 files.setdefault(file, []).append(row)
             where = "; ".join(f"file {f} rows {row_examples(np.array(r))}" for f, r in files.items())
-            details.append(
-                f"{reason}: {counts[reason]} rows, column {required[ROW_REASONS[reason]]!r} (e.g. {where})"
-            )
+            details.append(f"{reason}: {counts[reason]} rows, column {required[ROW_REASONS[reason]]!r} (e.g. {where})")
     return details
 
 
@@ -554,8 +551,9 @@ def _near_miss_note(pairs: list[tuple[str, str]]) -> str:
     )
 
 
-def _check_dropped_share(counts: dict, rows_in: int, examples: dict, required: dict, limit: float,
-                         near_misses: list) -> None:  # fmt: skip
+def _check_dropped_share(
+    counts: dict, rows_in: int, examples: dict, required: dict, limit: float, near_misses: list
+) -> None:
     """Every first-pass reason counts (negative times and unlabelled patients too):
     losing most of the input to any policy is almost always a mistake upstream."""
     dropped = sum(count for reason, count in counts.items() if reason not in POLICY_REASONS)
@@ -569,8 +567,9 @@ def _check_dropped_share(counts: dict, rows_in: int, examples: dict, required: d
     )
 
 
-def _qc(labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data,
-        format_drops) -> dict:  # fmt: skip
+def _qc(
+    labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data, format_drops
+) -> dict:
     rows_dropped = dict(counts)
     examples = {reason: [f"{file}:{row}" for file, row in rows] for reason, rows in first_pass.examples.items() if rows}
     for reason, count in format_drops.counts.items():  # the format's own reasons, before the shared ones

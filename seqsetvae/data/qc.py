@@ -17,7 +17,6 @@ from seqsetvae.errors import InputError
 from seqsetvae.io import read_json, write_json
 
 
-
 def _merge(a: dict, b: dict) -> dict:
     merged = dict(a)
     for key, count in b.items():
@@ -88,7 +87,9 @@ def main(argv: list[str]) -> int:
     ingest_qc = Path(args.events) / "qc.json"
     if not ingest_qc.is_file():
         raise InputError(f"validated events directory {args.events}: no qc.json")
-    qc = merge_qc(read_json(ingest_qc, "ingest"), read_json(args.shards_qc, "make_shards"), events_in_shards(Path(args.shards)))
+    qc = merge_qc(
+        read_json(ingest_qc, "ingest"), read_json(args.shards_qc, "make_shards"), events_in_shards(Path(args.shards))
+    )
     write_json(args.out, qc)
     dropped = ", ".join(f"{k} {v}" for k, v in qc["rows_dropped"].items() if v) or "none"
     print(f"qc: {qc['rows_kept']} of {qc['rows_in']} rows kept; dropped: {dropped}")

@@ -113,9 +113,13 @@ class ShardReader:
             if "sha256" in entry:  # written by the shards stage since sizes and checksums are kept
                 size = path.stat().st_size if path.exists() else None
                 if size != entry["bytes"]:
-                    raise DamagedFile(path, f"{size} bytes where {self.split}/index.json says {entry['bytes']}", "make_shards")
+                    raise DamagedFile(
+                        path, f"{size} bytes where {self.split}/index.json says {entry['bytes']}", "make_shards"
+                    )
                 if file_sha256(path) != entry["sha256"]:
-                    raise DamagedFile(path, f"its sha256 differs from the one {self.split}/index.json recorded", "make_shards")
+                    raise DamagedFile(
+                        path, f"its sha256 differs from the one {self.split}/index.json recorded", "make_shards"
+                    )
             tensors = map_safetensors(path)
             # a whole file of another run (or a stale copy) holds other patients
             mine = self.shard == shard

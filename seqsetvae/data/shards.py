@@ -33,19 +33,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from safetensors.numpy import save_file
 
+from seqsetvae.data import SPLITS
 from seqsetvae.data.ragged import exclusive_cumsum, ranges
-from seqsetvae.data.stats import (
-    SPLITS,
-    as_numpy,
-    encode,
-    load_normalization,
-    load_vocabulary,
-    partition_paths,
-    read_partition,
-)
+from seqsetvae.data.stats import as_numpy, encode, load_normalization, load_vocabulary, partition_paths, read_partition
 from seqsetvae.errors import InputError
 from seqsetvae.io import atomic_path, file_sha256, read_json, read_parquet, require_free_space, write_json
 from seqsetvae.settings import load_settings
@@ -330,9 +322,15 @@ def write_split(split: str, patients: dict, scratch: Path, out: Path, shard_size
         save_file(tensors, str(out / split / name), metadata={"split": split, "format": FORMAT})
         # size and checksum: a reader notices a changed byte anywhere in the file
         shards.append(
-            {"file": name, "n_patients": len(n_events), "n_sets": int(n_sets.sum()), "n_events": int(n_events.sum()),
-             "bytes": (out / split / name).stat().st_size, "sha256": file_sha256(out / split / name)}
-        )  # fmt: skip
+            {
+                "file": name,
+                "n_patients": len(n_events),
+                "n_sets": int(n_sets.sum()),
+                "n_events": int(n_events.sum()),
+                "bytes": (out / split / name).stat().st_size,
+                "sha256": file_sha256(out / split / name),
+            }
+        )
     row = np.arange(len(order))
     index = {
         "split": split,

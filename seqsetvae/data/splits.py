@@ -26,9 +26,14 @@ from seqsetvae.io import atomic_path
 from seqsetvae.settings import load_settings
 
 SPLIT_ALIASES = {
-    "train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test",
-    "tuning": "valid", "held_out": "test",  # MEDS's split names
-}  # fmt: skip
+    "train": "train",
+    "valid": "valid",
+    "val": "valid",
+    "validation": "valid",
+    "test": "test",
+    "tuning": "valid",
+    "held_out": "test",  # MEDS's split names
+}
 # the labels file `seqsetvae labels` writes for the non-CSV formats
 STANDARD_LABEL_COLUMNS = {"patient_id": "patient_id", "label": "label", "split": "split", "group": None}
 
@@ -133,8 +138,9 @@ def random_split(
     return np.array(SPLITS)[np.minimum(unit_split[unit_of], len(SPLITS) - 1)]
 
 
-def check_group_splits(split: np.ndarray, groups: np.ndarray | None, patient_ids: np.ndarray, source: str,
-                       column: str) -> None:  # fmt: skip
+def check_group_splits(
+    split: np.ndarray, groups: np.ndarray | None, patient_ids: np.ndarray, source: str, column: str
+) -> None:
     """InputError when one group's patients were given two different splits."""
     if groups is None or len(groups) == 0:
         return
@@ -214,7 +220,8 @@ def make_splits(settings: dict, labels_path: str, splits_path: str | None, out: 
         split, counts = random_split(patient_ids, data["split_fractions"], data["split_seed"], stratify, groups), {}
         fractions = ", ".join(f"{name} {data['split_fractions'][name]:g}" for name in SPLITS)
         how = (", stratified by label" if data["stratify"] else "") + (
-            f", by group ({columns['group']})" if groups is not None else "")
+            f", by group ({columns['group']})" if groups is not None else ""
+        )
         source = f"random split of the {len(patient_ids)} labelled patients of {labels_path} ({fractions}{how})"
     problems = split_problems(split, label, source)
     if problems and data["incomplete_splits"] == "error":

@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from seqsetvae.data import SPLITS
 from seqsetvae.errors import DamagedFile, InputError
 from seqsetvae.io import read_json, write_json
 from seqsetvae.settings import load_settings

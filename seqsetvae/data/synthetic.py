@@ -117,7 +117,7 @@ def generate(synthetic: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarr
 
     # sets per patient: long-tailed stay lengths around mean_sets
     sigma = 0.7
-    n_sets = np.maximum(2, np.round(synthetic["mean_sets"] * rng.lognormal(-sigma**2 / 2, sigma, n_patients)))
+    n_sets = np.maximum(2, np.round(synthetic["mean_sets"] * rng.lognormal(-(sigma**2) / 2, sigma, n_patients)))
     n_sets = n_sets.astype(np.int64)
     set_patient = np.repeat(np.arange(n_patients), n_sets)
     n_total_sets = len(set_patient)
@@ -148,8 +148,11 @@ def generate(synthetic: dict) -> tuple[dict[str, np.ndarray], dict[str, np.ndarr
     stride = _coprime_strides(rng, pool_size)
     slot = (start[event_set] + position * stride[event_set]) % pool_size[event_set]
     is_lab = lab_set[event_set]
-    variable = np.where(is_lab, lab_ids[np.minimum(slot, len(lab_ids) - 1)] if len(lab_ids) else 0,
-                        vital_ids[np.minimum(slot, len(vital_ids) - 1)] if len(vital_ids) else 0)
+    variable = np.where(
+        is_lab,
+        lab_ids[np.minimum(slot, len(lab_ids) - 1)] if len(lab_ids) else 0,
+        vital_ids[np.minimum(slot, len(vital_ids) - 1)] if len(vital_ids) else 0,
+    )
     patient = set_patient[event_set]
     minute = set_minute[event_set]
 

@@ -159,12 +159,16 @@ def main(argv: list[str]) -> int:
     data = {split: summaries(*read[split]) for split in SPLITS}
     for split, (x, y, _) in data.items():
         if len(y) == 0:
-            raise InputError(f"{shards}/{split}: the {split} split has no patients; the baselines need all three splits")
+            raise InputError(
+                f"{shards}/{split}: the {split} split has no patients; the baselines need all three splits"
+            )
         if split == "train" and len(np.unique(y)) < 2:
             raise InputError(f"{shards}/train: every train patient has label {y[0]}; a classifier needs both classes")
     names = feature_names(vocabulary)
     if len(names) != data["train"][0].shape[1]:
-        raise InputError(f"{args.vocab}: {len(vocabulary)} variables, but the shards have {data['train'][0].shape[1] // 4}")
+        raise InputError(
+            f"{args.vocab}: {len(vocabulary)} variables, but the shards have {data['train'][0].shape[1] // 4}"
+        )
 
     x_test, y_test, test_ids = data["test"]
     for name in baseline["models"]:
@@ -176,8 +180,11 @@ def main(argv: list[str]) -> int:
         else:
             model, chosen = fit_baseline(name, data, baseline, evaluate["seed"])
             probabilities = model.predict_proba(x_test)[:, 1].astype(np.float64)
-            features = {"n": len(names), "per_variable": ["mean", "last", "log_count", "observed"],
-                        "per_patient": names[-3:]}  # fmt: skip
+            features = {
+                "n": len(names),
+                "per_variable": ["mean", "last", "log_count", "observed"],
+                "per_patient": names[-3:],
+            }
         metrics = classification_metrics(y_test, probabilities, evaluate["bootstrap_resamples"], evaluate["seed"])
         predictions = out / f"{name}_predictions.parquet"
         write_predictions(predictions, list(test_ids), y_test, probabilities)
@@ -194,5 +201,7 @@ def main(argv: list[str]) -> int:
                 "predictions": str(predictions),
             },
         )
-        print(f"baseline {name}: test AUROC {metrics['auroc']} {metrics['auroc_ci']}, AUPRC {metrics['auprc']} ({chosen})")
+        print(
+            f"baseline {name}: test AUROC {metrics['auroc']} {metrics['auroc_ci']}, AUPRC {metrics['auprc']} ({chosen})"
+        )
     return 0

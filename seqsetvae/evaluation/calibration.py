@@ -35,7 +35,6 @@ def ece_rows(labels: np.ndarray, probabilities: np.ndarray, bins: int = ECE_BINS
     rows, n = labels.shape
     which = np.minimum((probabilities * bins).astype(np.int64), bins - 1)  # [R, n]; p = 1 in the last bin
     cell = (np.arange(rows)[:, None] * bins + which).ravel()
-    count = np.bincount(cell, minlength=rows * bins).reshape(rows, bins)
     observed = np.bincount(cell, weights=labels.ravel(), minlength=rows * bins).reshape(rows, bins)
     predicted = np.bincount(cell, weights=probabilities.ravel(), minlength=rows * bins).reshape(rows, bins)
     return np.abs(observed - predicted).sum(axis=1) / n  # |sum y - sum p| / n per bin = share x |rate gap|
@@ -102,8 +101,13 @@ def reliability_table(labels: np.ndarray, probabilities: np.ndarray, groups: int
     order = np.argsort(probabilities, kind="stable")
     table = []
     for part in np.array_split(order, min(groups, len(order))):
-        table.append({"n": int(len(part)), "mean_predicted": float(probabilities[part].mean()),
-                      "observed": float(labels[part].mean())})  # fmt: skip
+        table.append(
+            {
+                "n": int(len(part)),
+                "mean_predicted": float(probabilities[part].mean()),
+                "observed": float(labels[part].mean()),
+            }
+        )
     return table
 
 

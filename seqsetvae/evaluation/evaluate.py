@@ -26,9 +26,9 @@ from safetensors import safe_open
 from seqsetvae.errors import DamagedFile, InputError
 from seqsetvae.evaluation.metrics import ActiveUnits, classification_metrics
 from seqsetvae.io import atomic_path, read_json, write_json
+from seqsetvae.model import LossWeights
+from seqsetvae.runtime.memory import cuda_peaks_mb, peak_rss_mb
 from seqsetvae.settings import load_settings
-from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
-from seqsetvae.training.schedule import evaluation_weights
 
 SPLIT = "test"
 
@@ -64,7 +64,7 @@ def checkpoint_step(weights: Path) -> tuple[int | None, int | None]:
 def load_model(run_config: dict, embedding: torch.Tensor, weights: Path, device: torch.device):
     """The run's model with the weights of `weights`, in eval mode."""
     from seqsetvae.model import ModelConfig, SeqSetVAE
-    from seqsetvae.training.checkpoint import load_weights
+    from seqsetvae.runtime.weights import load_weights
 
     model = SeqSetVAE(ModelConfig.from_settings(run_config["model"]), embedding)
     try:
@@ -140,9 +140,9 @@ def write_predictions(path: str | Path, patient_ids: list[str], labels: np.ndarr
 
 
 def main(argv: list[str]) -> int:
-    from seqsetvae.training.dataset import ShardBatches
-    from seqsetvae.training.sampler import LengthGroupedBatchSampler
-    from seqsetvae.training.runtime import autocast, load_embedding, resolve_device, resolve_threads
+    from seqsetvae.runtime.dataset import ShardBatches
+    from seqsetvae.runtime.device import autocast, load_embedding, resolve_device, resolve_threads
+    from seqsetvae.runtime.sampler import LengthGroupedBatchSampler
 
     args = build_parser().parse_args(argv)
     settings = load_settings(args.settings)["evaluate"]
@@ -179,7 +179,7 @@ def main(argv: list[str]) -> int:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     model_settings = load_settings({"model": run_config["model"]})["model"]
-    result = evaluate_split(model, batches, sampler, device, precision, evaluation_weights(model_settings))
+    result = evaluate_split(model, batches, sampler, device, precision, LossWeights.at_evaluation(model_settings))
     allocated, reserved = cuda_peaks_mb(device)
 
     labels = batches.labels

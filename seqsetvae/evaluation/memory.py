@@ -42,19 +42,11 @@ def read_benchmark(path: str | Path) -> dict:
             raise InputError(f"{path}: benchmark TSV lacks column {column!r} (columns: {list(table.columns)})")
     wall = pd.to_numeric(table["s"], errors="coerce")
     max_rss = pd.to_numeric(table["max_rss"], errors="coerce")
-    return {
-        "max_rss_mb": _number(max_rss.max()),
-        "wall_s": _number(wall.median()),
-        "records": int(len(table)),
-    }
+    return {"max_rss_mb": _number(max_rss.max()), "wall_s": _number(wall.median()), "records": int(len(table))}
 
 
 def memory_report(
-    batch_size: int,
-    train_summary: dict,
-    eval_metrics: dict,
-    train_benchmark: dict,
-    eval_benchmark: dict,
+    batch_size: int, train_summary: dict, eval_metrics: dict, train_benchmark: dict, eval_benchmark: dict
 ) -> dict:
     """The `results/memory/bs{B}.json` object from the jobs' own numbers."""
 
@@ -69,10 +61,7 @@ def memory_report(
         "device": train_summary.get("device"),
         "train": job(train_summary, train_benchmark),
         "eval": job(eval_metrics.get("memory", {}), eval_benchmark),
-        "largest_batch": {
-            "train": train_summary.get("largest_batch"),
-            "eval": eval_metrics.get("largest_batch"),
-        },
+        "largest_batch": {"train": train_summary.get("largest_batch"), "eval": eval_metrics.get("largest_batch")},
     }
 
 

@@ -88,7 +88,9 @@ def bootstrap_ci(labels: np.ndarray, probabilities: np.ndarray, resamples: int, 
         "level": CI_LEVEL,
         "method": "percentile",
     }
-    calibration = {name: np.concatenate([c[name] for c in calibrations])[valid] for name in ("ece", "slope", "intercept")}
+    calibration = {
+        name: np.concatenate([c[name] for c in calibrations])[valid] for name in ("ece", "slope", "intercept")
+    }
     for name, values in (("auroc", auroc[valid]), ("auprc", auprc[valid]), *calibration.items()):
         values = values[np.isfinite(values)]  # a resample without a finite recalibration fit
         low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)

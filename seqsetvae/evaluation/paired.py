@@ -29,7 +29,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from seqsetvae.evaluation.calibration import ece_rows, recalibration_rows
-from seqsetvae.evaluation.metrics import CI_LEVEL, _BOOTSTRAP_CHUNK_CELLS, auprc_rows, auroc_rows
+from seqsetvae.evaluation.metrics import _BOOTSTRAP_CHUNK_CELLS, CI_LEVEL, auprc_rows, auroc_rows
 
 
 def _slope_rows(labels, scores):
@@ -70,7 +70,10 @@ def group_bootstrap(labels: np.ndarray, groups: dict[str, np.ndarray], resamples
     n = len(labels)
     rng = np.random.default_rng(seed)
     patients = rng.integers(0, n, size=(resamples, n))
-    seed_draws = {name: rng.integers(0, len(np.atleast_2d(s)), size=(resamples, len(np.atleast_2d(s)))) for name, s in groups.items()}
+    seed_draws = {
+        name: rng.integers(0, len(np.atleast_2d(s)), size=(resamples, len(np.atleast_2d(s))))
+        for name, s in groups.items()
+    }
     y = labels[patients]  # [R, n]
     both = (y.sum(axis=1) > 0) & (y.sum(axis=1) < n)
     chunk = max(1, _BOOTSTRAP_CHUNK_CELLS // max(n, 1))
@@ -111,11 +114,7 @@ def holm(p_values: list[float]) -> list[float]:
 
 
 def paired_differences(
-    labels: np.ndarray,
-    groups: dict[str, np.ndarray],
-    pairs: list[tuple[str, str]],
-    resamples: int,
-    seed: int,
+    labels: np.ndarray, groups: dict[str, np.ndarray], pairs: list[tuple[str, str]], resamples: int, seed: int
 ) -> list[dict]:
     """For each pair (a, b): metric(a) - metric(b) per metric, with CI, p and Holm's p.
 
@@ -138,6 +137,11 @@ def paired_differences(
         for result, adjusted in zip(results, holm(p_values) if p_values else []):
             result[metric]["p_adjusted"] = adjusted
     for result in results:
-        result["bootstrap"] = {"resamples": resamples, "seed": seed, "skipped_single_class": dist["_skipped"],
-                               "level": CI_LEVEL, "seeds": "averaged; resampled with replacement within each model"}  # fmt: skip
+        result["bootstrap"] = {
+            "resamples": resamples,
+            "seed": seed,
+            "skipped_single_class": dist["_skipped"],
+            "level": CI_LEVEL,
+            "seeds": "averaged; resampled with replacement within each model",
+        }
     return results

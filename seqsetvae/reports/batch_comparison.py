@@ -24,7 +24,9 @@ from seqsetvae.io import atomic_path, write_json
 from seqsetvae.reports.study import build_study, read_object
 
 # The original guide's batch-size table (docs/model.md), published without a measurement.
-CLAIMED = pd.DataFrame({"batch_size": [1, 4, 8, 16], "relative_speed": [1.0, 2.5, 4.0, 6.0], "memory_gb": [2.5, 6.0, 12.0, None]})
+CLAIMED = pd.DataFrame(
+    {"batch_size": [1, 4, 8, 16], "relative_speed": [1.0, 2.5, 4.0, 6.0], "memory_gb": [2.5, 6.0, 12.0, None]}
+)
 FIGURES = {
     "validation_curves": "validation_curves.png",
     "training_loss": "training_loss.png",
@@ -77,8 +79,16 @@ def quality_table(study: dict) -> str:
             cells += [fmt(e[f"test_{metric}"]["mean"]), per_seed]
         rows.append(cells)
     for b in study["baselines"]:
-        rows.append([f"baseline: {b['name']}", "–", fmt(b["test_auroc"]["estimate"]), fmt_ci(b["test_auroc"]["ci"]),
-                     fmt(b["test_auprc"]["estimate"]), fmt_ci(b["test_auprc"]["ci"])])  # fmt: skip
+        rows.append(
+            [
+                f"baseline: {b['name']}",
+                "–",
+                fmt(b["test_auroc"]["estimate"]),
+                fmt_ci(b["test_auroc"]["ci"]),
+                fmt(b["test_auprc"]["estimate"]),
+                fmt_ci(b["test_auprc"]["ci"]),
+            ]
+        )
     return markdown_table(header, rows)
 
 
@@ -106,27 +116,59 @@ def baselines_delta_table(study: dict) -> str:
 
 
 def target_table(study: dict) -> str:
-    header = ["batch size", "validation points", "samples to target", "epochs to target", "steps to target",
-              "training seconds to target", "wall seconds to target"]  # fmt: skip
+    header = [
+        "batch size",
+        "validation points",
+        "samples to target",
+        "epochs to target",
+        "steps to target",
+        "training seconds to target",
+        "wall seconds to target",
+    ]
     n_train = study["protocol"]["train_patients"] or 0
     rows = []
     for e in study["batch_sizes"]:
         samples = e["samples_to_target"]
-        rows.append([str(e["batch_size"]), str(e["validation_points"]), fmt(samples, 0),
-                     fmt(samples / n_train if samples is not None and n_train else None, 2), fmt(e["steps_to_target"], 0),
-                     fmt(e["seconds_to_target"], 1), fmt(e["wall_seconds_to_target"], 1)])  # fmt: skip
+        rows.append(
+            [
+                str(e["batch_size"]),
+                str(e["validation_points"]),
+                fmt(samples, 0),
+                fmt(samples / n_train if samples is not None and n_train else None, 2),
+                fmt(e["steps_to_target"], 0),
+                fmt(e["seconds_to_target"], 1),
+                fmt(e["wall_seconds_to_target"], 1),
+            ]
+        )
     return markdown_table(header, rows)
 
 
 def speed_table(study: dict) -> str:
-    header = ["batch size", "peak lr", "steps", "patients/s (mean)", "min – max", "relative speed",
-              "train peak RSS (MiB)", "train peak GPU (MiB)", "eval patients/s"]  # fmt: skip
+    header = [
+        "batch size",
+        "peak lr",
+        "steps",
+        "patients/s (mean)",
+        "min – max",
+        "relative speed",
+        "train peak RSS (MiB)",
+        "train peak GPU (MiB)",
+        "eval patients/s",
+    ]
     rows = [
-        [str(e["batch_size"]), f"{e['peak_lr']:.2g}", fmt(e["steps"], 0), fmt(e["patients_per_s"]["mean"], 2),
-         f"{fmt(e['patients_per_s']['min'], 2)} – {fmt(e['patients_per_s']['max'], 2)}", fmt(e["relative_speed"], 2) + "x",
-         fmt(e["train_peak_memory_mb"], 0), fmt(e["train_peak_gpu_memory_mb"], 0), fmt(e["eval_patients_per_s"], 1)]
+        [
+            str(e["batch_size"]),
+            f"{e['peak_lr']:.2g}",
+            fmt(e["steps"], 0),
+            fmt(e["patients_per_s"]["mean"], 2),
+            f"{fmt(e['patients_per_s']['min'], 2)} – {fmt(e['patients_per_s']['max'], 2)}",
+            fmt(e["relative_speed"], 2) + "x",
+            fmt(e["train_peak_memory_mb"], 0),
+            fmt(e["train_peak_gpu_memory_mb"], 0),
+            fmt(e["eval_patients_per_s"], 1),
+        ]
         for e in study["batch_sizes"]
-    ]  # fmt: skip
+    ]
     return markdown_table(header, rows)
 
 
@@ -159,7 +201,13 @@ def lr_grid_table(study: dict) -> str:
         cells = [str(entry["batch_size"])]
         for m in grid["multipliers"]:
             c = by_multiplier.get(m)
-            text = MISSING if c is None else f"{fmt(c['val_auroc_mean'])} ({c['peak_lr']:.2g})" if c['peak_lr'] else fmt(c['val_auroc_mean'])
+            text = (
+                MISSING
+                if c is None
+                else f"{fmt(c['val_auroc_mean'])} ({c['peak_lr']:.2g})"
+                if c["peak_lr"]
+                else fmt(c["val_auroc_mean"])
+            )
             cells.append(f"**{text}**" if m == entry["chosen"] else text)
         edge = f"; the grid's {entry['edge']} rate: a wider grid may do better" if entry["edge"] else ""
         cells.append(f"x{entry['chosen']:g}{edge}")
@@ -172,21 +220,41 @@ def vae_table(study: dict) -> str:
     rows = []
     for e in study["batch_sizes"]:
         q = e["quality"]
-        rows.append([str(e["batch_size"]), fmt(q["recon"], 3), fmt(q["kl"], 2), f"{fmt(q['active_units'], 1)} / {q['latent_units']}", fmt(q["brier"], 4)])
+        rows.append(
+            [
+                str(e["batch_size"]),
+                fmt(q["recon"], 3),
+                fmt(q["kl"], 2),
+                f"{fmt(q['active_units'], 1)} / {q['latent_units']}",
+                fmt(q["brier"], 4),
+            ]
+        )
     return markdown_table(header, rows)
 
 
 def claim_table(study: dict) -> str:
     measured = {e["batch_size"]: e for e in study["batch_sizes"]}
     gpu = all(e["train_peak_gpu_memory_mb"] is not None for e in study["batch_sizes"])
-    header = ["batch size", "claimed relative speed", f"measured (vs batch size {study['reference_batch_size']})",
-              "claimed memory (GB)", f"measured training peak, {'GPU allocated' if gpu else 'RSS'} (GiB)"]  # fmt: skip
+    header = [
+        "batch size",
+        "claimed relative speed",
+        f"measured (vs batch size {study['reference_batch_size']})",
+        "claimed memory (GB)",
+        f"measured training peak, {'GPU allocated' if gpu else 'RSS'} (GiB)",
+    ]
     rows = []
     for c in CLAIMED.itertuples():
         m = measured.get(c.batch_size)
         memory = None if m is None else (m["train_peak_gpu_memory_mb"] if gpu else m["train_peak_memory_mb"])
-        rows.append([str(c.batch_size), f"{c.relative_speed:.1f}x", fmt(m["relative_speed"], 2) + "x" if m else "not run",
-                     fmt(c.memory_gb, 1) if c.memory_gb == c.memory_gb else "-", fmt(memory / 1024, 2) if m else "not run"])  # fmt: skip
+        rows.append(
+            [
+                str(c.batch_size),
+                f"{c.relative_speed:.1f}x",
+                fmt(m["relative_speed"], 2) + "x" if m else "not run",
+                fmt(c.memory_gb, 1) if c.memory_gb == c.memory_gb else "-",
+                fmt(memory / 1024, 2) if m else "not run",
+            ]
+        )
     return markdown_table(header, rows)
 
 
@@ -202,18 +270,25 @@ def protocol_sentences(study: dict) -> list[str]:
     p, t = study["protocol"], study["test_split"]
     schedules = p["schedules"]
     warmups = ", ".join(
-        f"{name.replace('_', ' ')} {s['epochs']:g} epochs" if "epochs" in s else f"{name.replace('_', ' ')} {s['steps']} steps"
-        for name, s in schedules.items() if name != "lr"
-    )  # fmt: skip
-    rule = (f"{p['lr']:g} x (B / {p['lr_reference_batch_size']})^{ {'sqrt': '0.5', 'linear': '1', 'none': '0'}[p['lr_scaling']] } "
-            f"({p['lr_scaling']} scaling)")  # fmt: skip
+        f"{name.replace('_', ' ')} {s['epochs']:g} epochs"
+        if "epochs" in s
+        else f"{name.replace('_', ' ')} {s['steps']} steps"
+        for name, s in schedules.items()
+        if name != "lr"
+    )
+    rule = (
+        f"{p['lr']:g} x (B / {p['lr_reference_batch_size']})^{ {'sqrt': '0.5', 'linear': '1', 'none': '0'}[p['lr_scaling']] } "
+        f"({p['lr_scaling']} scaling)"
+    )
     grid = study.get("lr_grid")
     if grid and len(grid["multipliers"]) > 1:
         chosen = ", ".join(f"x{e['chosen']:g} at batch size {e['batch_size']}" for e in grid["batch_sizes"])
-        rate = (f"at the peak learning rate chosen for it from a grid of {', '.join(f'x{m:g}' for m in grid['multipliers'])} "
-                f"the rule's {rule}: each rate trained at seed(s) {', '.join(map(str, grid['seeds']))} for "
-                f"{grid['epochs']} epoch(s), the rate with the best seed-mean validation AUROC chosen (ties: the lower "
-                f"validation loss), and only the chosen rate's runs scored on the test split ({chosen})")  # fmt: skip
+        rate = (
+            f"at the peak learning rate chosen for it from a grid of {', '.join(f'x{m:g}' for m in grid['multipliers'])} "
+            f"the rule's {rule}: each rate trained at seed(s) {', '.join(map(str, grid['seeds']))} for "
+            f"{grid['epochs']} epoch(s), the rate with the best seed-mean validation AUROC chosen (ties: the lower "
+            f"validation loss), and only the chosen rate's runs scored on the test split ({chosen})"
+        )
     else:
         rate = f"at a peak learning rate of {rule}"
     return [
@@ -240,8 +315,10 @@ def summary_sentences(study: dict) -> list[str]:
                 continue
             if d["p_adjusted"] is not None and d["p_adjusted"] < alpha:
                 direction = "higher" if d["estimate"] > 0 else "lower"
-                claims.append(f"Batch size {e['batch_size']}'s mean test {label} is {direction} than batch size {ref}'s by "
-                              f"{abs(d['estimate']):.3f} (paired 95% CI {fmt_ci(d['ci'])}, Holm-adjusted p {fmt_p(d['p_adjusted'])}).")  # fmt: skip
+                claims.append(
+                    f"Batch size {e['batch_size']}'s mean test {label} is {direction} than batch size {ref}'s by "
+                    f"{abs(d['estimate']):.3f} (paired 95% CI {fmt_ci(d['ci'])}, Holm-adjusted p {fmt_p(d['p_adjusted'])})."
+                )
             else:
                 same.append(e["batch_size"])
         sentences += claims
@@ -259,16 +336,23 @@ def summary_sentences(study: dict) -> list[str]:
             sentences.append(
                 f"The VAE is worse than the {best.replace('_', ' ')} baseline (chosen on validation; test AUROC "
                 f"{baseline['test_auroc']['estimate']:.3f}) at batch size(s) {_sizes([e['batch_size'] for e in worse])}"
-                + (f", significantly so at {_sizes(significant)} (Holm-adjusted p < {alpha})." if significant else
-                   ", though not significantly (Holm-adjusted p >= 0.05).")
-            )  # fmt: skip
+                + (
+                    f", significantly so at {_sizes(significant)} (Holm-adjusted p < {alpha})."
+                    if significant
+                    else ", though not significantly (Holm-adjusted p >= 0.05)."
+                )
+            )
         else:
             better = [e["batch_size"] for e in entries if e["delta_auroc_vs_best_baseline"]["p_adjusted"] < alpha]
             sentences.append(
                 f"Every batch size's mean test AUROC is at least that of the best baseline ({best.replace('_', ' ')}, "
-                f"{baseline['test_auroc']['estimate']:.3f})" + (f"; significantly higher at {_sizes(better)}." if better else
-                                                               ", though not significantly higher at any.")
-            )  # fmt: skip
+                f"{baseline['test_auroc']['estimate']:.3f})"
+                + (
+                    f"; significantly higher at {_sizes(better)}."
+                    if better
+                    else ", though not significantly higher at any."
+                )
+            )
     fastest = max(entries, key=lambda e: e["patients_per_s"]["mean"])
     sentences.append(
         f"Fastest training: batch size {fastest['batch_size']} at {fastest['patients_per_s']['mean']:.2f} patients/s "
@@ -283,8 +367,9 @@ def summary_sentences(study: dict) -> list[str]:
             sentences.append(
                 f"Target validation AUROC {target['value']:.3f} ({target['share_of_best_mean']:.0%} of the best mean curve): "
                 f"batch size {quickest['batch_size']} reaches it first in training time ({quickest['seconds_to_target']:.0f} s, "
-                f"{quickest['samples_to_target']:.0f} samples)" + (f"; batch size(s) {_sizes(never)} never reach it." if never else ".")
-            )  # fmt: skip
+                f"{quickest['samples_to_target']:.0f} samples)"
+                + (f"; batch size(s) {_sizes(never)} never reach it." if never else ".")
+            )
     noise = study["gradient_noise_scale"]
     if noise["b_simple"] is not None:
         b = noise["b_simple"]
@@ -296,7 +381,9 @@ def summary_sentences(study: dict) -> list[str]:
             f"nearly proportionally more progress per step from a larger batch, and batch sizes far above it would mostly waste samples."
         )
     elif noise["measurements"]:
-        sentences.append(f"The gradient noise scale could not be estimated: {noise['measurements']} measurements gave no positive |G|^2.")
+        sentences.append(
+            f"The gradient noise scale could not be estimated: {noise['measurements']} measurements gave no positive |G|^2."
+        )
     return sentences
 
 
@@ -312,7 +399,10 @@ def git_commit() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, check=True, timeout=10,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -357,12 +447,18 @@ def machines(runs) -> list[dict]:
 
 
 def _machine_line(machine: dict) -> str:
-    gpu = "no GPU" if not machine.get("gpu") else (
-        f"GPU {machine['gpu']} ({machine.get('gpus_visible')} visible), CUDA {machine.get('cuda')}, driver {machine.get('driver')}"
-    )  # fmt: skip
+    gpu = (
+        "no GPU"
+        if not machine.get("gpu")
+        else (
+            f"GPU {machine['gpu']} ({machine.get('gpus_visible')} visible), CUDA {machine.get('cuda')}, driver {machine.get('driver')}"
+        )
+    )
     fallback = "; train.device auto fell back to the CPU" if machine["auto_fell_back_to_cpu"] else ""
-    return (f"  - {machine.get('host') or 'unknown host'}: CPU {machine.get('cpu') or 'unknown'}, {gpu}{fallback}: "
-            f"{', '.join(machine['runs'])}")  # fmt: skip
+    return (
+        f"  - {machine.get('host') or 'unknown host'}: CPU {machine.get('cpu') or 'unknown'}, {gpu}{fallback}: "
+        f"{', '.join(machine['runs'])}"
+    )
 
 
 def environment_lines(study: dict) -> list[str]:
@@ -381,7 +477,9 @@ def environment_lines(study: dict) -> list[str]:
     ]
     for split in ("train", "valid", "test"):
         c = data["by_split"].get(split, {})
-        lines.append(f"  - {split}: {c.get('patients', MISSING)} patients, {c.get('sets', MISSING)} sets, {c.get('events', MISSING)} events")
+        lines.append(
+            f"  - {split}: {c.get('patients', MISSING)} patients, {c.get('sets', MISSING)} sets, {c.get('events', MISSING)} events"
+        )
     return lines
 
 
@@ -527,7 +625,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--settings", default="{}", help="config sections (JSON); hashed into the report")
     parser.add_argument("--results", required=True, help="the pipeline's results folder")
     parser.add_argument("--runs", nargs="+", required=True, help="the compared runs, bsB/lrM/seedS (results/runs/...)")
-    parser.add_argument("--lr-grid", nargs="*", default=[], help="each batch size's learning-rate choice (results/lr_grid/bsB.json)")
+    parser.add_argument(
+        "--lr-grid", nargs="*", default=[], help="each batch size's learning-rate choice (results/lr_grid/bsB.json)"
+    )
     parser.add_argument("--baselines", nargs="*", default=[], help="baseline model names (results/baselines/NAME.json)")
     parser.add_argument("--out", required=True, help="the Markdown report; the JSON and figures/ go beside it")
     args = parser.parse_args(argv)
@@ -553,7 +653,11 @@ def main(argv: list[str]) -> int:
     write_json(out.with_suffix(".json"), study)
     figures_dir = out.parent / "figures"
     figures.validation_curves(study, figures_dir / FIGURES["validation_curves"])
-    figures.training_loss({(r.batch_size, r.seed): r.steps for r in runs}, runs[0].train.get("train_patients"), figures_dir / FIGURES["training_loss"])
+    figures.training_loss(
+        {(r.batch_size, r.seed): r.steps for r in runs},
+        runs[0].train.get("train_patients"),
+        figures_dir / FIGURES["training_loss"],
+    )
     figures.throughput_memory(study, CLAIMED, figures_dir / FIGURES["throughput_memory"])
     figures.reliability(study, figures_dir / FIGURES["reliability"])
     figures.lr_grid(study, figures_dir / FIGURES["lr_grid"])

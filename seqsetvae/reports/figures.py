@@ -154,12 +154,17 @@ def lr_grid(study: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     grid = study.get("lr_grid") or {"batch_sizes": []}
     for entry in grid["batch_sizes"]:
-        points = [(c["peak_lr"], c["val_auroc_mean"]) for c in entry["candidates"]
-                  if c["peak_lr"] is not None and c["val_auroc_mean"] is not None]  # fmt: skip
+        points = [
+            (c["peak_lr"], c["val_auroc_mean"])
+            for c in entry["candidates"]
+            if c["peak_lr"] is not None and c["val_auroc_mean"] is not None
+        ]
         if not points:
             continue
         line = ax.plot(*zip(*points), "o-", ms=4, lw=1, label=f"batch size {entry['batch_size']}")[0]
-        chosen = [c for c in entry["candidates"] if c["multiplier"] == entry["chosen"] and c["val_auroc_mean"] is not None]
+        chosen = [
+            c for c in entry["candidates"] if c["multiplier"] == entry["chosen"] and c["val_auroc_mean"] is not None
+        ]
         if chosen:
             ax.plot(chosen[0]["peak_lr"], chosen[0]["val_auroc_mean"], "o", ms=11, mfc="none", color=line.get_color())
     ax.set_xscale("log")

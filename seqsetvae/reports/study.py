@@ -64,8 +64,11 @@ def read_metrics_log(path: Path) -> dict[str, pd.DataFrame]:
         raise DamagedFile(path, f"not JSON lines: {error}", writer_of(path)) from None
     if len(records) and "kind" not in records.columns:
         raise InputError(f"{path}: records lack the 'kind' field")
-    required = {"step": ["step", "loss"], "validation": ["step", "samples", "val_auroc", "train_time_s", "wall_time_s"],
-                "noise_scale": ["step", "gradient_sq", "trace_sigma"]}  # fmt: skip
+    required = {
+        "step": ["step", "loss"],
+        "validation": ["step", "samples", "val_auroc", "train_time_s", "wall_time_s"],
+        "noise_scale": ["step", "gradient_sq", "trace_sigma"],
+    }
     out = {}
     for kind, columns in required.items():
         part = records[records["kind"] == kind] if len(records) else pd.DataFrame(columns=columns)
@@ -104,18 +107,31 @@ def load_runs(results: Path, names: list[str]) -> list[Run]:
         rates.setdefault(b, set()).add(lr)
     for b, tags in rates.items():
         if len(tags) > 1:
-            raise InputError(f"batch size {b}: runs at more than one learning rate ({', '.join(sorted(tags))}); compare one")
+            raise InputError(
+                f"batch size {b}: runs at more than one learning rate ({', '.join(sorted(tags))}); compare one"
+            )
     runs = []
     for b, s, _, name in sorted(parsed):
-        train = read_object(results / "runs" / name / "metrics.json", ("batch_size", "seed", "patients_per_s", "peak_rss_mb"))
+        train = read_object(
+            results / "runs" / name / "metrics.json", ("batch_size", "seed", "patients_per_s", "peak_rss_mb")
+        )
         log = read_metrics_log(results / "runs" / name / "metrics.jsonl")
-        evaluation = read_object(results / "eval" / f"{name}.json", ("batch_size", "auroc", "auroc_ci", "auprc", "auprc_ci"))
+        evaluation = read_object(
+            results / "eval" / f"{name}.json", ("batch_size", "auroc", "auroc_ci", "auprc", "auprc_ci")
+        )
         memory = read_object(results / "memory" / f"{name}.json", ("batch_size", "train", "eval"))
-        for path, found in ((results / "runs" / name / "metrics.json", train), (results / "eval" / f"{name}.json", evaluation)):
+        for path, found in (
+            (results / "runs" / name / "metrics.json", train),
+            (results / "eval" / f"{name}.json", evaluation),
+        ):
             if found["batch_size"] != b or found.get("seed", s) != s:
-                raise InputError(f"{path}: batch size {found['batch_size']}, seed {found.get('seed')}; expected {b}, {s}")
+                raise InputError(
+                    f"{path}: batch size {found['batch_size']}, seed {found.get('seed')}; expected {b}, {s}"
+                )
         predictions = read_predictions(results / "eval" / f"{name}_predictions.parquet")
-        runs.append(Run(b, s, train, log["step"], log["validation"], log["noise_scale"], evaluation, predictions, memory))
+        runs.append(
+            Run(b, s, train, log["step"], log["validation"], log["noise_scale"], evaluation, predictions, memory)
+        )
     return runs
 
 
@@ -132,15 +148,19 @@ def load_lr_grid(paths: list[Path], runs: list[Run]) -> list[dict]:
             raise InputError(f"batch size {run.batch_size}: no learning-rate choice among {', '.join(map(str, paths))}")
         trained = float(run.train.get("lr_multiplier", 1.0))
         if format(trained, "g") != choice["chosen"]["tag"]:
-            raise InputError(f"bs{run.batch_size}/seed{run.seed} trained at multiplier {trained:g}, but "
-                             f"lr_grid/bs{run.batch_size}.json chose {choice['chosen']['tag']}")  # fmt: skip
+            raise InputError(
+                f"bs{run.batch_size}/seed{run.seed} trained at multiplier {trained:g}, but "
+                f"lr_grid/bs{run.batch_size}.json chose {choice['chosen']['tag']}"
+            )
     return [choices[b] for b in sorted({r.batch_size for r in runs})]
 
 
 def load_baselines(results: Path, names: list[str]) -> list[dict]:
     baselines = []
     for name in names:
-        summary = read_object(results / "baselines" / f"{name}.json", ("name", "auroc", "auroc_ci", "auprc", "auprc_ci"))
+        summary = read_object(
+            results / "baselines" / f"{name}.json", ("name", "auroc", "auroc_ci", "auprc", "auprc_ci")
+        )
         predictions = read_predictions(results / "baselines" / f"{name}_predictions.parquet")
         baselines.append({**summary, "frame": predictions})
     return baselines
@@ -164,7 +184,11 @@ def aligned_scores(runs: list[Run], baselines: list[dict]) -> tuple[np.ndarray, 
         groups.setdefault(f"bs{r.batch_size}", []).append(r.predictions["probability"].to_numpy())
     for b in baselines:
         groups[b["name"]] = [b["frame"]["probability"].to_numpy()]
-    return first["label"].to_numpy().astype(np.int64), {k: np.vstack(v) for k, v in groups.items()}, first["patient_id"].tolist()
+    return (
+        first["label"].to_numpy().astype(np.int64),
+        {k: np.vstack(v) for k, v in groups.items()},
+        first["patient_id"].tolist(),
+    )
 
 
 def mean_curve(runs: list[Run]) -> pd.DataFrame:
@@ -177,10 +201,15 @@ def mean_curve(runs: list[Run]) -> pd.DataFrame:
     joined = pd.concat(frames, ignore_index=True)
     grouped = joined.groupby("validation" if "validation" in joined.columns else "samples", sort=True)
     curve = grouped.agg(
-        samples=("samples", "mean"), steps=("step", "mean"), train_seconds=("train_time_s", "mean"),
-        wall_seconds=("wall_time_s", "mean"), val_auroc=("val_auroc", "mean"), val_auroc_min=("val_auroc", "min"),
-        val_auroc_max=("val_auroc", "max"), seeds=("seed", "nunique"),
-    )  # fmt: skip
+        samples=("samples", "mean"),
+        steps=("step", "mean"),
+        train_seconds=("train_time_s", "mean"),
+        wall_seconds=("wall_time_s", "mean"),
+        val_auroc=("val_auroc", "mean"),
+        val_auroc_min=("val_auroc", "min"),
+        val_auroc_max=("val_auroc", "max"),
+        seeds=("seed", "nunique"),
+    )
     return curve[curve.seeds == len(runs)].reset_index(drop=True)
 
 
@@ -188,10 +217,19 @@ def first_reaching(curve: pd.DataFrame, target: float) -> dict:
     """Samples, steps and seconds at the curve's first point with val_auroc >= target (None: never)."""
     hits = np.flatnonzero(curve["val_auroc"].to_numpy() >= target) if len(curve) else []
     if len(hits) == 0:
-        return {"samples_to_target": None, "steps_to_target": None, "seconds_to_target": None, "wall_seconds_to_target": None}
+        return {
+            "samples_to_target": None,
+            "steps_to_target": None,
+            "seconds_to_target": None,
+            "wall_seconds_to_target": None,
+        }
     row = curve.iloc[int(hits[0])]
-    return {"samples_to_target": float(row.samples), "steps_to_target": float(row.steps),
-            "seconds_to_target": float(row.train_seconds), "wall_seconds_to_target": float(row.wall_seconds)}  # fmt: skip
+    return {
+        "samples_to_target": float(row.samples),
+        "steps_to_target": float(row.steps),
+        "seconds_to_target": float(row.train_seconds),
+        "wall_seconds_to_target": float(row.wall_seconds),
+    }
 
 
 def spread(values) -> dict:
@@ -204,9 +242,16 @@ def spread(values) -> dict:
 def noise_summary(runs: list[Run]) -> dict:
     """B_simple from all measurements of these runs, overall and over the second half of training."""
     measurements = [row._asdict() for r in runs for row in r.noise.itertuples(index=False)]
-    late = [m for m in measurements if m.get("epochs", 0) >= 0.5 * max((m.get("epochs", 0) for m in measurements), default=0)]
-    return {"measurements": len(measurements), "b_simple": simple_noise_scale(measurements),
-            "b_simple_second_half": simple_noise_scale(late)}  # fmt: skip
+    late = [
+        m
+        for m in measurements
+        if m.get("epochs", 0) >= 0.5 * max((m.get("epochs", 0) for m in measurements), default=0)
+    ]
+    return {
+        "measurements": len(measurements),
+        "b_simple": simple_noise_scale(measurements),
+        "b_simple_second_half": simple_noise_scale(late),
+    }
 
 
 def finite(value):
@@ -235,11 +280,18 @@ def protocol(settings: dict, runs: list[Run], n_train: int) -> dict:
     train, model = settings.get("train", {}), settings.get("model", {})
     schedule_keys = ("beta_warmup", "pred_warmup", "recon_decay")
     schedules = {
-        key: ({"steps": model[f"{key}_steps"]} if model.get(f"{key}_steps") is not None else {"epochs": model.get(f"{key}_epochs")})
+        key: (
+            {"steps": model[f"{key}_steps"]}
+            if model.get(f"{key}_steps") is not None
+            else {"epochs": model.get(f"{key}_epochs")}
+        )
         for key in schedule_keys
     }
-    schedules["lr"] = {"schedule": train.get("lr_schedule"), "warmup_epochs": train.get("lr_warmup_epochs"),
-                       "eta_min_factor": train.get("eta_min_factor")}  # fmt: skip
+    schedules["lr"] = {
+        "schedule": train.get("lr_schedule"),
+        "warmup_epochs": train.get("lr_warmup_epochs"),
+        "eta_min_factor": train.get("eta_min_factor"),
+    }
     return {
         "epochs": train.get("epochs"),
         "train_patients": n_train,
@@ -265,13 +317,22 @@ def lr_grid_summary(choices: list[dict], settings: dict) -> dict:
         "epochs": train.get("lr_grid_epochs") or train.get("epochs"),
         "rule": choices[0]["rule"] if choices else None,
         "batch_sizes": [
-            {"batch_size": c["batch_size"], "chosen": c["chosen"]["multiplier"], "peak_lr": c["chosen"]["peak_lr"],
-             "edge": c["edge"],
-             "candidates": [{key: cand[key] for key in ("multiplier", "peak_lr", "val_auroc", "val_auroc_mean", "val_loss_mean")}
-                            for cand in c["candidates"]]}
+            {
+                "batch_size": c["batch_size"],
+                "chosen": c["chosen"]["multiplier"],
+                "peak_lr": c["chosen"]["peak_lr"],
+                "edge": c["edge"],
+                "candidates": [
+                    {
+                        key: cand[key]
+                        for key in ("multiplier", "peak_lr", "val_auroc", "val_auroc_mean", "val_loss_mean")
+                    }
+                    for cand in c["candidates"]
+                ],
+            }
             for c in choices
         ],
-    }  # fmt: skip
+    }
 
 
 def build_study(runs: list[Run], baselines: list[dict], settings: dict, lr_grid: list[dict] | None = None) -> dict:
@@ -289,17 +350,35 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict, lr_grid:
     # paired differences: each batch size against the reference, and against the best
     # baseline (chosen on the validation split, never on test); Holm within each family
     others = [b for b in sizes if b != reference]
-    vs_reference = dict(zip(others, paired.paired_differences(labels, groups, [(f"bs{b}", f"bs{reference}") for b in others], resamples, boot_seed)))
+    vs_reference = dict(
+        zip(
+            others,
+            paired.paired_differences(
+                labels, groups, [(f"bs{b}", f"bs{reference}") for b in others], resamples, boot_seed
+            ),
+        )
+    )
     # every batch size against every baseline (Holm within each baseline's family)
     vs_each = {
-        base["name"]: dict(zip(sizes, paired.paired_differences(labels, groups, [(f"bs{b}", base["name"]) for b in sizes], resamples, boot_seed)))
+        base["name"]: dict(
+            zip(
+                sizes,
+                paired.paired_differences(
+                    labels, groups, [(f"bs{b}", base["name"]) for b in sizes], resamples, boot_seed
+                ),
+            )
+        )
         for base in baselines
-    }  # fmt: skip
-    best_baseline = max(baselines, key=lambda b: (b.get("chosen_on_valid") or {}).get("val_auroc") or -1.0) if baselines else None
+    }
+    best_baseline = (
+        max(baselines, key=lambda b: (b.get("chosen_on_valid") or {}).get("val_auroc") or -1.0) if baselines else None
+    )
     vs_baseline = vs_each[best_baseline["name"]] if best_baseline is not None else {}
 
     curves = {b: mean_curve(rs) for b, rs in by_size.items()}
-    best_mean = max((float(c["val_auroc"].max()) for c in curves.values() if len(c) and c["val_auroc"].notna().any()), default=None)
+    best_mean = max(
+        (float(c["val_auroc"].max()) for c in curves.values() if len(c) and c["val_auroc"].notna().any()), default=None
+    )
     share = report.get("target_share", 0.95)
     target = None if best_mean is None else share * best_mean
 
@@ -322,16 +401,21 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict, lr_grid:
         }
         for metric in ("auroc", "auprc"):
             per_seed = [{"seed": r.seed, "estimate": r.eval[metric], "ci": r.eval[f"{metric}_ci"]} for r in rs]
-            entry[f"test_{metric}"] = {"mean": paired.point_estimate(labels, groups[f"bs{b}"], metric), "per_seed": per_seed}
+            entry[f"test_{metric}"] = {
+                "mean": paired.point_estimate(labels, groups[f"bs{b}"], metric),
+                "per_seed": per_seed,
+            }
             entry[f"delta_{metric}_vs_reference"] = delta(vs_reference.get(b), metric)
             entry[f"delta_{metric}_vs_best_baseline"] = delta(vs_baseline.get(b), metric)
         # calibration: seed means of each seed's value, paired deltas against the reference;
         # the reliability points of the seed-mean probabilities (a figure)
         entry["calibration"] = {
-            metric: {"mean": finite(paired.point_estimate(labels, groups[f"bs{b}"], metric)),
-                     "delta_vs_reference": finite(delta(vs_reference.get(b), metric))}
+            metric: {
+                "mean": finite(paired.point_estimate(labels, groups[f"bs{b}"], metric)),
+                "delta_vs_reference": finite(delta(vs_reference.get(b), metric)),
+            }
             for metric in CALIBRATION
-        }  # fmt: skip
+        }
         entry["calibration"]["reliability"] = reliability_table(labels, groups[f"bs{b}"].mean(axis=0))
         entry.update(first_reaching(curve, target) if target is not None else first_reaching(curve.iloc[0:0], 0.0))
         entry["validation_points"] = int(min(len(r.validations) for r in rs))
@@ -357,20 +441,30 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict, lr_grid:
                 "test_auroc": {"estimate": b["auroc"], "ci": b["auroc_ci"]},
                 "test_auprc": {"estimate": b["auprc"], "ci": b["auprc_ci"]},
                 "calibration": {
-                    **{metric: finite(paired.point_estimate(labels, groups[b["name"]], metric)) for metric in CALIBRATION},
+                    **{
+                        metric: finite(paired.point_estimate(labels, groups[b["name"]], metric))
+                        for metric in CALIBRATION
+                    },
                     "reliability": reliability_table(labels, groups[b["name"]][0]),
                 },
                 "batch_sizes_minus_baseline": [
-                    {"batch_size": size, "auroc": delta(vs_each[b["name"]][size], "auroc"),
-                     "auprc": delta(vs_each[b["name"]][size], "auprc")}
+                    {
+                        "batch_size": size,
+                        "auroc": delta(vs_each[b["name"]][size], "auroc"),
+                        "auprc": delta(vs_each[b["name"]][size], "auprc"),
+                    }
                     for size in sizes
-                ],  # fmt: skip
+                ],
             }
             for b in baselines
         ],
         "best_baseline": None if best_baseline is None else best_baseline["name"],
         "significance_level": SIGNIFICANCE,
-        "bootstrap": {"resamples": resamples, "seed": boot_seed, "paired": True,
-                      "seeds": "averaged within each batch size; resampled with replacement in every resample"},  # fmt: skip
+        "bootstrap": {
+            "resamples": resamples,
+            "seed": boot_seed,
+            "paired": True,
+            "seeds": "averaged within each batch size; resampled with replacement in every resample",
+        },
         "device": sorted({str(r.train.get("device")) for r in runs}),
     }

@@ -37,8 +37,12 @@ class WeightAverage:
         if self._pairs is None or self._pairs[0] is not model:  # the tensors, paired once
             pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
             floating = [(a, c) for a, c in pairs if a.is_floating_point() and a.dtype == c.dtype]
-            self._pairs = (model, [a for a, _ in floating], [c for _, c in floating],
-                           [(a, c) for a, c in pairs if not (a.is_floating_point() and a.dtype == c.dtype)])  # fmt: skip
+            self._pairs = (
+                model,
+                [a for a, _ in floating],
+                [c for _, c in floating],
+                [(a, c) for a, c in pairs if not (a.is_floating_point() and a.dtype == c.dtype)],
+            )
         _, averages, currents, others = self._pairs
         torch._foreach_lerp_(averages, currents, weight)  # one fused pass over every tensor
         for average, current in others:  # integer buffers (counters) are the model's

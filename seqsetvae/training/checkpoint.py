@@ -26,15 +26,29 @@ import torch
 from safetensors.torch import save_file
 
 from seqsetvae.io import atomic_path, file_sha256, load_safetensors, read_json, tensors_sha256, write_json
+from seqsetvae.runtime.weights import model_tensors
 
 KEEP = 2  # checkpoints kept on disk (the newest ones)
 
 # train keys that do not change what is computed: a checkpoint written under other
 # values of these is resumed all the same (the run's own seed is part of the identity)
 # (devices: in the identity as the world size, when above 1)
-NOT_IN_FINGERPRINT = {"batch_sizes", "seeds", "threads", "log_every", "checkpoint_every", "max_skipped_batches",
-                      "cpu_fallback", "devices", "loader_workers", "stop_signals",
-                      "tracking", "lr_grid", "lr_grid_seeds", "lr_grid_epochs"}  # fmt: skip
+NOT_IN_FINGERPRINT = {
+    "batch_sizes",
+    "seeds",
+    "threads",
+    "log_every",
+    "checkpoint_every",
+    "max_skipped_batches",
+    "cpu_fallback",
+    "devices",
+    "loader_workers",
+    "stop_signals",
+    "tracking",
+    "lr_grid",
+    "lr_grid_seeds",
+    "lr_grid_epochs",
+}
 # the budget: a checkpoint of the same identity under another budget is continued
 BUDGET = ("epochs",)
 
@@ -88,11 +102,7 @@ def join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 
 def rng_state(device: torch.device) -> dict:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(legacy=False),
-        "python": random.getstate(),
-    }
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(legacy=False), "python": random.getstate()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -105,30 +115,6 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
-
-
-# -- model weights --------------------------------------------------------------------
-
-
-def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state_dict as contiguous CPU tensors (safetensors wants no sharing)."""
-    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-
-
-def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict | None = None) -> None:
-    """Weights as safetensors; `metadata` goes into one JSON string under "training".
-
-    One key only: safetensors writes several metadata keys in hash order, which would
-    make the bytes of identical weights differ from run to run.
-    """
-    tensors = model_tensors(model)
-    with atomic_path(path) as tmp:
-        meta = {"training": json.dumps({**(metadata or {}), "sha256": tensors_sha256(tensors)}, sort_keys=True)}
-        save_file(tensors, str(tmp), metadata=meta)
-
-
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    model.load_state_dict(load_safetensors(path, written_by="train"), strict=True)
 
 
 # -- whole checkpoints ----------------------------------------------------------------

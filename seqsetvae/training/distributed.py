@@ -71,8 +71,19 @@ def launch(argv: list[str], devices: int) -> int:
     """Run `seqsetvae train argv` in `devices` processes; the exit status of the job."""
     from torch.distributed.run import main as torchrun
 
-    command = ["--standalone", "--nnodes", "1", "--nproc-per-node", str(devices), "--no-python", sys.executable,
-               "-m", "seqsetvae.cli", "train", *argv]  # fmt: skip
+    command = [
+        "--standalone",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(devices),
+        "--no-python",
+        sys.executable,
+        "-m",
+        "seqsetvae.cli",
+        "train",
+        *argv,
+    ]
     try:
         torchrun(command)
     except Exception as error:  # ChildFailedError: the workers' own messages are in the log above
@@ -111,8 +122,9 @@ def rank_share(indices: np.ndarray, n_events: np.ndarray, world: World) -> tuple
     return (mine, 1.0) if len(mine) else (np.zeros(1, dtype=np.int64), 0.0)
 
 
-def rank_noise(indices: np.ndarray, mine: np.ndarray, n_sets: np.ndarray, latent_dim: int, dtype: torch.dtype,
-               device: torch.device) -> torch.Tensor:  # fmt: skip
+def rank_noise(
+    indices: np.ndarray, mine: np.ndarray, n_sets: np.ndarray, latent_dim: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
     """This rank's sets' rows [S_rank, latent_dim] of the posterior noise of the global
     batch, which every rank draws whole (so their random streams stay in step)."""
     sets = n_sets[indices]
@@ -121,8 +133,9 @@ def rank_noise(indices: np.ndarray, mine: np.ndarray, n_sets: np.ndarray, latent
     return noise[torch.as_tensor(rows, device=device)]
 
 
-def backward_global(output, weights, batch, size: dict, share: float, world: World,
-                    device: torch.device) -> tuple[dict, float]:  # fmt: skip
+def backward_global(
+    output, weights, batch, size: dict, share: float, world: World, device: torch.device
+) -> tuple[dict, float]:
     """Backward of this rank's part of the global batch's mean loss, times the world size
     (DDP averages the ranks' gradients, so their mean is the global batch's gradient);
     returns the global batch's loss terms and its sequence-grid slots (one all-reduce)."""
@@ -179,3 +192,15 @@ def barrier() -> None:
 def finish() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def place(device: torch.device, threads: int, world: World) -> tuple[torch.device, int]:
+    """This process's device and CPU threads: on CUDA its rank's GPU; on a CPU the job's
+    threads shared between its processes."""
+    if not world.distributed:
+        return device, threads
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+        return device, threads
+    return device, max(1, threads // world.size)

@@ -58,17 +58,19 @@ def choose(batch_size: int, grid: list[float], summaries: list[tuple[Path, dict]
         runs = [run for run in runs if run is not None]
         aurocs = [_finite((run.get("best") or {}).get("val_auroc")) for run in runs]
         losses = [_finite((run.get("best") or {}).get("val_loss")) for run in runs]
-        candidates.append({
-            "multiplier": multiplier,
-            "tag": tag,
-            "peak_lr": runs[0]["lr"] if runs else None,
-            "seeds": [int(run["seed"]) for run in runs],
-            "val_auroc": aurocs,
-            # a run without a finite validation AUROC ranks last
-            "val_auroc_mean": None if not aurocs or None in aurocs else sum(aurocs) / len(aurocs),
-            "val_loss_mean": None if not losses or None in losses else sum(losses) / len(losses),
-            "epochs": runs[0].get("epochs") if runs else None,
-        })  # fmt: skip
+        candidates.append(
+            {
+                "multiplier": multiplier,
+                "tag": tag,
+                "peak_lr": runs[0]["lr"] if runs else None,
+                "seeds": [int(run["seed"]) for run in runs],
+                "val_auroc": aurocs,
+                # a run without a finite validation AUROC ranks last
+                "val_auroc_mean": None if not aurocs or None in aurocs else sum(aurocs) / len(aurocs),
+                "val_loss_mean": None if not losses or None in losses else sum(losses) / len(losses),
+                "epochs": runs[0].get("epochs") if runs else None,
+            }
+        )
 
     def rank(candidate: dict) -> tuple:
         auroc, loss = candidate["val_auroc_mean"], candidate["val_loss_mean"]

@@ -23,8 +23,12 @@ patients, computes the gradient of each half (b_small = patients / 2) and their 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from seqsetvae.training.train import Trainer
 
 
 def noise_terms(sq_small: float, sq_big: float, b_small: float, b_big: float) -> tuple[float, float]:
@@ -48,8 +52,14 @@ def measure_halves(gradient: Callable[[np.ndarray], np.ndarray], indices: np.nda
     mean = 0.5 * (first + second)
     sq_big = float(mean @ mean)
     g2, trace = noise_terms(sq_small, sq_big, half, 2 * half)
-    return {"b_small": half, "b_big": 2 * half, "sq_norm_small": sq_small, "sq_norm_big": sq_big,
-            "gradient_sq": g2, "trace_sigma": trace}  # fmt: skip
+    return {
+        "b_small": half,
+        "b_big": 2 * half,
+        "sq_norm_small": sq_small,
+        "sq_norm_big": sq_big,
+        "gradient_sq": g2,
+        "trace_sigma": trace,
+    }
 
 
 def simple_noise_scale(measurements: list[dict]) -> float | None:
@@ -59,3 +69,47 @@ def simple_noise_scale(measurements: list[dict]) -> float | None:
     g2 = float(np.mean([m["gradient_sq"] for m in measurements]))
     trace = float(np.mean([m["trace_sigma"] for m in measurements]))
     return trace / g2 if g2 > 0 else None
+
+
+def measure_during_training(trainer: Trainer) -> None:
+    """One gradient-noise-scale measurement of a training run at its current weights (no
+    step, RNG untouched; rank 0 measures, the other ranks count it)."""
+    import torch  # here: the report reads this module's estimators without torch
+
+    from seqsetvae.training.schedule import loss_weights
+
+    config = trainer.train["noise_scale"]
+    count = len(trainer.state.noise_measurements)
+    if not trainer.world.is_main:  # rank 0 measures; the others keep the count
+        trainer.state.noise_measurements.append({})
+        return
+    patients = min(config["patients"], trainer.n_train - trainer.n_train % 2)
+    if patients < 2:
+        return
+    rng = np.random.default_rng([trainer.seed, 1, count])  # independent of the sampler's stream
+    indices = rng.choice(trainer.n_train, size=patients, replace=False)
+    weights = loss_weights(trainer.settings["model"], trainer.state.step, trainer.epochs_done)
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+
+    def gradient(half: np.ndarray) -> np.ndarray:
+        batch = trainer.train_batches(np.sort(half)).to(trainer.device)
+        with trainer.autocast():
+            loss = trainer.model(batch, weights).loss
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return torch.cat([g.reshape(-1) for g in grads if g is not None]).double().cpu().numpy()
+
+    devices = [trainer.device] if trainer.device.type == "cuda" else []
+    # a measurement, not training: the buffers its training-mode passes move (the
+    # readout's running mean) are put back, as the RNG is
+    buffers = [b.detach().clone() for b in trainer.model.buffers()]
+    trainer.model.classifier.sync_ranks = False  # rank 0 measures alone
+    try:
+        with torch.random.fork_rng(devices=devices, device_type=trainer.device.type):
+            measurement = measure_halves(gradient, indices)
+    finally:
+        trainer.model.classifier.sync_ranks = True
+        for buffer, saved in zip(trainer.model.buffers(), buffers):
+            buffer.copy_(saved)
+    measurement = {"step": trainer.state.step, "epochs": trainer.epochs_done, **measurement}
+    trainer.state.noise_measurements.append(measurement)
+    trainer.recorder.record({"kind": "noise_scale", **measurement})

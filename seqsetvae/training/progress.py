@@ -3,6 +3,7 @@ sampler and the RNG states. Saved as JSON (`dataclasses.asdict`) in each checkpo
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -37,8 +38,9 @@ class RunState:
     skipped_batches: int = 0  # non-finite loss or gradient: skipped before the optimiser step
     budget_changes: list = field(default_factory=list)  # {"step", "epochs_from", "epochs_to"} of each change
     # the largest over every process (segment) of the run, not only the last one
-    peaks: dict = field(default_factory=lambda: {"peak_rss_mb": 0.0, "cuda_max_allocated_mb": None,
-                                                 "cuda_max_reserved_mb": None})  # fmt: skip
+    peaks: dict = field(
+        default_factory=lambda: {"peak_rss_mb": 0.0, "cuda_max_allocated_mb": None, "cuda_max_reserved_mb": None}
+    )
 
     def count_step(self, size: dict, loss: float, seconds: float, fill_ratio: float, sequence_slots: int) -> None:
         """Fold one optimiser step on a batch of `size` (patients, events, sets) in."""
@@ -66,6 +68,29 @@ class RunState:
         loss = self.epoch_loss_sum / max(self.epoch_patients, 1)
         self.epoch_loss_sum, self.epoch_patients = 0.0, 0
         return loss
+
+    def count_skipped(self, patients: int, terms: dict, limit: int, where: str) -> list[str]:
+        """Count a skipped batch (its patients as seen); its non-finite terms, or a
+        FloatingPointError past `limit` skipped batches."""
+        self.skipped_batches += 1
+        self.patients += patients
+        bad = sorted(name for name, value in terms.items() if not math.isfinite(value))
+        if self.skipped_batches > limit:
+            raise FloatingPointError(
+                f"non-finite {', '.join(bad)} ({where}): {self.skipped_batches} batches skipped, more than "
+                f"train.max_skipped_batches = {limit}"
+            )
+        return bad
+
+    def update_peaks(self, device) -> None:
+        """Fold this process's memory peaks into the run's (the maximum over segments)."""
+        from seqsetvae.runtime.memory import cuda_peaks_mb, peak_rss_mb
+
+        self.peaks["peak_rss_mb"] = max(self.peaks["peak_rss_mb"] or 0.0, peak_rss_mb())
+        if device.type == "cuda":
+            allocated, reserved = cuda_peaks_mb(device)
+            self.peaks["cuda_max_allocated_mb"] = max(self.peaks["cuda_max_allocated_mb"] or 0.0, allocated)
+            self.peaks["cuda_max_reserved_mb"] = max(self.peaks["cuda_max_reserved_mb"] or 0.0, reserved)
 
     def summary(self, wall_time_s: float, noise_patients: int) -> dict:
         """What metrics.json says of the run's progress (docs/outputs.md)."""
@@ -105,3 +130,28 @@ class RunState:
         """From a checkpoint's counters; keys it lacks keep their fresh values."""
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in saved.items() if key in known})
+
+
+def step_record(
+    state: RunState, epoch: int, epochs: float, terms: dict, lr: float, weights, size: dict, seconds: float, batch
+) -> dict:
+    """metrics.jsonl's line of the step just counted into `state` (docs/outputs.md)."""
+    return {
+        "kind": "step",
+        "epoch": epoch + 1,
+        "step": state.step,
+        "samples": state.patients,
+        "epochs": epochs,
+        **terms,
+        "lr": lr,
+        "beta": weights.beta,
+        "recon_weight": weights.recon,
+        "pred_weight": weights.pred,
+        "patients_per_s": size["patients"] / seconds,
+        "events_per_s": size["events"] / seconds,
+        "fill_ratio": float(batch.fill_ratio),
+        "sequence_fill_ratio": float(batch.sequence_fill_ratio),
+        "batch_patients": size["patients"],
+        "batch_events": size["events"],
+        "batch_sets": size["sets"],
+    }

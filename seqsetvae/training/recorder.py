@@ -78,7 +78,9 @@ class Recorder:
     # -- progress ---------------------------------------------------------------------
 
     def start_epoch(self, epoch: int, total: int, done: int) -> None:
-        self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}", disable=not self.terminal or not self.is_main)
+        self.bar = tqdm(
+            total=total, initial=done, desc=f"epoch {epoch + 1}", disable=not self.terminal or not self.is_main
+        )
 
     def step_done(self, line: dict | None, epoch: int, epochs: int, position: int, total: int, log_every: int) -> None:
         """After an optimiser step (`line`: its record; None: a skipped batch)."""

@@ -44,14 +44,6 @@ def loss_weights(model: dict, step: int, epochs: float) -> LossWeights:
     )
 
 
-def evaluation_weights(model: dict) -> LossWeights:
-    """Validation and test weights: the schedule's end (docs/model.md: recon 0.5, pred w; full beta).
-
-    Fixed, so that validation losses compare across the points of a run and across runs.
-    """
-    return LossWeights(beta=model["max_beta"], recon=0.5 * model["recon_weight"], pred=model["pred_weight"])
-
-
 def lr_factor(train: dict, step: int, epochs: float) -> float:
     """The learning rate's multiple of its peak after `step` steps / `epochs` epochs.
 

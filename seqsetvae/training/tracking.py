@@ -44,7 +44,9 @@ class Tracker:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise InputError("train.tracking: tensorboard needs the tensorboard package: pip install -e '.[tracking]'") from None
+                raise InputError(
+                    "train.tracking: tensorboard needs the tensorboard package: pip install -e '.[tracking]'"
+                ) from None
             # records of steps from `first_step` on, left by an interrupted process, are dropped
             self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_step or None)
         elif backend == "mlflow":

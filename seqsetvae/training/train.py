@@ -1,33 +1,21 @@
-"""`seqsetvae train`: train SeqSetVAE at one batch size and seed, resumably.
+"""`seqsetvae train`: train SeqSetVAE at one batch size, learning rate and seed, resumably.
 
     seqsetvae train --settings JSON --shards DIR --embedding F --batch-size B --seed S \
         [--lr-multiplier M] --out results/runs/bsB/lrM/seedS --threads N
 
 The budget is `train.epochs` passes over the train split, the same samples for every
-batch size; the peak learning rate is scaled with the batch size (`train.lr_scaling`),
-and every schedule runs in epochs (`seqsetvae.training.schedule`), so every batch size
-goes through the same phases. The run validates `train.validations_per_epoch` times per
-epoch and keeps the weights of the best validation AUROC.
-
-Writes into --out: metrics.json (the run's summary), metrics.jsonl (one line per step,
-per validation, per noise-scale measurement and per epoch), best.safetensors (weights of
-the best validation AUROC), final.safetensors (the last weights), run_config.json, and
-checkpoints/ (see
-`seqsetvae.training.checkpoint`). With `train.weight_average_epochs`, validation, best
-and final are the averaged weights (`seqsetvae.training.averaging`). A job killed and started again resumes from its last
-checkpoint and, on CPU, ends with the same weights as an uninterrupted run. A changed
-budget (`train.epochs`) continues from the last checkpoint (the schedules follow the new
-budget from there); checkpoints of another model, data, optimiser or seed (see
-`checkpoint.run_identity`) are moved to `superseded/` in the run directory, never resumed or deleted.
-A batch whose loss or gradient is not finite is skipped before the optimiser steps,
-counted and logged with its patients, up to `train.max_skipped_batches`.
+batch size, with every schedule in epochs (`seqsetvae.training.schedule`); the run
+validates `train.validations_per_epoch` times per epoch and keeps the weights of the
+best validation AUROC. `Trainer.fit` is the loop; one optimiser step is
+`seqsetvae.training.step`; checkpoints and resuming are `seqsetvae.training.resume`; the
+files a finished run leaves are `seqsetvae.training.outputs`. docs/training.md describes
+the run, docs/outputs.md its files.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -35,32 +23,21 @@ import numpy as np
 import torch
 
 from seqsetvae.errors import InputError
-from seqsetvae.io import atomic_path, write_json
+from seqsetvae.runtime import device as runtime
+from seqsetvae.runtime.dataset import prefetched
+from seqsetvae.runtime.sampler import LengthGroupedBatchSampler
 from seqsetvae.settings import load_settings
 from seqsetvae.training import checkpoint as ckpt
-from seqsetvae.training import distributed, noise_scale
+from seqsetvae.training import distributed, noise_scale, outputs, resume, validation
 from seqsetvae.training.averaging import WeightAverage
-from seqsetvae.training.dataset import prefetched
 from seqsetvae.training.distributed import World
-from seqsetvae.training.memory import cuda_peaks_mb, peak_rss_mb
 from seqsetvae.training.optimizer import build_optimizer, class_weights, set_learning_rate
 from seqsetvae.training.preemption import Preempted, StopSignals
-from seqsetvae.training.progress import RunState
+from seqsetvae.training.progress import RunState, step_record
 from seqsetvae.training.recorder import Recorder
-from seqsetvae.training.tracking import Tracker
-from seqsetvae.training.runtime import (
-    autocast,
-    compiled_graphs,
-    compiled_step,
-    load_embedding,
-    machine,
-    resolve_device,
-    resolve_threads,
-    seed_everything,
-)
-from seqsetvae.training.sampler import LengthGroupedBatchSampler
-from seqsetvae.training.schedule import evaluation_weights, loss_weights, lr_factor, scaled_lr
-from seqsetvae.training.validation import VALIDATION_BATCH_SIZE, is_better, validate
+from seqsetvae.training.schedule import loss_weights, lr_factor, scaled_lr
+from seqsetvae.training.step import train_step
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seqsetvae train", description=__doc__.split("\n")[0])
@@ -69,34 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--embedding", required=True, help="embedding.safetensors")
     parser.add_argument("--batch-size", type=int, required=True, help="patients per batch")
     parser.add_argument("--seed", type=int, default=None, help="the run's seed (default: the first of train.seeds)")
-    parser.add_argument("--lr-multiplier", type=float, default=1.0,
-                        help="this run's point of train.lr_grid: the rule's peak learning rate times this")  # fmt: skip
+    parser.add_argument(
+        "--lr-multiplier", type=float, default=1.0, help="the rule's peak lr times this (train.lr_grid)"
+    )
     parser.add_argument("--out", required=True, help="run directory (results/runs/bsB/lrM/seedS)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads when train.threads is null")
     parser.add_argument("--gpus", type=int, default=0, help="GPUs the job was given: with none visible, fail at once")
-    parser.add_argument(
-        "--stop-after-steps",
-        type=int,
-        default=None,
-        help="debug: checkpoint and stop after this many steps in total (no outputs written)",
-    )
+    parser.add_argument("--stop-after-steps", type=int, help="debug: checkpoint and stop after this many steps")
     return parser
-
-
-# -- setup ----------------------------------------------------------------------------
-
-
-# -- the run --------------------------------------------------------------------------
-
-
-def _unused_path(folder: Path, name: str) -> Path:
-    """folder/name, or folder/name-2, -3, ... if taken (what is moved aside is never overwritten)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path, number = folder / name, 1
-    while path.exists():
-        number += 1
-        path = folder / f"{name}-{number}"
-    return path
 
 
 STEP_TERMS = ("loss", "recon", "kl", "ce")
@@ -105,10 +62,11 @@ STEP_TERMS = ("loss", "recon", "kl", "ce")
 class Trainer:
     """One run: model, AdamW, sampler and counters, checkpointed together."""
 
-    def __init__(self, args, settings: dict, device: torch.device, threads: int, seed: int,
-                 world: World = World()) -> None:  # fmt: skip
+    def __init__(
+        self, args, settings: dict, device: torch.device, threads: int, seed: int, world: World = World()
+    ) -> None:
         from seqsetvae.model import ModelConfig, SeqSetVAE
-        from seqsetvae.training.dataset import ShardBatches
+        from seqsetvae.runtime.dataset import ShardBatches
 
         self.args, self.settings, self.device, self.threads, self.seed = args, settings, device, threads, seed
         self.world = world
@@ -116,18 +74,20 @@ class Trainer:
         self.out = Path(args.out)
         self.checkpoints = self.out / "checkpoints"
         self.log_path = self.checkpoints / "metrics.jsonl"
-        self.autocast = autocast(train["precision"], device)
+        self.autocast = runtime.autocast(train["precision"], device)
         # batches built by DataLoader workers ahead of the step (auto: 2 on CUDA, none on a
         # CPU, whose cores the step itself uses), pinned and copied without blocking on CUDA
-        self.workers = train["loader_workers"] if train["loader_workers"] is not None else (2 if device.type == "cuda" else 0)
+        self.workers = (
+            train["loader_workers"] if train["loader_workers"] is not None else (2 if device.type == "cuda" else 0)
+        )
         self.pin = device.type == "cuda"
 
         # train.compile: torch.compile of the step; CUDA graphs replay one graph per input
         # shape, so their batches are padded to buckets (seqsetvae.batching)
-        self.compile_mode = compiled_step(train["compile"], device)
+        self.compile_mode = runtime.compiled_step(train["compile"], device)
         pad = self.compile_mode == "reduce-overhead"
 
-        self.embedding = load_embedding(Path(args.embedding))
+        self.embedding = runtime.load_embedding(Path(args.embedding))
         self.train_batches = ShardBatches(args.shards, "train", pad=pad)
         self.valid_batches = ShardBatches(args.shards, "valid", pad=pad)
         self.vocab_size = self.train_batches.reader.vocab_size
@@ -149,7 +109,7 @@ class Trainer:
         average = train["weight_average_epochs"]
         self.average = WeightAverage(self.model, average, self.n_train) if average else None
         self.evaluated = self.average.model if self.average else self.model
-        self.graphs_before = compiled_graphs() if self.compile_mode is not None else 0  # per process
+        self.graphs_before = runtime.compiled_graphs() if self.compile_mode is not None else 0  # per process
         if self.compile_mode is not None:
             self.model.compile_step(self.compile_mode)
             if self.average:
@@ -169,8 +129,9 @@ class Trainer:
             max_events_per_batch=train["max_events_per_batch"],
             seed=seed,
         )
-        self.identity = ckpt.run_identity(settings, args.batch_size, seed, Path(args.shards), Path(args.embedding), device,
-                                 world.size)  # fmt: skip
+        self.identity = ckpt.run_identity(
+            settings, args.batch_size, seed, Path(args.shards), Path(args.embedding), device, world.size
+        )
         self.state = RunState()
         self.stop_signals: StopSignals | None = None  # set by main() around training
         self.recorder = Recorder(world.is_main)  # metrics.jsonl, the tracker, the job log or terminal
@@ -188,115 +149,8 @@ class Trainer:
         (from 0) falls at (k + offset) / per_epoch epochs."""
         return per_epoch > 0 and self.state.patients * per_epoch >= (done + offset) * self.n_train
 
-    # -- checkpoints ----------------------------------------------------------------------
-
-    def resume(self) -> None:
-        """Continue from the newest checkpoint of this run's identity, if there is one; a
-        changed budget continues too, unless the checkpoint is already past its end."""
-        latest, saved, damaged = None, None, []
-        for candidate in ckpt.checkpoints_newest_first(self.checkpoints):
-            try:  # every file read whole before any of it is used
-                weights, saved = ckpt.read_checkpoint(candidate)
-                latest = candidate
-                break
-            except ckpt.DamagedCheckpoint as error:
-                damaged.append((candidate, error))
-        distributed.barrier()  # every rank has read before rank 0 moves anything
-        if self.world.is_main:
-            self.move_damaged_aside(damaged, latest)
-        if latest is not None:
-            progress = saved.get("run", {}).get("patients", 0) / self.n_train
-            past_budget = progress > self.train["epochs"] + 1e-9
-            if saved.get("identity") == self.identity and not past_budget:
-                self.model.load_state_dict(weights, strict=True)
-                self.optimizer.load_state_dict(saved["optimizer"])
-                if self.average:
-                    self.average.load_state_dict(saved["weight_average"])
-                self.sampler.load_state_dict(saved["sampler"])
-                ckpt.set_rng_state(saved["rng"], self.device)
-                if self.world.distributed:
-                    distributed.set_rank_rng(saved["rank_rng"], self.world, self.device)
-                self.state = RunState.from_json(saved["run"])
-                self.recorder.say(f"resuming from {latest} (step {self.state.step}, epoch {self.sampler.epoch + 1})")
-                if saved["epochs"] != self.train["epochs"]:
-                    change = {"step": self.state.step, "epochs_from": saved["epochs"], "epochs_to": self.train["epochs"]}
-                    self.state.budget_changes.append(change)
-                    self.recorder.say(
-                        f"train.epochs changed from {saved['epochs']} to {self.train['epochs']}: continuing at "
-                        f"{progress:.2f} epochs; the schedules follow the new budget from here"
-                    )
-            elif self.world.is_main:
-                self.move_aside(saved, "past the new budget's end" if saved.get("identity") == self.identity else None)
-        distributed.barrier()  # every rank has read the checkpoint before rank 0 writes
-        if not self.world.is_main:
-            return
-        self.checkpoints.mkdir(parents=True, exist_ok=True)
-        # the working metrics log is cut back to the checkpoint's length, so that steps
-        # redone after a resume are not logged twice
-        tracker = None
-        if self.train["tracking"] != "none":  # the same records, from the step after the checkpoint's
-            params = {"batch_size": self.args.batch_size, "seed": self.seed, "peak_lr": self.lr,
-                      "lr_multiplier": self.train.get("lr_multiplier", 1.0),
-                      "epochs": self.train["epochs"], "lr_scaling": self.train["lr_scaling"]}  # fmt: skip
-            name = f"bs{self.args.batch_size}/lr{format(self.train.get('lr_multiplier', 1.0), 'g')}/seed{self.seed}"
-            tracker = Tracker(self.train["tracking"], self.out, name,
-                              self.state.step + 1, params)  # fmt: skip
-        self.recorder.open(self.log_path, self.state.metrics_bytes, tracker)
-
-    def move_damaged_aside(self, damaged: list, resumed: Path | None) -> None:
-        """Keep damaged checkpoints under `damaged_checkpoints/` (never deleted), each named
-        in a warning; say which checkpoint training resumes from instead."""
-        for path, error in damaged:
-            aside = _unused_path(self.out / "damaged_checkpoints", path.name)
-            shutil.move(str(path), str(aside))
-            instead = f"resuming from {resumed} instead" if resumed is not None else "no complete checkpoint is left"
-            self.recorder.say(f"warning: checkpoint damaged ({error}): moved to {aside}; {instead}")
-        if damaged and resumed is None:
-            self.recorder.say("warning: training starts from step 0")
-
-    def move_aside(self, saved: dict, why: str | None) -> None:
-        """Keep a run that cannot be continued (`saved`: its newest state.json) under
-        `superseded/`, never delete it."""
-        name = (saved.get("identity") or saved.get("fingerprint") or "unknown")[:12]
-        aside = _unused_path(self.out / "superseded", name)
-        shutil.move(str(self.checkpoints), str(aside))
-        reason = why or "written under another model, data, optimiser, batch size, seed or device"
-        self.recorder.say(f"checkpoints in {self.checkpoints} are {reason}: moved to {aside}, training from step 0")
-
-    def update_peaks(self) -> None:
-        """Fold this process's memory peaks into the run's (the maximum over segments)."""
-        peaks = self.state.peaks
-        peaks["peak_rss_mb"] = max(peaks["peak_rss_mb"] or 0.0, peak_rss_mb())
-        if self.device.type == "cuda":
-            allocated, reserved = cuda_peaks_mb(self.device)
-            peaks["cuda_max_allocated_mb"] = max(peaks["cuda_max_allocated_mb"] or 0.0, allocated)
-            peaks["cuda_max_reserved_mb"] = max(peaks["cuda_max_reserved_mb"] or 0.0, reserved)
-
     def wall_time(self) -> float:
         return self.state.wall_time_s + time.perf_counter() - self.segment_start
-
-    def checkpoint(self, why: str) -> None:
-        rank_rng = distributed.gather_rng(self.device) if self.world.distributed else None
-        if not self.world.is_main:
-            return
-        self.state.metrics_bytes = self.recorder.flush()
-        self.state.wall_time_s = self.wall_time()
-        self.segment_start = time.perf_counter()
-        self.update_peaks()
-        everything = {
-            "identity": self.identity,
-            "epochs": self.train["epochs"],
-            "run": self.state.to_json(),
-            "sampler": self.sampler.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "rng": ckpt.rng_state(self.device),
-        }
-        if rank_rng is not None:
-            everything["rank_rng"] = rank_rng
-        if self.average:
-            everything["weight_average"] = self.average.state_dict()
-        ckpt.save_checkpoint(self.checkpoints, self.state.step, self.model, everything)
-        self.recorder.note(f"checkpoint at step {self.state.step} ({why})")
 
     # -- training -----------------------------------------------------------------------
 
@@ -323,45 +177,62 @@ class Trainer:
             batch.patient_weight = torch.zeros_like(batch.patient_weight)
         noise = None
         if self.world.distributed:
-            noise = distributed.rank_noise(indices, mine, reader.n_sets, self.model.config.latent_dim,
-                                           next(self.model.parameters()).dtype, self.device)  # fmt: skip
+            noise = distributed.rank_noise(
+                indices,
+                mine,
+                reader.n_sets,
+                self.model.config.latent_dim,
+                next(self.model.parameters()).dtype,
+                self.device,
+            )
         weights = loss_weights(self.settings["model"], state.step, self.epochs_done)
         # the learning rate of this step: the schedule at the progress this batch completes
         lr = set_learning_rate(
             self.optimizer, lr_factor(self.train, state.step + 1, (state.patients + len(indices)) / self.n_train)
         )
-        with self.autocast():
-            output = self.net(batch, weights) if noise is None else self.net(batch, weights, noise)
-        self.optimizer.zero_grad(set_to_none=True)
         if self.world.distributed:
-            size = {"patients": len(indices), "events": int(reader.n_events[indices].sum()),
-                    "sets": int(reader.n_sets[indices].sum())}  # fmt: skip
-            terms, sequence_slots = distributed.backward_global(output, weights, batch, size, share, self.world,
-                                                                self.device)  # fmt: skip
+            size = {
+                "patients": len(indices),
+                "events": int(reader.n_events[indices].sum()),
+                "sets": int(reader.n_sets[indices].sum()),
+            }
+
+            def backward(output):  # -> (terms, sequence slots) of the global batch
+                return distributed.backward_global(output, weights, batch, size, share, self.world, self.device)
         else:
-            output.loss.backward()
-            terms = {name: float(getattr(output, name).detach()) for name in STEP_TERMS}
             size = {"patients": batch.n_patients, "events": batch.n_events, "sets": batch.n_sets}
-            sequence_slots = int(batch.sequence_mask.numel())
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train["grad_clip"])
-        terms["grad_norm"] = float(grad_norm)
-        if not all(math.isfinite(value) for value in terms.values()):
+
+            def backward(output):
+                output.loss.backward()
+                return {name: float(getattr(output, name).detach()) for name in STEP_TERMS}, int(
+                    batch.sequence_mask.numel()
+                )
+
+        def finite(grad_norm, result) -> bool:
+            result[0]["grad_norm"] = float(grad_norm)
+            return all(math.isfinite(value) for value in result[0].values())
+
+        *_, (terms, sequence_slots), stepped = train_step(
+            self.net,
+            self.model,
+            self.optimizer,
+            batch,
+            weights,
+            self.autocast,
+            self.train["grad_clip"],
+            noise=noise,
+            backward=backward,
+            approve=finite,
+        )
+        if not stepped:
             self.skip(indices, epoch, terms)
             return None
-        self.optimizer.step()
         if self.average:
             self.average.update(self.model, size["patients"])
         seconds = time.perf_counter() - start  # float() above waited for the device
 
         state.count_step(size, terms["loss"], seconds, float(batch.fill_ratio), int(sequence_slots))
-        line = {
-            "kind": "step", "epoch": epoch + 1, "step": state.step, "samples": state.patients,
-            "epochs": self.epochs_done, **terms, "lr": lr,
-            "beta": weights.beta, "recon_weight": weights.recon, "pred_weight": weights.pred,
-            "patients_per_s": size["patients"] / seconds, "events_per_s": size["events"] / seconds,
-            "fill_ratio": float(batch.fill_ratio), "sequence_fill_ratio": float(batch.sequence_fill_ratio),
-            "batch_patients": size["patients"], "batch_events": size["events"], "batch_sets": size["sets"],
-        }  # fmt: skip
+        line = step_record(state, epoch, self.epochs_done, terms, lr, weights, size, seconds, batch)
         self.recorder.record(line)
         return line
 
@@ -369,106 +240,46 @@ class Trainer:
         """A batch with a non-finite loss or gradient: no optimiser step (the weights stay
         finite); its patients count as seen, so every schedule stays on the sampler's
         clock. Past `train.max_skipped_batches` the run fails, naming the batch."""
-        self.optimizer.zero_grad(set_to_none=True)
-        state = self.state
         patients = [str(p) for p in self.train_batches.reader.patient_ids[np.asarray(indices)]]
-        state.skipped_batches += 1
-        state.patients += len(patients)
-        bad = sorted(name for name, value in terms.items() if not math.isfinite(value))
-        where = f"epoch {epoch + 1}, after step {state.step}, patients {', '.join(patients)}"
-        limit = self.train["max_skipped_batches"]
-        if state.skipped_batches > limit:
-            raise FloatingPointError(
-                f"non-finite {', '.join(bad)} ({where}): {state.skipped_batches} batches skipped, more than "
-                f"train.max_skipped_batches = {limit}"
-            )
-        self.recorder.record({"kind": "skipped", "epoch": epoch + 1, "step": state.step, "samples": state.patients,
-                              "non_finite": bad, "patients": patients})  # fmt: skip
-        self.recorder.say(f"skipped a batch with a non-finite {', '.join(bad)} ({where}); {state.skipped_batches} skipped so far")
-
-    def validate(self) -> None:
-        """Score the validation split, log the point, keep the best weights (rank 0)."""
-        state = self.state
-        if not self.world.is_main:
-            state.validations += 1
-            return
-        # inference: a patient's output does not depend on its batch-mates, so validation
-        # batches are at least VALIDATION_BATCH_SIZE patients (batch size 1 validated one
-        # patient per forward, a sixth of its run's time on the default data)
-        result = validate(
-            self.evaluated, self.valid_batches, max(self.args.batch_size, VALIDATION_BATCH_SIZE), self.train,
-            self.device, self.autocast, evaluation_weights(self.settings["model"]),
-        )  # fmt: skip
-        state.validations += 1
-        train_loss = state.take_loss()
-        line = {
-            "kind": "validation", "validation": state.validations, "step": state.step,
-            "samples": state.patients, "epochs": self.epochs_done, "train_loss": train_loss, **result,
-            "train_time_s": state.train_time_s, "wall_time_s": self.wall_time(),
-        }  # fmt: skip
-        self.recorder.record(line)
-        if is_better(result, state.best):
-            epoch, step = self.sampler.epoch + (self.sampler.position > 0), state.step
-            state.best = {"validation": state.validations, "epoch": epoch, "step": step, **result}
-            state.best.pop("val_auprc")
-            ckpt.save_weights(self.evaluated, self.checkpoints / "best.safetensors",
-                              {"epoch": epoch, "step": step, "epochs": self.epochs_done})  # fmt: skip
-        self.recorder.note(
-            f"validation {state.validations} at {self.epochs_done:.2f} epochs (step {state.step}): "
-            f"val loss {result['val_loss']}, AUROC {result['val_auroc']}, AUPRC {result['val_auprc']}"
+        where = f"epoch {epoch + 1}, after step {self.state.step}, patients {', '.join(patients)}"
+        bad = self.state.count_skipped(len(patients), terms, self.train["max_skipped_batches"], where)
+        self.recorder.record(
+            {
+                "kind": "skipped",
+                "epoch": epoch + 1,
+                "step": self.state.step,
+                "samples": self.state.patients,
+                "non_finite": bad,
+                "patients": patients,
+            }
         )
-
-    def measure_noise_scale(self) -> None:
-        """One gradient-noise-scale measurement at the current weights (no step, RNG untouched)."""
-        config = self.train["noise_scale"]
-        count = len(self.state.noise_measurements)
-        if not self.world.is_main:  # rank 0 measures; the others keep the count
-            self.state.noise_measurements.append({})
-            return
-        patients = min(config["patients"], self.n_train - self.n_train % 2)
-        if patients < 2:
-            return
-        rng = np.random.default_rng([self.seed, 1, count])  # independent of the sampler's stream
-        indices = rng.choice(self.n_train, size=patients, replace=False)
-        weights = loss_weights(self.settings["model"], self.state.step, self.epochs_done)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-
-        def gradient(half: np.ndarray) -> np.ndarray:
-            batch = self.train_batches(np.sort(half)).to(self.device)
-            with self.autocast():
-                loss = self.model(batch, weights).loss
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            return torch.cat([g.reshape(-1) for g in grads if g is not None]).double().cpu().numpy()
-
-        devices = [self.device] if self.device.type == "cuda" else []
-        # a measurement, not training: the buffers its training-mode passes move (the
-        # readout's running mean) are put back, as the RNG is
-        buffers = [b.detach().clone() for b in self.model.buffers()]
-        self.model.classifier.sync_ranks = False  # rank 0 measures alone
-        try:
-            with torch.random.fork_rng(devices=devices, device_type=self.device.type):
-                measurement = noise_scale.measure_halves(gradient, indices)
-        finally:
-            self.model.classifier.sync_ranks = True
-            for buffer, saved in zip(self.model.buffers(), buffers):
-                buffer.copy_(saved)
-        measurement = {"step": self.state.step, "epochs": self.epochs_done, **measurement}
-        self.state.noise_measurements.append(measurement)
-        self.recorder.record({"kind": "noise_scale", **measurement})
+        self.recorder.say(
+            f"skipped a batch with a non-finite {', '.join(bad)} ({where}); {self.state.skipped_batches} skipped so far"
+        )
 
     def end_epoch(self, epoch: int) -> None:
         self.recorder.end_epoch()
         state = self.state
         train_loss = state.take_epoch_loss()
-        self.recorder.record({"kind": "epoch", "epoch": epoch + 1, "step": state.step, "train_loss": train_loss,
-                              "wall_time_s": self.wall_time(), "compiled_graphs": self.graphs()})  # fmt: skip
-        self.recorder.say(f"epoch {epoch + 1}/{self.train['epochs']} done: train loss {train_loss:.4f}, best {state.best}")
-        self.checkpoint(f"end of epoch {epoch + 1}")
+        self.recorder.record(
+            {
+                "kind": "epoch",
+                "epoch": epoch + 1,
+                "step": state.step,
+                "train_loss": train_loss,
+                "wall_time_s": self.wall_time(),
+                "compiled_graphs": self.graphs(),
+            }
+        )
+        self.recorder.say(
+            f"epoch {epoch + 1}/{self.train['epochs']} done: train loss {train_loss:.4f}, best {state.best}"
+        )
+        resume.save(self, f"end of epoch {epoch + 1}")
 
     def graphs(self) -> int | None:
         """Graphs compiled so far (train.compile): one per mode (train, validation) and
         none more after the first batches; None when the step runs eagerly."""
-        return compiled_graphs() - self.graphs_before if self.compile_mode is not None else None
+        return runtime.compiled_graphs() - self.graphs_before if self.compile_mode is not None else None
 
     def fit(self) -> bool:
         """Train to the end of the budget (False: stopped early by --stop-after-steps)."""
@@ -485,19 +296,21 @@ class Trainer:
             for indices, part in zip(sampler, parts):
                 # measurements mid-way between validations: at (k + 0.5) / per_epoch epochs
                 if self.due(train["noise_scale"]["per_epoch"], len(state.noise_measurements), offset=0.5):
-                    self.measure_noise_scale()
+                    noise_scale.measure_during_training(self)
                 waited = time.perf_counter()
                 batch = next(loader)
                 line = self.step(indices, epoch, batch, part, wait=time.perf_counter() - waited)
                 step = state.step
-                self.recorder.step_done(line, epoch, train["epochs"], sampler.position, len(sampler), train["log_every"])
+                self.recorder.step_done(
+                    line, epoch, train["epochs"], sampler.position, len(sampler), train["log_every"]
+                )
                 if self.due(train["validations_per_epoch"], state.validations) or self.closing_validation_due(epoch):
-                    self.validate()
+                    validation.validation_point(self)
                 epoch_ends = sampler.position == len(sampler)  # checkpointed after the epoch line
                 signalled = self.signalled()
                 stop = signalled is not None or (line is not None and stop_after is not None and step >= stop_after)
                 if ((line is not None and step % train["checkpoint_every"] == 0) or stop) and not epoch_ends:
-                    self.checkpoint("stop requested" if stop else "periodic")
+                    resume.save(self, "stop requested" if stop else "periodic")
                 if stop:
                     if epoch_ends:
                         self.end_epoch(epoch)
@@ -526,55 +339,6 @@ class Trainer:
         largest = distributed.all_max([received or 0], self.device)[0]
         return int(largest) or None
 
-    # -- outputs ------------------------------------------------------------------------
-
-    def write_outputs(self) -> None:
-        out, state, train = self.out, self.state, self.train
-        with atomic_path(out / "metrics.jsonl") as tmp:
-            shutil.copyfile(self.log_path, tmp)
-        with atomic_path(out / "best.safetensors") as tmp:
-            shutil.copyfile(self.checkpoints / "best.safetensors", tmp)
-        final_meta = {"epoch": self.sampler.epoch, "step": state.step, "epochs": self.epochs_done}
-        ckpt.save_weights(self.evaluated, out / "final.safetensors", final_meta)
-        ckpt.prune(self.checkpoints, keep=1)  # the final one: a restarted finished run resumes it
-        write_json(
-            out / "run_config.json",
-            {
-                "model": self.settings["model"],
-                "train": {key: value for key, value in train.items() if key != "lr_multiplier"},  # config keys only
-                "batch_size": self.args.batch_size,
-                "seed": self.seed,
-                "vocab_size": int(self.vocab_size),
-                "embedding_dim": int(self.embedding.shape[1]),
-                "lr": self.lr,
-                "lr_multiplier": train.get("lr_multiplier", 1.0),
-            },
-        )
-        self.update_peaks()
-        context = {
-            "batch_size": self.args.batch_size,
-            "seed": self.seed,
-            "loader_workers": self.workers,
-            "epochs": train["epochs"],
-            "steps_per_epoch": state.step / train["epochs"],
-            "train_patients": self.n_train,
-            "device": self.device.type,
-            "device_requested": train["device"],
-            "devices": self.world.size,  # processes (ranks); throughput counts them all
-            "machine": machine(self.device),
-            "threads": self.threads,
-            "precision": train["precision"],
-            "compile": self.compile_mode,  # None: eager
-            "compiled_graphs": self.graphs(),
-            "torch_version": torch.__version__,
-            "lr": self.lr,
-            "lr_multiplier": train.get("lr_multiplier", 1.0),
-            "lr_scaling": train["lr_scaling"],
-            "max_events_per_batch": train["max_events_per_batch"],
-        }
-        summary = state.summary(self.wall_time(), train["noise_scale"]["patients"])
-        write_json(out / "metrics.json", {**context, **summary})
-
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
@@ -591,21 +355,16 @@ def main(argv: list[str]) -> int:
         Recorder().say(f"training in {train['devices']} processes (torchrun, standalone)")
         return distributed.launch(argv, train["devices"])
     seed = train["seeds"][0] if args.seed is None else args.seed
-    threads = resolve_threads(train["threads"], args.threads)
-    device = resolve_device(train["device"], args.gpus, train["cpu_fallback"])
+    threads = runtime.resolve_threads(train["threads"], args.threads)
+    device = runtime.resolve_device(train["device"], args.gpus, train["cpu_fallback"])
     world = distributed.init(device.type)
     recorder = Recorder(world.is_main)
-    if world.distributed:
-        if device.type == "cuda":
-            device = torch.device("cuda", world.local_rank)
-            torch.cuda.set_device(device)
-        else:  # the job's CPUs shared between its processes
-            threads = max(1, threads // world.size)
+    device, threads = distributed.place(device, threads, world)
     torch.set_num_threads(threads)
     if train["device"] == "auto" and device.type == "cpu":
         given = f" although the job was given {args.gpus} GPU(s) (train.cpu_fallback)" if args.gpus else ""
         recorder.say(f"train.device auto: no CUDA device visible{given}, training on the CPU")
-    seed_everything(seed)
+    runtime.seed_everything(seed)
 
     trainer = Trainer(args, settings, device, threads, seed, world)
     trainer.stop_signals = StopSignals(train["stop_signals"])
@@ -614,7 +373,7 @@ def main(argv: list[str]) -> int:
 
 
 def _train(trainer: Trainer, args, train: dict, device, world: World, seed: int, threads: int) -> int:
-    trainer.resume()
+    resume.resume(trainer)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer.recorder.say(
@@ -629,7 +388,7 @@ def _train(trainer: Trainer, args, train: dict, device, world: World, seed: int,
         distributed.finish()
         return stop.status
     if finished and world.is_main:
-        trainer.write_outputs()
+        outputs.write_outputs(trainer)
         trainer.recorder.say(f"wrote {args.out}")
     distributed.barrier()
     distributed.finish()

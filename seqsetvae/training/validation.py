@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from seqsetvae.training.sampler import LengthGroupedBatchSampler
+from seqsetvae.model import LossWeights
+from seqsetvae.runtime.sampler import LengthGroupedBatchSampler
+from seqsetvae.runtime.weights import save_weights
 
+if TYPE_CHECKING:
+    from seqsetvae.training.train import Trainer
 
 VALIDATION_BATCH_SIZE = 16  # patients per validation batch at the least (train.max_events_per_batch still caps it)
 
@@ -53,3 +58,51 @@ def is_better(result: dict, best: dict) -> bool:
         return True
     key = lambda r: (-math.inf if r["val_auroc"] is None else r["val_auroc"], -r["val_loss"])  # noqa: E731
     return key(result) > key(best)
+
+
+def validation_point(trainer: Trainer) -> None:
+    """A training run's validation point: score the validation split with the weights it
+    evaluates, log the point, keep the best weights (rank 0; the other ranks count it)."""
+    state = trainer.state
+    if not trainer.world.is_main:
+        state.validations += 1
+        return
+    # inference: a patient's output does not depend on its batch-mates, so validation
+    # batches are at least VALIDATION_BATCH_SIZE patients (batch size 1 validated one
+    # patient per forward, a sixth of its run's time on the default data)
+    result = validate(
+        trainer.evaluated,
+        trainer.valid_batches,
+        max(trainer.args.batch_size, VALIDATION_BATCH_SIZE),
+        trainer.train,
+        trainer.device,
+        trainer.autocast,
+        LossWeights.at_evaluation(trainer.settings["model"]),
+    )
+    state.validations += 1
+    train_loss = state.take_loss()
+    line = {
+        "kind": "validation",
+        "validation": state.validations,
+        "step": state.step,
+        "samples": state.patients,
+        "epochs": trainer.epochs_done,
+        "train_loss": train_loss,
+        **result,
+        "train_time_s": state.train_time_s,
+        "wall_time_s": trainer.wall_time(),
+    }
+    trainer.recorder.record(line)
+    if is_better(result, state.best):
+        epoch, step = trainer.sampler.epoch + (trainer.sampler.position > 0), state.step
+        state.best = {"validation": state.validations, "epoch": epoch, "step": step, **result}
+        state.best.pop("val_auprc")
+        save_weights(
+            trainer.evaluated,
+            trainer.checkpoints / "best.safetensors",
+            {"epoch": epoch, "step": step, "epochs": trainer.epochs_done},
+        )
+    trainer.recorder.note(
+        f"validation {state.validations} at {trainer.epochs_done:.2f} epochs (step {state.step}): "
+        f"val loss {result['val_loss']}, AUROC {result['val_auroc']}, AUPRC {result['val_auprc']}"
+    )

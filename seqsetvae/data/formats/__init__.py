@@ -147,7 +147,9 @@ class Gather:
             self.variables.setdefault(name, len(self.variables))
         return np.array([self.variables[name] for name in names], dtype=np.int32)
 
-    def add(self, patient_id: str, file: str, time, variable_code, value, row) -> Iterator[tuple[pa.RecordBatch, Locator]]:
+    def add(
+        self, patient_id: str, file: str, time, variable_code, value, row
+    ) -> Iterator[tuple[pa.RecordBatch, Locator]]:
         """Queue one file's events; yields a batch when enough are queued."""
         self.ids.append(patient_id)
         self.files.append(file)

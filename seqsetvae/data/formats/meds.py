@@ -100,10 +100,14 @@ class MEDS(EventSource):
         self.subjects = pc.cast(labels["patient_id"], pa.int64())
         self.prediction_us = pc.cast(pc.cast(labels["prediction_time"], pa.timestamp("us")), pa.int64()).to_numpy()
         self.window_us = None if window_hours is None else int(round(window_hours * 60 * US_PER_MINUTE))
-        self.drops = Drops({
-            "static_without_time": "time", "no_numeric_value": "numeric_value",
-            "after_prediction_time": "time", "outside_observation_window": "time",
-        })  # fmt: skip
+        self.drops = Drops(
+            {
+                "static_without_time": "time",
+                "no_numeric_value": "numeric_value",
+                "after_prediction_time": "time",
+                "outside_observation_window": "time",
+            }
+        )
 
     def paths(self) -> list[Path]:
         return self.files
@@ -156,10 +160,15 @@ class MEDS(EventSource):
                 # subjects without a label keep time 0: ingest counts them as such
                 base = np.where(subject[keep] >= 0, origin[np.maximum(subject[keep], 0)], time[keep])
                 minutes = (time[keep] - base) / US_PER_MINUTE
-                yield event_batch(
-                    _as_string_dictionary(kept["subject_id"]), pa.array(minutes, pa.float64()),
-                    pc.dictionary_encode(kept["code"]), pc.cast(kept["numeric_value"], pa.float64()),
-                ), Locator(locator.files, locator.file_index[keep], row[keep])  # fmt: skip
+                yield (
+                    event_batch(
+                        _as_string_dictionary(kept["subject_id"]),
+                        pa.array(minutes, pa.float64()),
+                        pc.dictionary_encode(kept["code"]),
+                        pc.cast(kept["numeric_value"], pa.float64()),
+                    ),
+                    Locator(locator.files, locator.file_index[keep], row[keep]),
+                )
 
 
 def _as_string_dictionary(ids: pa.ChunkedArray) -> pa.DictionaryArray:
@@ -229,11 +238,13 @@ def write_labels(name: str, events: Path, labels: str | None, out: str, splits_o
     data_files(events)
     table = read_labels(labels)
     splits = read_splits(events) if splits_out else None
-    result = pa.table({
-        "patient_id": pc.cast(table["subject_id"], pa.string()),
-        "label": pc.cast(pc.cast(table["boolean_value"], pa.int8()), pa.string()),
-        "prediction_time": pc.strftime(table["prediction_time"], "%Y-%m-%dT%H:%M:%S"),
-    })  # fmt: skip
+    result = pa.table(
+        {
+            "patient_id": pc.cast(table["subject_id"], pa.string()),
+            "label": pc.cast(pc.cast(table["boolean_value"], pa.int8()), pa.string()),
+            "prediction_time": pc.strftime(table["prediction_time"], "%Y-%m-%dT%H:%M:%S"),
+        }
+    )
     write_csv(result, out)
     if splits is not None:
         write_csv(splits, splits_out)
@@ -250,13 +261,15 @@ def write_predictions(predictions: str | Path, labels_csv: str | Path, out: str 
     if index.null_count:
         raise InputError(f"predictions {predictions}: {index.null_count} patient(s) are not in {labels_csv}")
     probability = pc.cast(table["probability"], pa.float32())
-    result = pa.table({
-        "subject_id": pc.cast(table["patient_id"], pa.int64()),
-        "prediction_time": pc.cast(labels["prediction_time"].take(index), pa.timestamp("us")),
-        "boolean_value": pc.cast(table["label"], pa.bool_()),
-        "predicted_boolean_value": pc.greater_equal(probability, threshold),
-        "predicted_boolean_probability": probability,
-    })  # fmt: skip
+    result = pa.table(
+        {
+            "subject_id": pc.cast(table["patient_id"], pa.int64()),
+            "prediction_time": pc.cast(labels["prediction_time"].take(index), pa.timestamp("us")),
+            "boolean_value": pc.cast(table["label"], pa.bool_()),
+            "predicted_boolean_value": pc.greater_equal(probability, threshold),
+            "predicted_boolean_probability": probability,
+        }
+    )
     with atomic_path(out) as tmp:
         pq.write_table(result, tmp)
     return len(result)
@@ -265,7 +278,9 @@ def write_predictions(predictions: str | Path, labels_csv: str | Path, out: str 
 def predictions_main(argv: list[str]) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="seqsetvae meds-predictions", description=write_predictions.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="seqsetvae meds-predictions", description=write_predictions.__doc__.splitlines()[0]
+    )
     parser.add_argument("--predictions", required=True, help="the run's predictions Parquet (evaluate)")
     parser.add_argument("--labels", required=True, help="labels CSV of `seqsetvae labels` (prediction times)")
     parser.add_argument("--out", required=True, help="MEDS predictions Parquet to write")

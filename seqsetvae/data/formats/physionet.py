@@ -69,8 +69,10 @@ def _read(path: Path, what: str, **options) -> pa.Table:
 def _require(path: Path, what: str, names: list[str], required) -> None:
     missing = [name for name in required if name not in names]
     if missing:
-        raise InputError(f"{what} file {path}: missing column {', '.join(map(repr, missing))}; the header has "
-                         f"{', '.join(map(repr, names[:12]))}")  # fmt: skip
+        raise InputError(
+            f"{what} file {path}: missing column {', '.join(map(repr, missing))}; the header has "
+            f"{', '.join(map(repr, names[:12]))}"
+        )
 
 
 # ---------------------------------------------------------------------------- 2012
@@ -190,10 +192,18 @@ class PhysioNet2019(EventSource):
         self.prediction_hour = prediction_hour
         reasons = {"after_label_onset": P2019_LABEL, "repeated_static_descriptor": "static descriptor"}
         if prediction_hour is not None:
-            reasons = {"after_prediction_hour": P2019_TIME, **dict.fromkeys(EXCLUDED, P2019_LABEL),
-                       "repeated_static_descriptor": "static descriptor"}  # fmt: skip
-            self.cohort = {"prediction_hour": prediction_hour, "stays": 0, "eligible": 0, "positive": 0,
-                           "excluded": dict.fromkeys(EXCLUDED, 0)}  # fmt: skip
+            reasons = {
+                "after_prediction_hour": P2019_TIME,
+                **dict.fromkeys(EXCLUDED, P2019_LABEL),
+                "repeated_static_descriptor": "static descriptor",
+            }
+            self.cohort = {
+                "prediction_hour": prediction_hour,
+                "stays": 0,
+                "eligible": 0,
+                "positive": 0,
+                "excluded": dict.fromkeys(EXCLUDED, 0),
+            }
         self.drops = Drops(reasons)
 
     def paths(self) -> list[Path]:
@@ -238,7 +248,11 @@ class PhysioNet2019(EventSource):
             # a static descriptor's event is at the stay's first hour
             codes = gather.variable_codes(names)[column[keep]]
             yield from gather.add(
-                path.name[: -len(".psv")], str(path), time[row[keep]], codes, matrix[row[keep], column[keep]],
+                path.name[: -len(".psv")],
+                str(path),
+                time[row[keep]],
+                codes,
+                matrix[row[keep], column[keep]],
                 row_number[keep],
             )
         yield from gather.rest()
@@ -254,8 +268,9 @@ def p2019_stay_labels(files: list[Path], hour: int | None) -> tuple[list[str], l
     ids, labels, excluded = [], [], dict.fromkeys(EXCLUDED, 0)
     only_label = pacsv.ConvertOptions(include_columns=[P2019_LABEL], column_types={P2019_LABEL: pa.float64()})
     for path in files:  # one label per file
-        sepsis = _read(path, "PhysioNet 2019", parse_options=pacsv.ParseOptions(delimiter="|"),
-                       convert_options=only_label)[P2019_LABEL].to_numpy()  # fmt: skip
+        sepsis = _read(
+            path, "PhysioNet 2019", parse_options=pacsv.ParseOptions(delimiter="|"), convert_options=only_label
+        )[P2019_LABEL].to_numpy()
         reason, label = early_prediction(sepsis, hour) if hour is not None else (None, int((sepsis == 1).any()))
         if reason is not None:  # not in the cohort; ingest counts its cells and the stay
             excluded[reason] += 1

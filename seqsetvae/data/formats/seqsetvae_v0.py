@@ -39,9 +39,7 @@ def patient_files(root: Path) -> tuple[list[Path], list[str], list[str]]:
         files += found
         splits += [SPLIT_DIRECTORIES[directory.name.lower()]] * len(found)
     if not files:
-        raise InputError(
-            f"seqsetvae_v0 patient_ehr directory {root}: no .parquet files under train/, valid/ or test/"
-        )
+        raise InputError(f"seqsetvae_v0 patient_ehr directory {root}: no .parquet files under train/, valid/ or test/")
     ids = canonical_ids(pa.array([p.name[: -len(".parquet")] for p in files])).to_pylist()
     first: dict[str, int] = {}
     for i, patient in enumerate(ids):  # a loop over files
@@ -81,11 +79,17 @@ class SeqSetVAEv0(EventSource):
                 raise InputError(f"seqsetvae_v0 file {path}: cannot be read as Parquet ({error})") from None
             variable = pc.cast(table["variable"], pa.string()).combine_chunks()
             encoded = pc.dictionary_encode(pc.utf8_trim_whitespace(pc.fill_null(variable, "")))
-            codes = gather.variable_codes(encoded.dictionary.to_pylist())[encoded.indices.to_numpy(zero_copy_only=False)]
+            codes = gather.variable_codes(encoded.dictionary.to_pylist())[
+                encoded.indices.to_numpy(zero_copy_only=False)
+            ]
             yield from gather.add(
-                patient, str(path), _numbers(table["minute"]), codes, _numbers(table["value"]),
+                patient,
+                str(path),
+                _numbers(table["minute"]),
+                codes,
+                _numbers(table["value"]),
                 np.arange(1, len(table) + 1, dtype=np.int64),
-            )  # fmt: skip
+            )
         yield from gather.rest()
 
 
@@ -93,8 +97,11 @@ def _numbers(column: pa.ChunkedArray) -> pa.Array:
     """A numeric or text column as it is (null stays missing, text stays text), for the
     shared validation to name what is wrong."""
     column = column.combine_chunks()
-    return column if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) else pc.cast(
-        column, pa.float64())  # fmt: skip
+    return (
+        column
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+        else pc.cast(column, pa.float64())
+    )
 
 
 def source(name: str, events: Path, labels_csv: Path, data: dict) -> EventSource:

@@ -63,8 +63,12 @@ def prefetched(batches: ShardBatches, plan: list[np.ndarray], workers: int, pin:
             yield batches(indices).pin_memory() if pin else batches(indices)
         return
     loader = torch.utils.data.DataLoader(
-        PlannedBatches(batches, plan), batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin,
+        PlannedBatches(batches, plan),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin,
         prefetch_factor=2,
         generator=torch.Generator().manual_seed(0),  # its worker seeds, not a draw from the training's stream
-    )  # fmt: skip
+    )
     yield from loader
