@@ -17,7 +17,7 @@ if SYNTHETIC and FORMAT != "csv":
 
 RAW_EVENTS = f"{RESULTS}/raw/events.csv"
 RAW_LABELS = f"{RESULTS}/raw/labels.csv"
-SPLITS = f"{RESULTS}/splits.csv"
+SPLITS_CSV = f"{RESULTS}/splits.csv"  # the split of every patient (rule splits)
 # a non-CSV dataset's labels and the splits it carries (rule format_labels)
 FORMAT_LABELS = f"{RESULTS}/labels/labels.csv"
 FORMAT_SPLITS = f"{RESULTS}/labels/splits.csv"

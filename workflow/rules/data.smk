@@ -52,7 +52,7 @@ rule splits:
         labels=raw_labels(),
         splits=splits_file(),
     output:
-        SPLITS,
+        SPLITS_CSV,
     log:
         f"{LOGS}/splits.log",
     conda:
@@ -70,7 +70,7 @@ rule ingest:
     input:
         events=raw_events(),
         labels=raw_labels(),
-        splits=SPLITS,
+        splits=SPLITS_CSV,
     output:
         directory(EVENTS_DIR),
     log:
