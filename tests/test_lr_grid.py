@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_train import DIM, TINY_MODEL, TINY_TRAIN, VOCAB, _write_split
+from test_train import DIM, VOCAB, _run, _write_split
 
 from seqsetvae import cli
 from seqsetvae.batching import random_patients
@@ -100,7 +100,6 @@ def test_a_test_split_that_would_change_the_choice_does_not(tmp_path):
     flipped): the test AUROC ranks the rates the other way round on the second, the grid
     runs' summaries and the choice are the same."""
     grid = [0.5, 2.0]
-    settings = json.dumps({"model": TINY_MODEL, "train": {**TINY_TRAIN, "epochs": 1}})
     choices, test_best = [], []
     for flipped in (False, True):
         root = tmp_path / ("flipped" if flipped else "original")
@@ -108,30 +107,7 @@ def test_a_test_split_that_would_change_the_choice_does_not(tmp_path):
         summaries, test_auroc = [], {}
         for m in grid:
             run = root / "grid_runs" / "bs4" / f"lr{m:g}" / "seed3"
-            assert (
-                cli.main(
-                    [
-                        "train",
-                        "--settings",
-                        settings,
-                        "--shards",
-                        str(shards),
-                        "--embedding",
-                        str(embedding),
-                        "--batch-size",
-                        "4",
-                        "--seed",
-                        "3",
-                        "--lr-multiplier",
-                        str(m),
-                        "--out",
-                        str(run),
-                        "--threads",
-                        "1",
-                    ]
-                )
-                == 0
-            )
+            assert _run((shards, embedding), run, 4, ["--lr-multiplier", str(m)], epochs=1) == 0  # seed 3
             assert (
                 cli.main(
                     [

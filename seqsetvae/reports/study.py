@@ -20,6 +20,7 @@ from seqsetvae.errors import DamagedFile, InputError
 from seqsetvae.evaluation import paired
 from seqsetvae.evaluation.calibration import reliability_table
 from seqsetvae.io import read_json, read_parquet, writer_of
+from seqsetvae.training.lr_grid import multiplier_tag
 from seqsetvae.training.noise_scale import simple_noise_scale
 
 SIGNIFICANCE = 0.05
@@ -147,7 +148,7 @@ def load_lr_grid(paths: list[Path], runs: list[Run]) -> list[dict]:
         if choice is None:
             raise InputError(f"batch size {run.batch_size}: no learning-rate choice among {', '.join(map(str, paths))}")
         trained = float(run.train.get("lr_multiplier", 1.0))
-        if format(trained, "g") != choice["chosen"]["tag"]:
+        if multiplier_tag(trained) != choice["chosen"]["tag"]:
             raise InputError(
                 f"bs{run.batch_size}/seed{run.seed} trained at multiplier {trained:g}, but "
                 f"lr_grid/bs{run.batch_size}.json chose {choice['chosen']['tag']}"

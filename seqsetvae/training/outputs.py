@@ -37,7 +37,7 @@ def write_outputs(trainer: Trainer) -> None:
             "vocab_size": int(trainer.vocab_size),
             "embedding_dim": int(trainer.embedding.shape[1]),
             "lr": trainer.lr,
-            "lr_multiplier": train.get("lr_multiplier", 1.0),
+            "lr_multiplier": trainer.lr_multiplier,
         },
     )
     trainer.state.update_peaks(trainer.device)
@@ -58,7 +58,7 @@ def write_outputs(trainer: Trainer) -> None:
         "compiled_graphs": trainer.graphs(),
         "torch_version": torch.__version__,
         "lr": trainer.lr,
-        "lr_multiplier": train.get("lr_multiplier", 1.0),
+        "lr_multiplier": trainer.lr_multiplier,
         "lr_scaling": train["lr_scaling"],
         "max_events_per_batch": train["max_events_per_batch"],
     }

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from seqsetvae.training import checkpoint as ckpt
 from seqsetvae.training import distributed
+from seqsetvae.training.lr_grid import multiplier_tag
 from seqsetvae.training.progress import RunState
 from seqsetvae.training.tracking import Tracker
 
@@ -85,13 +86,11 @@ def resume(trainer: Trainer) -> None:
             "batch_size": trainer.args.batch_size,
             "seed": trainer.seed,
             "peak_lr": trainer.lr,
-            "lr_multiplier": trainer.train.get("lr_multiplier", 1.0),
+            "lr_multiplier": trainer.lr_multiplier,
             "epochs": trainer.train["epochs"],
             "lr_scaling": trainer.train["lr_scaling"],
         }
-        name = (
-            f"bs{trainer.args.batch_size}/lr{format(trainer.train.get('lr_multiplier', 1.0), 'g')}/seed{trainer.seed}"
-        )
+        name = f"bs{trainer.args.batch_size}/lr{multiplier_tag(trainer.lr_multiplier)}/seed{trainer.seed}"
         tracker = Tracker(trainer.train["tracking"], trainer.out, name, trainer.state.step + 1, params)
     trainer.recorder.open(trainer.log_path, trainer.state.metrics_bytes, tracker)
 

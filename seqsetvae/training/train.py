@@ -100,6 +100,7 @@ class Trainer:
         if self.n_train == 0:
             raise InputError(f"{args.shards}/train: the train split has no patients")
 
+        self.lr_multiplier = train.get("lr_multiplier", 1.0)  # this run's point of train.lr_grid
         self.lr = scaled_lr(train, args.batch_size)
         config = ModelConfig.from_settings(settings["model"])
         self.model = SeqSetVAE(config, self.embedding, class_weights(self.train_batches.labels, train["class_weights"]))
