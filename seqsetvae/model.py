@@ -44,6 +44,7 @@ from seqsetvae.batching import Batch
 from seqsetvae.errors import InputError
 from seqsetvae.losses import chamfer_per_set, kl_per_set
 from seqsetvae.segments import at_least_float32, expand, segment_softmax, segment_sum, sinusoid
+from seqsetvae.summaries import patient_summaries, summary_width
 
 # -- configuration ----------------------------------------------------------------------
 
@@ -66,6 +67,7 @@ class ModelConfig:
     token: str = "value"  # value | value_and_variable
     readout: str = "attention_last"  # attention_last | centered
     head: str = "mlp"  # mlp | linear: the classifier on the readout's features
+    wide: str = "none"  # none | summaries: a linear path on per-patient measurement summaries
 
     @classmethod
     def from_settings(cls, model: dict | None) -> "ModelConfig":
@@ -228,12 +230,13 @@ class Classifier(nn.Module):
     """Attention pooling over the sequence (softmax over t of h_t . z_t) beside the last
     state h_T, then an MLP. With `model.readout: centered`, the mean of the sets'
     posterior means joins them, and the MLP reads the features minus their running mean
-    over training patients."""
+    over training patients. With `model.wide: summaries`, a linear map of the patient's
+    standardised measurement summaries (seqsetvae.summaries) adds to the logits."""
 
-    # the running mean's window, in training patients (the same for every batch size)
+    # the running means' window, in training patients (the same for every batch size)
     CENTERING_PATIENTS = 512
 
-    def __init__(self, c: ModelConfig):
+    def __init__(self, c: ModelConfig, vocab_size: int):
         super().__init__()
         d = c.latent_dim
         self.centered = c.readout == "centered"
@@ -247,11 +250,38 @@ class Classifier(nn.Module):
         if self.centered:
             self.register_buffer("feature_mean", torch.zeros(width))
             self.register_buffer("patients_seen", torch.zeros(1, dtype=torch.float64))
-        # under train.devices, every rank moves the mean by the global batch (an all-reduce);
+        self.vocab_size = vocab_size
+        self.wide = None
+        if c.wide == "summaries":
+            # deviation (model.wide; docs/learning_on_real_data.md, round six): the logistic
+            # regression's inputs, standardised by running moments over training patients;
+            # zero at the start, so training begins from the deep path alone
+            summaries = summary_width(vocab_size)
+            self.wide = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(summaries, c.num_classes))
+            nn.init.zeros_(self.wide[1].weight)
+            nn.init.zeros_(self.wide[1].bias)
+            self.register_buffer("summary_moments", torch.zeros(2 * summaries))  # [mean, mean of squares]
+            self.register_buffer("summary_patients_seen", torch.zeros(1, dtype=torch.float64))
+        # under train.devices, every rank moves the means by the global batch (an all-reduce);
         # False for a pass that one rank runs alone (the gradient-noise measurement)
         self.sync_ranks = True
 
     def forward(self, h: torch.Tensor, z: torch.Tensor, batch: Batch) -> torch.Tensor:
+        logits = self.deep(h, z, batch)
+        if self.wide is None:
+            return logits
+        summaries = patient_summaries(batch, self.vocab_size).to(logits.dtype)  # [B, F]
+        moments = self.summary_moments.to(logits.dtype)
+        if self.training:
+            squares = torch.cat([summaries, summaries.square()], dim=-1)
+            moments = self.update_mean(squares, batch.patient_weight, self.summary_moments, self.summary_patients_seen)
+        mean, mean_square = moments.chunk(2)
+        variance = (mean_square - mean.square()).clamp(min=0.0)
+        # a feature constant over the patients seen keeps its scale (as StandardScaler does)
+        scale = torch.where(variance > 1e-8, torch.rsqrt(variance.clamp(min=1e-8)), torch.ones_like(variance))
+        return logits + self.wide((summaries - mean) * scale)
+
+    def deep(self, h: torch.Tensor, z: torch.Tensor, batch: Batch) -> torch.Tensor:
         # deviation: scores scaled by 1/sqrt(latent) (scaled dot product) so the softmax
         # does not start one-hot; h is layer-normed (norm ~ sqrt(latent))
         scores = (h * z).sum(-1) / math.sqrt(h.shape[-1])  # [S]
@@ -272,14 +302,17 @@ class Classifier(nn.Module):
         features = torch.cat([pooled, last, segment_sum(z, batch.sets_per_patient) / sets], dim=-1)  # [B, 3d]
         mean = self.feature_mean.to(features.dtype)
         if self.training:
-            mean = self.update_mean(features.detach(), batch.patient_weight)
+            mean = self.update_mean(features.detach(), batch.patient_weight, self.feature_mean, self.patients_seen)
         return self.mlp(features - mean)
 
     @torch.no_grad()
-    def update_mean(self, features: torch.Tensor, patient_weight: torch.Tensor) -> torch.Tensor:
-        """Move the running mean towards this batch's real patients; returns the mean this
-        batch is centred by: the one before the update (a patient's output then does not
-        depend on its batch-mates), except on the first batch, which has no earlier one."""
+    def update_mean(
+        self, features: torch.Tensor, patient_weight: torch.Tensor, average: torch.Tensor, seen: torch.Tensor
+    ) -> torch.Tensor:
+        """Move the running mean `average` (a buffer; `seen`: the patients it has seen)
+        towards this batch's real patients; returns the mean this batch is centred by:
+        the one before the update (a patient's output then does not depend on its
+        batch-mates), except on the first batch, which has no earlier one."""
         weight = patient_weight.to(features.dtype)
         totals = torch.cat([(features * weight.unsqueeze(-1)).sum(0), weight.sum().unsqueeze(0)])
         # is_initialized() first: a compiled step then never reads (nor guards on) sync_ranks
@@ -287,13 +320,13 @@ class Classifier(nn.Module):
             torch.distributed.all_reduce(totals)  # the global batch's mean on every rank
         n = totals[-1:]
         batch_mean = totals[:-1] / n
-        seen = self.patients_seen.to(features.dtype)  # [1]
+        patients = seen.to(features.dtype)  # [1]
         # an exact average while fewer than the window have been seen, then exponential
         # forgetting with a time constant of CENTERING_PATIENTS patients
-        rate = torch.maximum(n / (seen + n), -torch.expm1(-n / self.CENTERING_PATIENTS))
-        before = torch.where(seen > 0, self.feature_mean.to(features.dtype), batch_mean)
-        self.feature_mean.copy_(before + rate * (batch_mean - before))
-        self.patients_seen.copy_(self.patients_seen + n)
+        rate = torch.maximum(n / (patients + n), -torch.expm1(-n / self.CENTERING_PATIENTS))
+        before = torch.where(patients > 0, average.to(features.dtype), batch_mean)
+        average.copy_(before + rate * (batch_mean - before))
+        seen.copy_(seen + n)
         return before
 
 
@@ -325,7 +358,7 @@ class SeqSetVAE(nn.Module):
         self.encoder = SetEncoder(config)
         self.sequence = SequenceModel(config)
         self.decoder = SetDecoder(config)
-        self.classifier = Classifier(config)
+        self.classifier = Classifier(config, vocab_size=embedding.shape[0])
         self.compiled = self.cuda_graphs = False  # compile_step(); with mode="reduce-overhead"
 
     def tokens(self, batch: Batch) -> torch.Tensor:

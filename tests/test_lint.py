@@ -36,6 +36,7 @@ FLOORS = {
     "losses": 1,
     "attention": 1,
     "batching": 1,
+    "summaries": 1,
     "data": 1,
     "model": 2,
     "runtime": 3,

@@ -1,0 +1,98 @@
+"""The wide path (`model.wide: summaries`): the logistic regression's features, computed in
+the model from a packed batch, standardised by running moments over training patients."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from seqsetvae.batching import collate, random_patients
+from seqsetvae.evaluation.baseline import patient_features
+from seqsetvae.model import LossWeights, ModelConfig, SeqSetVAE
+from seqsetvae.summaries import patient_summaries, summary_width
+
+VOCAB, EMB_DIM = 30, 24
+SMALL = ModelConfig(
+    reduced_dim=16, latent_dim=32, inducing_points=4, ff_dim=64, dropout=0.0, readout="centered", head="linear"
+)
+WIDE = dataclasses.replace(SMALL, wide="summaries")
+W = LossWeights(beta=0.05, recon=0.5, pred=1.0)
+
+
+def patients(n=7, seed=3):
+    return random_patients(n, mean_sets=6, mean_events=25, vocab_size=VOCAB, seed=seed)
+
+
+def model(config, seed=0):
+    torch.manual_seed(seed)
+    return SeqSetVAE(config, torch.randn(VOCAB, EMB_DIM)).double()
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_summaries_are_the_baselines_features(pad):
+    group = patients()
+    expected = np.nan_to_num(patient_features(group, VOCAB), nan=0.0)  # the regression imputes 0
+    got = patient_summaries(collate(group, pad=pad), VOCAB).double().numpy()
+    assert got.shape == (group.n_patients + pad, summary_width(VOCAB))
+    np.testing.assert_allclose(got[: group.n_patients], expected, rtol=1e-6, atol=1e-6)
+    # a patient's row reads its own events only
+    alone = np.concatenate(
+        [patient_summaries(collate(group.take([i])), VOCAB).numpy() for i in range(group.n_patients)]
+    )
+    np.testing.assert_array_equal(got[: group.n_patients], alone)
+
+
+def test_the_wide_path_starts_at_zero_and_learns():
+    batch = collate(patients())
+    plain, wide = model(SMALL).eval(), model(WIDE).eval()
+    with torch.no_grad():  # the same parameters elsewhere, and the wide map is zero at the start
+        torch.testing.assert_close(wide(batch, W).logits, plain(batch, W).logits, rtol=0, atol=0)
+    wide.train()
+    wide(batch, W).loss.backward()
+    assert wide.classifier.wide[1].weight.grad.abs().sum() > 0
+
+
+def test_the_wide_path_reads_standardised_summaries_of_training_patients():
+    net = model(WIDE).train()
+    seen = []
+    net.classifier.wide.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    group = patients(9)
+    net(collate(group, pad=True), W)  # the first batch: standardised by its own real patients
+    x = seen[0][: group.n_patients]
+    features = torch.from_numpy(np.nan_to_num(patient_features(group, VOCAB), nan=0.0))
+    varying = features.std(0) > 1e-6
+    torch.testing.assert_close(x.mean(0), torch.zeros_like(x[0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(x[:, varying].var(0, unbiased=False), torch.ones(int(varying.sum()), dtype=x.dtype))
+    assert torch.equal(x[:, ~varying], torch.zeros_like(x[:, ~varying]))  # constant: centred, scale 1
+    assert net.classifier.summary_patients_seen.item() == group.n_patients  # padding does not count
+    mean, mean_square = net.classifier.summary_moments.chunk(2)
+    torch.testing.assert_close(mean, features.mean(0), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(mean_square, features.square().mean(0), atol=1e-5, rtol=1e-6)
+    # evaluation reads the moments, does not move them
+    moments = net.classifier.summary_moments.clone()
+    net.eval()
+    with torch.no_grad():
+        net(collate(patients(4, seed=8)), W)
+    assert torch.equal(net.classifier.summary_moments, moments)
+
+
+def test_the_wide_path_saves_its_moments_and_keeps_patients_independent():
+    net = model(WIDE).train()
+    net(collate(patients()), W)
+    with torch.no_grad():
+        net.classifier.wide[1].weight.normal_()
+    net.eval()
+    state = net.state_dict()
+    assert {"classifier.summary_moments", "classifier.summary_patients_seen", "classifier.wide.1.weight"} <= set(state)
+    restored = model(WIDE)
+    restored.load_state_dict(state)
+    group = patients(5, seed=11)
+    with torch.no_grad():
+        together = net(collate(group), W).logits
+        again = restored.eval()(collate(group), W).logits
+        alone = torch.cat([net(collate(group.take([i])), W).logits for i in range(group.n_patients)])
+    torch.testing.assert_close(again, together, rtol=0, atol=0)
+    torch.testing.assert_close(alone, together, rtol=1e-9, atol=1e-9)
+    with pytest.raises(RuntimeError, match="summary_moments"):  # a model without the path refuses them
+        model(SMALL).load_state_dict(state)
