@@ -9,7 +9,7 @@ from seqsetvae.runtime.device import compiled_graphs, compiled_step
 
 # one level and one transformer layer: the same kinds of ops as the default model in
 # half the graph, so that inductor's C++ compilation takes a few minutes, not ten
-# config.yaml's token and readout: the centred readout's running mean is a buffer the
+# config.yaml's token, readout and wide path: the running means are buffers the
 # compiled step must update in place
 CONFIG = ModelConfig(
     reduced_dim=16,
@@ -24,6 +24,7 @@ CONFIG = ModelConfig(
     token="value_and_variable",
     readout="centered",
     head="linear",
+    wide="summaries",
 )
 
 

@@ -61,9 +61,10 @@ def meds_time(patient: int, minute: float) -> datetime.datetime:
 
 
 def write_meds(root: Path, rows, label, prediction_minutes=None, splits=True):
-    """A MEDS root: the measurements, plus per subject one static row (no time) and one
-    code without a value (both dropped and counted); prediction time = last event
-    unless `prediction_minutes` {subject: minute} says otherwise."""
+    """A MEDS root: the measurements, plus per subject one static row (no time: kept at
+    the subject's time origin) and one code without a value at minute 0 (kept, z = 0);
+    prediction time = last event unless `prediction_minutes` {subject: minute} says
+    otherwise."""
     (root / "data").mkdir(parents=True, exist_ok=True)
     (root / "metadata").mkdir(exist_ok=True)
     subjects = sorted({r[0] for r in rows})
@@ -279,13 +280,26 @@ def test_one_cohort_in_five_formats_gives_the_same_shards(tmp_path):
     reference, csv_qc = results["csv"]
     assert len(reference) == 16 and csv_qc["rows_kept"] == len(rows)
     assert {p: s for p, (s, _, _) in reference.items()} == {str(1001 + i): s for i, s in enumerate(SPLIT_OF)}
+    # MEDS: the same, plus each subject's static row and its code without a value, both
+    # in its first set (minute 0) with z = 0 (GENDER//F's train values are all 1: std 1)
+    extra = [("ADMISSION", 0.0), ("GENDER//F", 0.0)]
+    meds_expected = {
+        patient: (
+            split,
+            label,
+            [(time, sorted(events + extra) if i == 0 else events) for i, (time, events) in enumerate(sets)],
+        )
+        for patient, (split, label, sets) in reference.items()
+    }
+    assert all(sets[0][0] == 0.0 for _, _, sets in reference.values())
     for name, (found, qc) in results.items():
-        assert found == reference, name  # ids, splits, labels, set times, variables, values
-        assert qc["rows_kept"] == len(rows), name
+        assert found == (meds_expected if name == "meds" else reference), name  # ids, splits, labels, sets, values
+        assert qc["rows_kept"] == len(rows) + (32 if name == "meds" else 0), name
+        assert qc["rows_without_value"] == (16 if name == "meds" else 0), name
         assert qc["format"] == name
+    assert results["meds"][1]["format_counts"] == {"static_rows": 16, "text_value_not_read": 0}
     dropped = {name: {k: v for k, v in qc["rows_dropped"].items() if v} for name, (_, qc) in results.items()}
-    assert dropped["csv"] == {} and dropped["seqsetvae_v0"] == {}
-    assert dropped["meds"] == {"static_without_time": 16, "no_numeric_value": 16}
+    assert dropped["csv"] == {} and dropped["seqsetvae_v0"] == {} and dropped["meds"] == {}
     assert dropped["physionet2012"] == {"record_id_row": 16, "missing_marker": 16}
     assert dropped["physionet2019"] == {"after_label_onset": specs[3]["onset_cells"]}
     for name, (_, qc) in results.items():  # every input row accounted for
@@ -329,9 +343,95 @@ def test_meds_prediction_time_ends_the_observation(tmp_path):
     for patient, (_, _, sets) in found.items():
         minutes = sorted(expected[int(patient)])
         assert [t for t, _ in sets] == sorted({m - minutes[0] for m in minutes})
+        assert ("GENDER//F", 0.0) in sets[0][1]  # the static row joins the first set of the window
     inside = sum(len(v) for v in expected.values())
-    assert qc["rows_kept"] == inside
-    assert qc["rows_dropped"]["outside_observation_window"] == len(rows) - after - inside
+    # kept: the window's measurements, the static rows and each ADMISSION (minute 0) inside it
+    admissions = sum(prediction[p] - 180 < 0 for p in prediction)
+    assert qc["rows_kept"] == inside + 16 + admissions
+    assert qc["rows_dropped"]["outside_observation_window"] == len(rows) - after - inside + 16 - admissions
+
+
+def test_meds_codes_without_values_static_rows_and_text_values(tmp_path):
+    """Events without a numeric_value (codes, text values) and static rows reach the
+    shards with z = 0; a code's statistics come from its valued rows; duplicates of
+    valueless rows are resolved like any other (docs/input_formats.md)."""
+    root = tmp_path / "meds"
+    (root / "data").mkdir(parents=True)
+    (root / "metadata").mkdir()
+    (root / "task").mkdir()
+    rows = [  # subject, minute (None: static), code, numeric value, text value
+        (1, None, "SEX//F", None, None),
+        (1, 0, "DX//I10", None, None),
+        (1, 0, "DX//I10", None, None),  # exact duplicate of a valueless row
+        (1, 0, "HR", 80.0, None),
+        (1, 60, "LAB", 5.0, None),
+        (1, 60, "LAB", None, None),  # the same code at the same time with and without a value: merged to 5
+        (1, 120, "NOTE", None, "stable"),  # a text value: the code is kept, the text not read
+        (2, 0, "HR", 100.0, None),
+        (2, 0, "LAB", None, None),
+        (2, 30, "LAB", 7.0, None),
+        (3, None, "SEX//F", None, None),  # a subject with static rows only
+        (4, 0, "HR", 90.0, None),
+        (4, 10, "NOTE", None, "worse"),
+    ]
+    pq.write_table(
+        pa.table(
+            {
+                "subject_id": pa.array([r[0] for r in rows], pa.int64()),
+                "time": pa.array(
+                    [None if r[1] is None else meds_time(1000 + r[0], r[1]) for r in rows], pa.timestamp("us")
+                ),
+                "code": [r[2] for r in rows],
+                "numeric_value": pa.array([r[3] for r in rows], pa.float32()),
+                "text_value": pa.array([r[4] for r in rows], pa.string()),
+            }
+        ),
+        root / "data" / "0.parquet",
+    )
+    subjects = [1, 2, 3, 4]
+    pq.write_table(
+        pa.table({"subject_id": pa.array(subjects, pa.int64()), "split": ["train", "train", "tuning", "held_out"]}),
+        root / "metadata" / "subject_splits.parquet",
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "subject_id": pa.array(subjects, pa.int64()),
+                "prediction_time": pa.array([meds_time(1000 + s, 600) for s in subjects], pa.timestamp("us")),
+                "boolean_value": [True, False, True, False],
+            }
+        ),
+        root / "task" / "labels.parquet",
+    )
+    qc = run_data_stages(tmp_path / "out", {"format": "meds", "events": root, "labels": root / "task"})
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())["variables"]
+    hr_std, lab_std = float(np.std([80, 100], ddof=1)), float(np.std([5, 7], ddof=1))
+    assert stats["HR"] == {"mean": 90.0, "std": hr_std, "count": 2}
+    assert stats["LAB"] == {"mean": 6.0, "std": lab_std, "count": 3, "values": 2}  # valued rows only
+    assert stats["DX//I10"] == {"mean": 0.0, "std": 1.0, "count": 1, "values": 0}
+    assert stats["SEX//F"] == stats["NOTE"] == {"mean": 0.0, "std": 1.0, "count": 1, "values": 0}
+    assert set(stats) == {"DX//I10", "HR", "LAB", "NOTE", "SEX//F"}
+
+    z = lambda v, mean, std: float(np.float32((v - mean) / std))  # noqa: E731
+    found = measurements(tmp_path / "out")
+    assert found == {
+        "1": (
+            "train",
+            1,
+            [
+                (0.0, [("DX//I10", 0.0), ("HR", z(80, 90, hr_std)), ("SEX//F", 0.0)]),
+                (60.0, [("LAB", z(5, 6, lab_std))]),
+                (120.0, [("NOTE", 0.0)]),
+            ],
+        ),
+        "2": ("train", 0, [(0.0, [("HR", z(100, 90, hr_std)), ("LAB", 0.0)]), (30.0, [("LAB", z(7, 6, lab_std))])]),
+        "3": ("valid", 1, [(0.0, [("SEX//F", 0.0)])]),  # static rows only: one set at minute 0
+        "4": ("test", 0, [(0.0, [("HR", 0.0)]), (10.0, [("NOTE", 0.0)])]),
+    }
+    assert qc["rows_in"] == len(rows) and qc["rows_kept"] == len(rows) - 2
+    assert {k: v for k, v in qc["rows_dropped"].items() if v} == {"duplicate_row": 1, "conflicting_duplicate_merged": 1}
+    assert qc["rows_without_value"] == 8  # before deduplication
+    assert qc["format_counts"] == {"static_rows": 2, "text_value_not_read": 2}
 
 
 def test_physionet2019_onset_hours_never_reach_the_shards(tmp_path):

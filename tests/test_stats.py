@@ -81,12 +81,19 @@ def test_partition_merge_is_numerically_sound():
     for k, part in enumerate(parts):
         m = part.mean()
         names = ["x", f"only{k}"]  # variables appear and grow the running arrays
-        moments.merge(names, np.array([len(part), 1.0]), np.array([m, k]), np.array([((part - m) ** 2).sum(), 0]))
+        counts = np.array([len(part), 1.0])
+        moments.merge(names, counts, counts, np.array([m, k]), np.array([((part - m) ** 2).sum(), 0]))
     assert moments.names == ["x", "only0", "only1", "only2", "only3"]
     assert moments.count.tolist() == [len(values), 1, 1, 1, 1] and moments.mean[1:].tolist() == [0, 1, 2, 3]
     std = np.sqrt(moments.m2[0] / (len(values) - 1))
+    m2_before = moments.m2[0]
     assert std == pytest.approx(np.std(values - 1e9, ddof=1), rel=1e-6)
     assert moments.mean[0] == pytest.approx(values.mean(), rel=1e-15)
+    # a part whose events have no value moves the event count only
+    moments.merge(["x", "codes"], np.array([5.0, 3.0]), np.zeros(2), np.zeros(2), np.zeros(2))
+    assert moments.events[:1].tolist() == [len(values) + 5] and moments.count[0] == len(values)
+    assert moments.mean[0] == pytest.approx(values.mean(), rel=1e-15) and moments.m2[0] == m2_before
+    assert (moments.events[-1], moments.count[-1], moments.mean[-1], moments.m2[-1]) == (3, 0, 0, 0)
 
 
 def test_no_train_events_and_missing_directory_are_input_errors(tmp_path):

@@ -25,7 +25,11 @@ Policies (every dropped row is counted in qc.json under its reason):
   the stage, naming every reason with example rows.
 - duplicate_row: an exact duplicate of another row (patient, time, variable, value).
 - conflicting_duplicate_merged: the same (patient, time, variable) with different
-  values is kept once with the mean of its distinct values; the extra rows are counted.
+  values is kept once with the mean of its distinct values (of its valued rows, when
+  some have no value); the extra rows are counted.
+- events without a value: where the format says a null value is an event, not a bad
+  row (MEDS: codes without a `numeric_value`), the row is kept with a null value and
+  counted in qc.json's `rows_without_value` (docs/input_formats.md).
 A row with several problems is counted once, under the first reason in this order.
 """
 
@@ -223,6 +227,8 @@ class FirstPass:
         self.unlabelled_ids: list[pa.Array] = []
         self._unlabelled_unique: pa.Array | None = None
         self.writers = [pa.ipc.new_file(str(raw_dir / f"raw-{p:05d}.arrow"), RAW_SCHEMA) for p in range(n_partitions)]
+        self.valueless_events = source.valueless_events
+        self.rows_without_value = 0  # kept rows without a value (before deduplication)
 
     def unlabelled_unique(self) -> pa.Array:
         """The distinct ids of events without a label (computed once)."""
@@ -262,6 +268,8 @@ class FirstPass:
 
         time, time_problem = parse_numbers(batch.column(1))
         value, value_problem = parse_numbers(batch.column(3))
+        if self.valueless_events:  # null: an event without a value, kept as NaN until written
+            value_problem[value_problem == 1] = 0
         if self.time_scale != 1.0:  # hours: rounded so that 11/60 h is 11 minutes, not 10.999999999999998
             with np.errstate(over="ignore", invalid="ignore"):
                 time = np.round(time * self.time_scale, 6)
@@ -298,6 +306,8 @@ class FirstPass:
         self.labelled_seen[dict_label[dict_label >= 0]] = True
 
         keep = np.flatnonzero(reason == 0)
+        if self.valueless_events:
+            self.rows_without_value += int(np.isnan(value[keep]).sum())
         patient = row_label[keep]
         partition = self.labels.partition[patient]
         columns = [patient, variable_code[variable_index[keep]], time[keep], value[keep]]
@@ -370,18 +380,23 @@ def deduplicate(patient, time, variable_rank, value):
     sorted_value = value[order]
     if not same.any():
         return order, sorted_value, 0, 0
-    # rows in groups of more than one: re-sort them by value inside their group
+    # rows in groups of more than one: re-sort them by value inside their group (NaN,
+    # an event without a value, sorts last)
     in_group = np.zeros(n, dtype=bool)
     in_group[1:] |= same
     in_group[:-1] |= same
     positions = np.flatnonzero(in_group)
     by_value = positions[np.lexsort((sorted_value[positions], key[positions]))]
     order[positions], sorted_value[positions] = order[by_value], sorted_value[by_value]
-    exact = np.concatenate([[False], same & (sorted_value[1:] == sorted_value[:-1])])
+    missing = np.isnan(sorted_value)
+    equal = (sorted_value[1:] == sorted_value[:-1]) | (missing[1:] & missing[:-1])
+    exact = np.concatenate([[False], same & equal])
     order, key, sorted_value = order[~exact], key[~exact], sorted_value[~exact]
     starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
     sizes = np.diff(np.append(starts, len(key)))
-    means = np.add.reduceat(sorted_value, starts) / sizes
+    valued = ~np.isnan(sorted_value)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a group of valueless rows stays NaN
+        means = np.add.reduceat(np.where(valued, sorted_value, 0.0), starts) / np.add.reduceat(valued, starts)
     return order[starts], means, int(exact.sum()), int((sizes - 1).sum())
 
 
@@ -417,6 +432,8 @@ def ingest(settings: dict, event_paths: list[str], labels_path: str, splits_path
         _check_labels_without_events(qc, labels, first_pass, labels_path, data)
         if source.cohort is not None:  # the format's task: stays in, eligible, excluded by reason
             qc["cohort"] = source.cohort
+        if source.format_counts is not None:  # kinds of kept rows the format reads its own way
+            qc["format_counts"] = source.format_counts
         qc["warnings"] = [_near_miss_note(near_misses)] if near_misses else []
         if qc["rows_kept"] == 0:
             raise InputError(
@@ -466,7 +483,7 @@ def _write_partition(path, labels, split_names, sorted_variables, patient, time,
             "patient_id": labels.ids.take(pa.array(patient)),
             "time": pa.array(time, pa.float64()),
             "variable": sorted_variables.take(pa.array(variable_rank)),
-            "value": pa.array(value, pa.float64()),
+            "value": pa.array(value, pa.float64(), from_pandas=True),  # NaN: no value, written as null
             "split": split_names.take(pa.array(labels.split[patient])),
         },
         schema=EVENTS_SCHEMA,
@@ -606,6 +623,7 @@ def _qc(
         "rows_in": rows_in,
         "rows_kept": rows_kept,
         "rows_dropped": rows_dropped,
+        "rows_without_value": first_pass.rows_without_value,
         "patients_in": int(len(labels) + unlabelled),
         "patients_kept": int(kept.sum()),
         "patients_dropped": patients_dropped,

@@ -9,7 +9,9 @@ Policies (counted in shards_qc.json, and in qc.json's balance as dropped rows):
   or test value many orders of magnitude outside its train variable's spread) is
   dropped; a patient left with no event is dropped as above.
 - a set is one patient's events at one timestamp; sets are in time order, events in a
-  set by (vocabulary id, value).
+  set by (vocabulary id, value), an event without a value (null) after those with one.
+- an event without a value gets z = 0 (the train mean): with `model.token:
+  value_and_variable` its token is the variable's own direction, "this was recorded".
 - `shards.max_set_size` (optional) keeps the first `max_set_size` events of a set in
   that order, i.e. the lowest vocabulary ids (`truncated_set`).
 - `shards.max_sequence_length` L keeps whole sets only, the `first` (or `last`) sets
@@ -235,7 +237,7 @@ def process_partition(
     # a valid/test value far outside its train variable's spread can give a z-value
     # float32 cannot hold: dropped and counted, never stored as inf
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        fits = np.abs((value - mean[variable]) / std[variable]) <= FLOAT32_MAX
+        fits = (np.abs((value - mean[variable]) / std[variable]) <= FLOAT32_MAX) | np.isnan(value)
     out_of_range = int((~fits).sum())
     if out_of_range:
         patient, time, variable, value = patient[fits], time[fits], variable[fits], value[fits]
@@ -244,6 +246,7 @@ def process_partition(
         patient, time, variable, value, options["max_sequence_length"], options["truncate"], options["max_set_size"]
     )
     z = (sets["values"] - mean[sets["variable_ids"]]) / std[sets["variable_ids"]]
+    z[np.isnan(z)] = 0.0  # an event without a value (null): z = 0, the train mean (docs/input_formats.md)
 
     n_sets = np.bincount(sets["set_patient"], minlength=n_patients)
     n_events = np.bincount(sets["set_patient"], weights=sets["set_sizes"], minlength=n_patients).astype(np.int64)

@@ -11,7 +11,10 @@ Outputs:
     vocabulary.json     {"variables": [names sorted, index = vocabulary id]}
 
 `std` is the sample standard deviation (ddof 1); a variable observed once, or with
-std 0, gets std 1 so that its z-values are finite (value - mean).
+std 0, gets std 1 so that its z-values are finite (value - mean). `count` is the
+variable's train events; events without a value (a null value: MEDS codes) count there
+but not in the moments, and a variable with no valued train event gets mean 0, std 1
+(its events are z = 0 in the shards either way); `values` counts the valued ones.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def read_partition(path: Path, columns: tuple[str, ...] = EVENT_COLUMNS) -> pa.T
     if missing:
         raise InputError(f"validated events file {path}: missing column(s) {', '.join(missing)}")
     for name in columns:
-        if table.column(name).null_count:
+        if name != "value" and table.column(name).null_count:  # a null value: an event without one
             raise InputError(f"validated events file {path}: column {name} has missing values")
     return table.select(list(columns))
 
@@ -94,33 +97,45 @@ class Moments:
     def __init__(self):
         self.names: list[str] = []
         self.position: dict[str, int] = {}
-        self.count = self.mean = self.m2 = np.zeros(0)
+        self.events = self.count = self.mean = self.m2 = np.zeros(0)
 
-    def merge(self, names: list[str], count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> None:
+    def merge(
+        self, names: list[str], events: np.ndarray, count: np.ndarray, mean: np.ndarray, m2: np.ndarray
+    ) -> None:
+        """`events`: every train event of each variable; `count`, `mean`, `m2`: of its valued ones."""
         at = np.array([self.position.setdefault(name, len(self.position)) for name in names], dtype=np.int64)
         grow = len(self.position) - len(self.names)
         self.names += [name for name in names if self.position[name] >= len(self.names)]
-        self.count, self.mean, self.m2 = (np.concatenate([a, np.zeros(grow)]) for a in (self.count, self.mean, self.m2))
+        self.events, self.count, self.mean, self.m2 = (
+            np.concatenate([a, np.zeros(grow)]) for a in (self.events, self.count, self.mean, self.m2)
+        )
+        self.events[at] += events
         n_a, n_b = self.count[at], count
         n = n_a + n_b
-        delta = mean - self.mean[at]
-        self.mean[at] += delta * (n_b / n)
-        self.m2[at] += m2 + delta**2 * (n_a * n_b / n)
+        with np.errstate(invalid="ignore", divide="ignore"):  # no valued event on either side: stays 0
+            delta = np.where(n_b > 0, mean - self.mean[at], 0.0)
+            self.mean[at] += np.where(n > 0, delta * (n_b / n), 0.0)
+            self.m2[at] += np.where(n > 0, m2 + delta**2 * (n_a * n_b / n), 0.0)
         self.count[at] = n
 
 
-def partition_moments(table: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """(names, count, mean, M2) per variable of one partition's train rows (two-pass)."""
+def partition_moments(table: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(names, events, count, mean, M2) per variable of one partition's train rows
+    (two-pass); count, mean and M2 of the rows with a value."""
     train = pc.equal(table.column("split"), "train").to_numpy(zero_copy_only=False)
     codes, names = encode(table.column("variable"))
     codes = codes[train]
-    values = as_numpy(table.column("value"), np.float64)[train]
+    values = as_numpy(table.column("value"), np.float64)[train]  # null -> NaN
+    events = np.bincount(codes, minlength=len(names)).astype(np.float64)
+    seen = events > 0  # variables of valid/test rows only are not train variables
+    valued = ~np.isnan(values)
+    codes, values = codes[valued], values[valued]
     count = np.bincount(codes, minlength=len(names)).astype(np.float64)
-    seen = count > 0  # variables of valid/test rows only are not train variables
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.bincount(codes, weights=values, minlength=len(names)) / count
+        mean = np.where(count > 0, np.bincount(codes, weights=values, minlength=len(names)) / count, 0.0)
     m2 = np.bincount(codes, weights=(values - mean[codes]) ** 2, minlength=len(names))
-    return [n for n, s in zip(names.to_pylist(), seen.tolist()) if s], count[seen], mean[seen], m2[seen]
+    names = [n for n, s in zip(names.to_pylist(), seen.tolist()) if s]
+    return names, events[seen], count[seen], mean[seen], m2[seen]
 
 
 def train_statistics(events_dir: str | Path) -> dict[str, dict]:
@@ -135,7 +150,8 @@ def train_statistics(events_dir: str | Path) -> dict[str, dict]:
         std = np.sqrt(moments.m2 / (moments.count - 1))
     std = np.where((moments.count > 1) & (std > 0) & np.isfinite(std), std, 1.0)
     stats = {
-        name: {"mean": float(moments.mean[i]), "std": float(std[i]), "count": int(moments.count[i])}
+        name: {"mean": float(moments.mean[i]), "std": float(std[i]), "count": int(moments.events[i])}
+        | ({"values": int(moments.count[i])} if moments.count[i] != moments.events[i] else {})
         for i, name in enumerate(moments.names)
     }
     return dict(sorted(stats.items()))

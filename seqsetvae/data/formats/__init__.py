@@ -89,6 +89,10 @@ class EventSource:
     minutes_per_unit = 1.0  # the batches' time unit (the adapters give minutes)
     windowed = False  # whether the source applies data.observation_window_hours itself
     cohort: dict | None = None  # a task's cohort counts (stays, eligible, excluded by reason)
+    # whether a null value is an event without a value (a code, a static row: MEDS) rather
+    # than a bad row; such events are kept with a null value (z = 0 in the shards)
+    valueless_events = False
+    format_counts: dict | None = None  # kept rows of kinds the format reads its own way (MEDS static rows)
 
     def paths(self) -> list[Path]:
         raise NotImplementedError

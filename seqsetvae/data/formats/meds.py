@@ -9,10 +9,17 @@ prediction per subject: a subject with two label rows is an error. The predictio
 ends the subject's observation, inclusive as MEDS defines it (`data may be used up to
 and including this time`); with `data.observation_window_hours` W only the window
 `(prediction_time - W, prediction_time]` is kept. Times become minutes from the time
-origin of the subject: its first event that is kept (so every subject's first set is
-at minute 0, as with "minutes since admission" of the ICU formats). Rows dropped here:
-`static_without_time` (time null), `no_numeric_value` (numeric_value null: codes
-without a value, text values), `after_prediction_time`, `outside_observation_window`.
+origin of the subject: its first timed event that is kept (so every subject's first set
+is at minute 0, as with "minutes since admission" of the ICU formats).
+
+- Events without a value (numeric_value null: diagnoses, procedures, orders, admission
+  and transfer codes; rows with a `text_value` only, whose text is not read) are kept
+  as events of their code with a null value (z = 0 in the shards: "this was
+  recorded"), counted in qc.json's `rows_without_value` and `format_counts`.
+- Static rows (time null, e.g. sex, ethnicity) are kept at the subject's time origin,
+  so they join its first set; counted in `format_counts.static_rows`.
+- Rows dropped here: `after_prediction_time`, `outside_observation_window`.
+
 `subject_splits.parquet`'s `train`/`tuning`/`held_out` become train/valid/test.
 """
 
@@ -31,7 +38,7 @@ from seqsetvae.data.splits import SPLIT_ALIASES
 from seqsetvae.errors import InputError
 from seqsetvae.io import atomic_path
 
-DATA_COLUMNS = ("subject_id", "time", "code", "numeric_value")
+DATA_COLUMNS = ("subject_id", "time", "code", "numeric_value", "text_value")
 BATCH_ROWS = 1 << 20
 US_PER_MINUTE = 60_000_000
 CSV_BYTES_PER_ROW = 26  # a typical long event CSV row: AUTO_PARTITION_BYTES ~ 2.5M rows
@@ -85,6 +92,8 @@ def _batches(path: Path, columns: list[str]):
         table = pa.Table.from_batches([batch])
         if "numeric_value" not in columns:
             table = table.append_column("numeric_value", pa.nulls(len(table), pa.float32()))
+        if "text_value" not in columns:
+            table = table.append_column("text_value", pa.nulls(len(table), pa.string()))
         yield _align(_schemas().DataSchema, table, path, "data"), start
         start += len(table)
 
@@ -92,6 +101,7 @@ def _batches(path: Path, columns: list[str]):
 class MEDS(EventSource):
     format = "meds"
     windowed = True  # the window ends at each subject's prediction time
+    valueless_events = True  # a code without a numeric_value is an event, not a bad row
     columns = {"patient_id": "subject_id", "time": "time", "variable": "code", "value": "numeric_value"}
 
     def __init__(self, root: Path, labels_csv: Path, window_hours: float | None):
@@ -100,14 +110,8 @@ class MEDS(EventSource):
         self.subjects = pc.cast(labels["patient_id"], pa.int64())
         self.prediction_us = pc.cast(pc.cast(labels["prediction_time"], pa.timestamp("us")), pa.int64()).to_numpy()
         self.window_us = None if window_hours is None else int(round(window_hours * 60 * US_PER_MINUTE))
-        self.drops = Drops(
-            {
-                "static_without_time": "time",
-                "no_numeric_value": "numeric_value",
-                "after_prediction_time": "time",
-                "outside_observation_window": "time",
-            }
-        )
+        self.drops = Drops({"after_prediction_time": "time", "outside_observation_window": "time"})
+        self.format_counts = {"static_rows": 0, "text_value_not_read": 0}
 
     def paths(self) -> list[Path]:
         return self.files
@@ -118,29 +122,27 @@ class MEDS(EventSource):
         return sum(pq.ParquetFile(path).metadata.num_rows for path in self.files) * CSV_BYTES_PER_ROW
 
     def _classify(self, table: pa.Table):
-        """(label row of each row or -1, time in us, reason code 0 kept / 1..4 dropped)."""
+        """(label row of each row or -1, time in us, static row, reason code 0 kept /
+        1..2 dropped: the order of `self.drops`)."""
         subject = pc.index_in(table["subject_id"], value_set=self.subjects).fill_null(-1).to_numpy(zero_copy_only=False)
-        untimed = pc.is_null(table["time"]).to_numpy(zero_copy_only=False)
+        static = pc.is_null(table["time"]).to_numpy(zero_copy_only=False)
         time = pc.cast(table["time"], pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-        no_value = pc.is_null(table["numeric_value"]).to_numpy(zero_copy_only=False)
-        labelled = subject >= 0
-        end = np.where(labelled, self.prediction_us[np.maximum(subject, 0)], np.iinfo(np.int64).max)
+        timed = (subject >= 0) & ~static
+        end = np.where(timed, self.prediction_us[np.maximum(subject, 0)], np.iinfo(np.int64).max)
         reason = np.zeros(len(table), dtype=np.int8)
         if self.window_us is not None:
-            reason[labelled & (time <= end - self.window_us)] = 4
-        reason[labelled & (time > end)] = 3
-        reason[no_value] = 2
-        reason[untimed] = 1
-        return subject, time, reason
+            reason[timed & (time <= end - self.window_us)] = 2
+        reason[timed & (time > end)] = 1
+        return subject, time, static, reason
 
     def origins(self) -> np.ndarray:
-        """Each labelled subject's first kept event time (us), int64 max when none."""
+        """Each labelled subject's first kept timed event (us), int64 max when none."""
         origin = np.full(len(self.subjects), np.iinfo(np.int64).max, dtype=np.int64)
         for path in self.files:
             columns = _check_data_schema(path)
             for table, _ in _batches(path, columns):
-                subject, time, reason = self._classify(table)
-                kept = (reason == 0) & (subject >= 0)
+                subject, time, static, reason = self._classify(table)
+                kept = (reason == 0) & (subject >= 0) & ~static
                 np.minimum.at(origin, subject[kept], time[kept])
         return origin
 
@@ -150,16 +152,21 @@ class MEDS(EventSource):
         for file_index, path in enumerate(self.files):
             columns = _check_data_schema(path)
             for table, start in _batches(path, columns):
-                subject, time, reason = self._classify(table)
+                subject, time, static, reason = self._classify(table)
                 row = np.arange(start, start + len(table), dtype=np.int64)
                 locator = Locator([str(path)], np.zeros(len(table), np.int32), row)
                 for code, name in enumerate(reasons, start=1):
                     self.drops.add(name, locator, np.flatnonzero(reason == code))
                 keep = np.flatnonzero(reason == 0)
                 kept = table.take(pa.array(keep))
-                # subjects without a label keep time 0: ingest counts them as such
-                base = np.where(subject[keep] >= 0, origin[np.maximum(subject[keep], 0)], time[keep])
-                minutes = (time[keep] - base) / US_PER_MINUTE
+                self.format_counts["static_rows"] += int(static[keep].sum())
+                text_only = pc.and_(pc.is_null(kept["numeric_value"]), pc.is_valid(kept["text_value"]))
+                self.format_counts["text_value_not_read"] += pc.sum(pc.cast(text_only, pa.int64())).as_py() or 0
+                # static rows and subjects without a label (ingest counts those) at minute 0;
+                # a subject with static rows only has no origin
+                first = origin[np.maximum(subject[keep], 0)]
+                at_origin = static[keep] | (subject[keep] < 0) | (first == np.iinfo(np.int64).max)
+                minutes = np.where(at_origin, 0.0, (time[keep] - np.where(at_origin, 0, first)) / US_PER_MINUTE)
                 yield (
                     event_batch(
                         _as_string_dictionary(kept["subject_id"]),
