@@ -99,9 +99,7 @@ class Moments:
         self.position: dict[str, int] = {}
         self.events = self.count = self.mean = self.m2 = np.zeros(0)
 
-    def merge(
-        self, names: list[str], events: np.ndarray, count: np.ndarray, mean: np.ndarray, m2: np.ndarray
-    ) -> None:
+    def merge(self, names: list[str], events: np.ndarray, count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> None:
         """`events`: every train event of each variable; `count`, `mean`, `m2`: of its valued ones."""
         at = np.array([self.position.setdefault(name, len(self.position)) for name in names], dtype=np.int64)
         grow = len(self.position) - len(self.names)
