@@ -434,6 +434,90 @@ def test_meds_codes_without_values_static_rows_and_text_values(tmp_path):
     assert qc["format_counts"] == {"static_rows": 2, "text_value_not_read": 2}
 
 
+def write_meds_task(root: Path, seed: int = 0):
+    """A MEDS root (no subject_splits: a random split) with valued codes, a code without a
+    value, a static row per subject, and a task of 2 to 5 prediction times per subject.
+    Returns (data rows, label rows) as Python tuples."""
+    rng = np.random.default_rng(seed)
+    (root / "data").mkdir(parents=True)
+    (root / "task").mkdir()
+    rows, labels = [], []
+    for subject in range(1, 25):
+        rows.append((subject, None, "SEX//" + "FM"[subject % 2], None))
+        for minute in np.unique(rng.integers(0, 2000, size=30)):
+            code = str(rng.choice(["A", "B", "DX"]))
+            rows.append((subject, int(minute), code, None if code == "DX" else float(rng.normal())))
+        for minute in np.unique(rng.integers(100, 2100, size=int(rng.integers(2, 6)))):
+            labels.append((subject, int(minute) * 60 + 30, bool(rng.random() < 0.4)))  # seconds: between minutes
+    pq.write_table(
+        pa.table(
+            {
+                "subject_id": pa.array([r[0] for r in rows], pa.int64()),
+                "time": pa.array([None if r[1] is None else meds_time(r[0], r[1]) for r in rows], pa.timestamp("us")),
+                "code": [r[2] for r in rows],
+                "numeric_value": pa.array([r[3] for r in rows], pa.float32()),
+            }
+        ),
+        root / "data" / "0.parquet",
+    )
+    pq.write_table(
+        pa.table(
+            {
+                "subject_id": pa.array([s for s, _, _ in labels], pa.int64()),
+                "prediction_time": pa.array(
+                    [meds_time(s, 0) + datetime.timedelta(seconds=t) for s, t, _ in labels], pa.timestamp("us")
+                ),
+                "boolean_value": [b for _, _, b in labels],
+            }
+        ),
+        root / "task" / "labels.parquet",
+    )
+    return rows, labels
+
+
+@pytest.mark.parametrize("window_hours", [None, 6])
+def test_meds_task_with_several_prediction_times_per_subject(tmp_path, window_hours):
+    """A sample is (subject, prediction time): its shard holds exactly the subject's
+    events at or before that time (and inside the window), static rows at its first
+    set; a subject's samples share one split; qc balances the rows written per sample."""
+    rows, labels = write_meds_task(tmp_path / "meds")
+    spec = {"format": "meds", "events": tmp_path / "meds", "labels": tmp_path / "meds" / "task"}
+    extra = {} if window_hours is None else {"observation_window_hours": window_hours}
+    qc = run_data_stages(tmp_path / "out", spec, split_fractions={"train": 0.5, "valid": 0.25, "test": 0.25}, **extra)
+    found = measurements(tmp_path / "out")
+
+    expected, written = {}, 0
+    for subject, seconds, label in labels:
+        end = seconds / 60  # minutes after the subject's day start
+        timed = [(m, c) for s, m, c, _ in rows if s == subject and m is not None and m <= end]
+        if window_hours is not None:
+            timed = [(m, c) for m, c in timed if m > end - window_hours * 60]
+        static = [c for s, m, c, _ in rows if s == subject and m is None]
+        origin = min(m for m, _ in timed) if timed else 0
+        sets = {}
+        for m, c in timed:
+            sets.setdefault(m - origin, []).append(c)
+        sets.setdefault(0, []).extend(static)
+        time = (meds_time(subject, 0) + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
+        expected[f"{subject}@{time}"] = (label, [(float(t), sorted(codes)) for t, codes in sorted(sets.items())])
+        written += len(timed) + len(static)
+    assert {
+        sample: (label, [(t, sorted(v for v, _ in events)) for t, events in sets])
+        for sample, (_, label, sets) in found.items()
+    } == expected
+    # every sample of a subject in one split
+    split_of = {}
+    for sample, (split, _, _) in found.items():
+        split_of.setdefault(sample.split("@")[0], set()).add(split)
+    assert all(len(splits) == 1 for splits in split_of.values())
+    assert {s for splits in split_of.values() for s in splits} == {"train", "valid", "test"}
+    # the balance: each input row once, plus its copies for further samples
+    assert qc["rows_in"] == len(rows)
+    assert qc["rows_kept"] == written and qc["rows_copied"] > 0
+    assert qc["rows_in"] + qc["rows_copied"] == qc["rows_kept"] + sum(qc["rows_dropped"].values())
+    assert qc["patients_kept"] == len(labels)
+
+
 def test_physionet2019_onset_hours_never_reach_the_shards(tmp_path):
     rows, label = make_cohort(seed=3)
     spec = write_physionet2019(tmp_path / "p2019", rows, label, None)
@@ -457,7 +541,11 @@ def test_physionet2019_onset_hours_never_reach_the_shards(tmp_path):
         ("meds", "no_data", r"MEDS root .*: no data/ directory"),
         ("meds", "missing_labels", r"MEDS labels .*task: not found"),
         ("meds", "schema", r"MEDS data file .*0.parquet: does not match the MEDS DataSchema .*columns: code"),
-        ("meds", "two_labels", r"MEDS label file .*labels.parquet, column 'subject_id': subject 1001 has 2 label rows"),
+        (
+            "meds",
+            "two_labels",
+            r"MEDS label file .*labels.parquet, columns 'subject_id', 'prediction_time': subject 1001 has 2 label rows at",
+        ),
         ("meds", "split_twice", r"subject_splits.parquet, column 'subject_id': subject 1001 is in two splits"),
         ("meds", "label_without_events", r"labels file .*labels.csv: 1 labelled patient\(s\) have no event.*'999'"),
         ("physionet2012", "no_record_id", r"PhysioNet 2012 file .*1003.txt: no RecordID row \(column 'Parameter'\)"),

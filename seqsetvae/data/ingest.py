@@ -427,7 +427,18 @@ def ingest(settings: dict, event_paths: list[str], labels_path: str, splits_path
         n_events, n_sets, duplicates = second_pass(raw_dir, tmp, labels, first_pass.variables, n_partitions)
         shutil.rmtree(raw_dir)
         qc = _qc(
-            labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data, source.drops
+            labels,
+            first_pass,
+            counts,
+            duplicates,
+            rows_in - source.rows_copied,  # the input's rows; the copies are written events
+            n_events,
+            n_sets,
+            n_partitions,
+            paths,
+            data,
+            source.drops,
+            source.rows_copied,
         )
         _check_labels_without_events(qc, labels, first_pass, labels_path, data)
         if source.cohort is not None:  # the format's task: stays in, eligible, excluded by reason
@@ -585,7 +596,7 @@ def _check_dropped_share(
 
 
 def _qc(
-    labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data, format_drops
+    labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data, format_drops, rows_copied
 ) -> dict:
     rows_dropped = dict(counts)
     examples = {reason: [f"{file}:{row}" for file, row in rows] for reason, rows in first_pass.examples.items() if rows}
@@ -595,7 +606,8 @@ def _qc(
         if format_drops.examples[reason]:
             examples.setdefault(reason, []).extend(f"{f}:{r}" for f, r in format_drops.examples[reason])
     rows_dropped |= duplicates
-    rows_kept = rows_in - sum(rows_dropped.values())
+    # a row in the observation of several samples (MEDS) is written once per sample
+    rows_kept = rows_in + rows_copied - sum(rows_dropped.values())
     if rows_kept != int(n_events.sum()):  # a bug, not bad input
         raise RuntimeError(f"ingest: row balance broken ({rows_kept} != {int(n_events.sum())})")
     unlabelled = len(first_pass.unlabelled_unique())
@@ -621,6 +633,7 @@ def _qc(
     }
     return {
         "rows_in": rows_in,
+        "rows_copied": rows_copied,
         "rows_kept": rows_kept,
         "rows_dropped": rows_dropped,
         "rows_without_value": first_pass.rows_without_value,

@@ -43,6 +43,8 @@ def label_columns(data: dict) -> dict:
     (`data.columns`) for the CSV format; the fixed ones of `seqsetvae labels` otherwise."""
     if data["format"] == "csv":
         return data["columns"]
+    if data["format"] == "meds":  # a sample is (subject, prediction time): split by subject
+        return {**data["columns"], **STANDARD_LABEL_COLUMNS, "group": "subject_id"}
     return {**data["columns"], **STANDARD_LABEL_COLUMNS}
 
 

@@ -92,6 +92,7 @@ class EventSource:
     # whether a null value is an event without a value (a code, a static row: MEDS) rather
     # than a bad row; such events are kept with a null value (z = 0 in the shards)
     valueless_events = False
+    rows_copied = 0  # events written beyond one per input row (a row shared by several samples: MEDS)
     format_counts: dict | None = None  # kept rows of kinds the format reads its own way (MEDS static rows)
 
     def paths(self) -> list[Path]:

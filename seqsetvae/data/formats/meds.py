@@ -4,13 +4,21 @@
     <root>/metadata/subject_splits.parquet  subject_id, split   (optional)
     data.labels: a label file or directory  subject_id, prediction_time, boolean_value
 
-Files are checked against the `meds` package's schemas. Codes are the variables. One
-prediction per subject: a subject with two label rows is an error. The prediction time
-ends the subject's observation, inclusive as MEDS defines it (`data may be used up to
+Files are checked against the `meds` package's schemas. Codes are the variables.
+
+A **sample** is a label row: (subject, prediction time). A subject may have several
+(ACES triggers on every admission); its samples share the subject's history up to each
+one's time. A sample's id is the subject id when every subject has one label row, else
+`subject_id@prediction_time` (ISO seconds); the labels CSV keeps `subject_id`, so
+splits are drawn by subject (no subject's samples in two splits). The prediction time
+ends the sample's observation, inclusive as MEDS defines it (`data may be used up to
 and including this time`); with `data.observation_window_hours` W only the window
-`(prediction_time - W, prediction_time]` is kept. Times become minutes from the time
-origin of the subject: its first timed event that is kept (so every subject's first set
-is at minute 0, as with "minutes since admission" of the ICU formats).
+`(prediction_time - W, prediction_time]` is kept. Each data row is written once per
+sample whose observation holds it (vectorised: two searches per batch, then one
+repeat); the copies beyond the first are counted in qc.json's `rows_copied`. Times
+become minutes from the sample's time origin: its first timed event that is kept (so
+every sample's first set is at minute 0, as with "minutes since admission" of the ICU
+formats).
 
 - Events without a value (numeric_value null: diagnoses, procedures, orders, admission
   and transfer codes; rows with a `text_value` only, whose text is not read) are kept
@@ -18,7 +26,8 @@ is at minute 0, as with "minutes since admission" of the ICU formats).
   recorded"), counted in qc.json's `rows_without_value` and `format_counts`.
 - Static rows (time null, e.g. sex, ethnicity) are kept at the subject's time origin,
   so they join its first set; counted in `format_counts.static_rows`.
-- Rows dropped here: `after_prediction_time`, `outside_observation_window`.
+- Rows dropped here (in no sample's observation): `after_prediction_time` (after the
+  subject's last prediction time), `outside_observation_window`.
 
 `subject_splits.parquet`'s `train`/`tuning`/`held_out` become train/valid/test.
 """
@@ -41,7 +50,9 @@ from seqsetvae.io import atomic_path
 DATA_COLUMNS = ("subject_id", "time", "code", "numeric_value", "text_value")
 BATCH_ROWS = 1 << 20
 US_PER_MINUTE = 60_000_000
-CSV_BYTES_PER_ROW = 26  # a typical long event CSV row: AUTO_PARTITION_BYTES ~ 2.5M rows
+CSV_BYTES_PER_ROW = 26
+# the labels CSV `seqsetvae labels` writes for MEDS: one row per sample
+LABEL_CSV_COLUMNS = {"patient_id": "patient_id", "prediction_time": "prediction_time", "subject_id": "subject_id"}  # a typical long event CSV row: AUTO_PARTITION_BYTES ~ 2.5M rows
 
 
 def _schemas():
@@ -106,44 +117,75 @@ class MEDS(EventSource):
 
     def __init__(self, root: Path, labels_csv: Path, window_hours: float | None):
         self.files = data_files(root)
-        labels = read_table(labels_csv, "labels", {"patient_id": "patient_id", "prediction_time": "prediction_time"})
-        self.subjects = pc.cast(labels["patient_id"], pa.int64())
-        self.prediction_us = pc.cast(pc.cast(labels["prediction_time"], pa.timestamp("us")), pa.int64()).to_numpy()
+        labels = read_table(labels_csv, "labels", LABEL_CSV_COLUMNS)
+        subjects = labels["subject_id"]
+        prediction_us = pc.cast(pc.cast(labels["prediction_time"], pa.timestamp("us")), pa.int64()).to_numpy()
+        subject = pc.cast(subjects, pa.int64()).to_numpy()
+        order = np.lexsort((prediction_us, subject))  # samples by (subject, prediction time)
+        self.sample_ids = labels["patient_id"].take(pa.array(order)).combine_chunks()
+        self.samples = np.rec.fromarrays([subject[order], prediction_us[order]], names="subject,time")
+        self.subjects, self.first_sample = np.unique(self.samples.subject, return_index=True)
+        self.end_sample = np.append(self.first_sample[1:], len(order))
         self.window_us = None if window_hours is None else int(round(window_hours * 60 * US_PER_MINUTE))
         self.drops = Drops({"after_prediction_time": "time", "outside_observation_window": "time"})
         self.format_counts = {"static_rows": 0, "text_value_not_read": 0}
+        self.rows_copied = 0
 
     def paths(self) -> list[Path]:
         return self.files
 
     def size_bytes(self) -> int:
         """CSV-equivalent size, for data.partitions: auto (Parquet is several times
-        smaller than the CSV of its rows; partitions bound ingest's memory by rows)."""
-        return sum(pq.ParquetFile(path).metadata.num_rows for path in self.files) * CSV_BYTES_PER_ROW
+        smaller than the CSV of its rows; partitions bound ingest's memory by rows),
+        times the samples per subject (rows are written once per sample that holds them)."""
+        rows = sum(pq.ParquetFile(path).metadata.num_rows for path in self.files)
+        return int(rows * CSV_BYTES_PER_ROW * len(self.samples) / max(len(self.subjects), 1))
 
-    def _classify(self, table: pa.Table):
-        """(label row of each row or -1, time in us, static row, reason code 0 kept /
-        1..2 dropped: the order of `self.drops`)."""
-        subject = pc.index_in(table["subject_id"], value_set=self.subjects).fill_null(-1).to_numpy(zero_copy_only=False)
+    def _samples_of_rows(self, table: pa.Table):
+        """Per row: (the first and one-past-the-last sample holding it, time in us,
+        static row, reason code 0 kept / 1..2 dropped: the order of `self.drops`).
+
+        A subject's samples are consecutive and sorted by prediction time, so the ones
+        whose observation holds a row at time t are a run: from the first with
+        prediction time >= t to the last with prediction time < t + W."""
+        ids = table["subject_id"].to_numpy(zero_copy_only=False)
+        at = np.minimum(np.searchsorted(self.subjects, ids), max(len(self.subjects) - 1, 0))
+        labelled = (self.subjects[at] == ids) if len(self.subjects) else np.zeros(len(ids), bool)
         static = pc.is_null(table["time"]).to_numpy(zero_copy_only=False)
         time = pc.cast(table["time"], pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
-        timed = (subject >= 0) & ~static
-        end = np.where(timed, self.prediction_us[np.maximum(subject, 0)], np.iinfo(np.int64).max)
-        reason = np.zeros(len(table), dtype=np.int8)
+        lo, hi = self.first_sample[at], self.end_sample[at]
+        first = np.searchsorted(self.samples, np.rec.fromarrays([ids, time], dtype=self.samples.dtype), side="left")
+        last = hi.copy()
         if self.window_us is not None:
-            reason[timed & (time <= end - self.window_us)] = 2
-        reason[timed & (time > end)] = 1
-        return subject, time, static, reason
+            after = np.rec.fromarrays([ids, time + self.window_us], dtype=self.samples.dtype)
+            last = np.minimum(np.searchsorted(self.samples, after, side="left"), hi)
+        first = np.where(static, lo, np.maximum(first, lo))
+        last = np.where(static, hi, last)
+        first, last = np.where(labelled, first, 0), np.where(labelled, last, 0)
+        reason = np.zeros(len(table), dtype=np.int8)
+        timed = labelled & ~static
+        reason[timed & (last <= first)] = 2  # before every window that reaches past it
+        reason[timed & (first >= hi)] = 1  # after the subject's last prediction time
+        return labelled, first, last, time, static, reason
+
+    def _expand(self, labelled, first, last, keep):
+        """(kept row of each written event, its sample): a row once per sample holding
+        it; rows of subjects without a label once, sample -1 (ingest counts them)."""
+        copies = np.where(labelled[keep], last[keep] - first[keep], 1)
+        rows = np.repeat(keep, copies)
+        offset = np.arange(len(rows)) - np.repeat(np.cumsum(copies) - copies, copies)
+        sample = np.where(labelled[rows], first[rows] + offset, -1)
+        return rows, sample
 
     def origins(self) -> np.ndarray:
-        """Each labelled subject's first kept timed event (us), int64 max when none."""
-        origin = np.full(len(self.subjects), np.iinfo(np.int64).max, dtype=np.int64)
+        """Each sample's first kept timed event (us), int64 max when none."""
+        origin = np.full(len(self.samples), np.iinfo(np.int64).max, dtype=np.int64)
         for path in self.files:
             columns = _check_data_schema(path)
             for table, _ in _batches(path, columns):
-                subject, time, static, reason = self._classify(table)
-                kept = (reason == 0) & (subject >= 0) & ~static
-                np.minimum.at(origin, subject[kept], time[kept])
+                labelled, first, last, time, static, reason = self._samples_of_rows(table)
+                rows, sample = self._expand(labelled, first, last, np.flatnonzero((reason == 0) & labelled & ~static))
+                np.minimum.at(origin, sample, time[rows])
         return origin
 
     def batches(self):
@@ -152,7 +194,7 @@ class MEDS(EventSource):
         for file_index, path in enumerate(self.files):
             columns = _check_data_schema(path)
             for table, start in _batches(path, columns):
-                subject, time, static, reason = self._classify(table)
+                labelled, first, last, time, static, reason = self._samples_of_rows(table)
                 row = np.arange(start, start + len(table), dtype=np.int64)
                 locator = Locator([str(path)], np.zeros(len(table), np.int32), row)
                 for code, name in enumerate(reasons, start=1):
@@ -162,20 +204,40 @@ class MEDS(EventSource):
                 self.format_counts["static_rows"] += int(static[keep].sum())
                 text_only = pc.and_(pc.is_null(kept["numeric_value"]), pc.is_valid(kept["text_value"]))
                 self.format_counts["text_value_not_read"] += pc.sum(pc.cast(text_only, pa.int64())).as_py() or 0
+                rows, sample = self._expand(labelled, first, last, keep)
+                self.rows_copied += len(rows) - len(keep)
                 # static rows and subjects without a label (ingest counts those) at minute 0;
-                # a subject with static rows only has no origin
-                first = origin[np.maximum(subject[keep], 0)]
-                at_origin = static[keep] | (subject[keep] < 0) | (first == np.iinfo(np.int64).max)
-                minutes = np.where(at_origin, 0.0, (time[keep] - np.where(at_origin, 0, first)) / US_PER_MINUTE)
+                # a sample with static rows only has no origin
+                base = origin[np.maximum(sample, 0)]
+                at_origin = static[rows] | (sample < 0) | (base == np.iinfo(np.int64).max)
+                minutes = np.where(at_origin, 0.0, (time[rows] - np.where(at_origin, 0, base)) / US_PER_MINUTE)
+                written = table.take(pa.array(rows))
+                ids = _patient_ids(written["subject_id"], sample, self.sample_ids)
                 yield (
                     event_batch(
-                        _as_string_dictionary(kept["subject_id"]),
+                        ids,
                         pa.array(minutes, pa.float64()),
-                        pc.dictionary_encode(kept["code"]),
-                        pc.cast(kept["numeric_value"], pa.float64()),
+                        pc.dictionary_encode(written["code"]),
+                        pc.cast(written["numeric_value"], pa.float64()),
                     ),
-                    Locator(locator.files, locator.file_index[keep], row[keep]),
+                    Locator(locator.files, locator.file_index[rows], row[rows]),
                 )
+
+
+def _patient_ids(subject_ids: pa.Array, sample: np.ndarray, sample_ids: pa.Array) -> pa.DictionaryArray:
+    """Each written row's patient id as a dictionary array: its sample's id, or, for a
+    subject without a label (sample -1), the subject id (ingest counts it)."""
+    unlabelled = sample < 0
+    # the dictionary holds the batch's samples only: ingest reads it as the ids present
+    present, indices = np.unique(sample[~unlabelled], return_inverse=True)
+    dictionary = sample_ids.take(pa.array(present))
+    if not unlabelled.any():
+        return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), dictionary)
+    others = _as_string_dictionary(pc.filter(subject_ids, pa.array(unlabelled)))
+    codes = np.empty(len(sample), dtype=np.int32)
+    codes[~unlabelled] = indices
+    codes[unlabelled] = others.indices.to_numpy(zero_copy_only=False) + len(present)
+    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.concat_arrays([dictionary, others.dictionary]))
 
 
 def _as_string_dictionary(ids: pa.ChunkedArray) -> pa.DictionaryArray:
@@ -190,7 +252,8 @@ def source(name: str, events: Path, labels_csv: Path, data: dict) -> EventSource
 
 
 def read_labels(labels: str) -> pa.Table:
-    """The task's label rows (subject_id, prediction_time, boolean_value), one per subject."""
+    """The task's label rows (subject_id, prediction_time, boolean_value): one per sample;
+    a subject may have several, at different prediction times."""
     meds = _schemas()
     tables = []
     for path in _parquet_files(Path(labels), "labels"):
@@ -200,17 +263,29 @@ def read_labels(labels: str) -> pa.Table:
         table = table.select(["subject_id", "prediction_time", "boolean_value"])
         tables.append(table.append_column("file", pa.array([str(path)] * len(table))))
     table = pa.concat_tables(tables)
-    counts = pc.value_counts(table["subject_id"])
-    twice = pc.filter(counts, pc.greater(pc.struct_field(counts, "counts"), 1))
+    keys = ["subject_id", "prediction_time"]
+    counts = table.group_by(keys).aggregate([([], "count_all")])
+    twice = counts.filter(pc.greater(counts["count_all"], 1))
     if len(twice):
-        subject = pc.struct_field(twice, "values")[0].as_py()
-        files = sorted(set(table.filter(pc.equal(table["subject_id"], subject))["file"].to_pylist()))
+        subject, time = twice["subject_id"][0].as_py(), twice["prediction_time"][0].as_py()
+        same = pc.and_(pc.equal(table["subject_id"], subject), pc.equal(table["prediction_time"], twice["prediction_time"][0]))
+        files = sorted(set(table.filter(same)["file"].to_pylist()))
         raise InputError(
-            f"MEDS label file {', '.join(files)}, column 'subject_id': subject {subject} has "
-            f"{pc.struct_field(twice, 'counts')[0].as_py()} label rows ({len(twice)} such subjects); this pipeline "
-            "predicts once per subject: keep one prediction time per subject in the task"
+            f"MEDS label file {', '.join(files)}, columns 'subject_id', 'prediction_time': subject {subject} has "
+            f"{twice['count_all'][0].as_py()} label rows at {time} ({len(twice)} such samples); one label per "
+            "(subject, prediction time)"
         )
     return table
+
+
+def sample_ids(table: pa.Table) -> pa.Array:
+    """The subject id when every subject has one label row, else `subject_id@time`."""
+    subjects = pc.cast(table["subject_id"], pa.string())
+    if pc.count_distinct(table["subject_id"]).as_py() == len(table):
+        return subjects.combine_chunks() if isinstance(subjects, pa.ChunkedArray) else subjects
+    seconds = pc.cast(pc.cast(table["prediction_time"], pa.timestamp("us")), pa.timestamp("s"), safe=False)
+    times = pc.strftime(seconds, "%Y-%m-%dT%H:%M:%S")
+    return pc.binary_join_element_wise(subjects, times, "@").combine_chunks()
 
 
 def read_splits(root: Path) -> pa.Table:
@@ -245,17 +320,31 @@ def write_labels(name: str, events: Path, labels: str | None, out: str, splits_o
     data_files(events)
     table = read_labels(labels)
     splits = read_splits(events) if splits_out else None
+    ids = sample_ids(table)
+    if pc.count_distinct(ids).as_py() != len(ids):  # two times within one second
+        raise InputError(
+            f"MEDS labels {labels}, column 'prediction_time': two prediction times of one subject fall in the same "
+            "second; sample ids (subject_id@time) need them a second apart"
+        )
+    subjects = pc.cast(table["subject_id"], pa.string())
     result = pa.table(
         {
-            "patient_id": pc.cast(table["subject_id"], pa.string()),
+            "patient_id": ids,
             "label": pc.cast(pc.cast(table["boolean_value"], pa.int8()), pa.string()),
             "prediction_time": pc.strftime(table["prediction_time"], "%Y-%m-%dT%H:%M:%S"),
+            "subject_id": subjects,
         }
     )
     write_csv(result, out)
-    if splits is not None:
+    if splits is not None:  # the subjects' splits, one row per sample
+        index = pc.index_in(subjects, value_set=splits["patient_id"])
+        known = pc.is_valid(index)
+        splits = pa.table(
+            {"patient_id": pc.filter(ids, known), "split": splits["split"].take(pc.filter(index, known))}
+        )
         write_csv(splits, splits_out)
-    return {"patients": len(result), **({"split_rows": len(splits)} if splits is not None else {})}
+    subjects_n = pc.count_distinct(table["subject_id"]).as_py()
+    return {"samples": len(result), "subjects": subjects_n, **({"split_rows": len(splits)} if splits is not None else {})}
 
 
 def write_predictions(predictions: str | Path, labels_csv: str | Path, out: str | Path, threshold: float = 0.5) -> int:
@@ -263,14 +352,14 @@ def write_predictions(predictions: str | Path, labels_csv: str | Path, out: str 
     prediction_time, boolean_value, predicted_boolean_value, predicted_boolean_probability`),
     which `meds-evaluation` scores."""
     table = pq.read_table(predictions)
-    labels = read_table(labels_csv, "labels", {"patient_id": "patient_id", "prediction_time": "prediction_time"})
+    labels = read_table(labels_csv, "labels", LABEL_CSV_COLUMNS)
     index = pc.index_in(table["patient_id"], value_set=labels["patient_id"])
     if index.null_count:
-        raise InputError(f"predictions {predictions}: {index.null_count} patient(s) are not in {labels_csv}")
+        raise InputError(f"predictions {predictions}: {index.null_count} sample(s) are not in {labels_csv}")
     probability = pc.cast(table["probability"], pa.float32())
     result = pa.table(
         {
-            "subject_id": pc.cast(table["patient_id"], pa.int64()),
+            "subject_id": pc.cast(labels["subject_id"].take(index), pa.int64()),
             "prediction_time": pc.cast(labels["prediction_time"].take(index), pa.timestamp("us")),
             "boolean_value": pc.cast(table["label"], pa.bool_()),
             "predicted_boolean_value": pc.greater_equal(probability, threshold),
