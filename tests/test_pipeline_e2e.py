@@ -130,6 +130,131 @@ def test_pipeline_end_to_end(tmp_path):
 
 
 @pytest.mark.pipeline
+def test_meds_task_with_several_prediction_times_per_subject_end_to_end(tmp_path):
+    """A MEDS root with codes without a value, static rows and text values, and a task of
+    2 to 4 prediction times per subject: `all` trains and scores one prediction per
+    sample, splits by subject, and bootstraps subjects; meds-evaluation agrees."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from sklearn.metrics import roc_auc_score
+
+    from seqsetvae.data.synthetic import write_csvs
+    from seqsetvae.evaluation.metrics import bootstrap_ci, cluster_of_ids
+    from seqsetvae.settings import load_settings
+
+    write_csvs(load_settings({"synthetic": CONFIG["synthetic"]}), tmp_path / "events.csv", tmp_path / "labels.csv")
+    events, labels = pd.read_csv(tmp_path / "events.csv"), pd.read_csv(tmp_path / "labels.csv")
+    subjects = labels.patient_id.to_numpy()
+    day = {s: pd.Timestamp("2180-01-01") + pd.Timedelta(days=i) for i, s in enumerate(subjects)}
+    start = events.patient_id.map(day)
+    data = pd.DataFrame(
+        {
+            "subject_id": events.patient_id,
+            "time": start + pd.to_timedelta(events.minute, unit="min"),
+            "code": events.variable.astype(str),
+            "numeric_value": events.value.astype("float32"),
+            "text_value": None,
+        }
+    )
+    first = data.groupby("subject_id").time.min()
+    end = data.groupby("subject_id").time.max()
+    extra = pd.concat(
+        [
+            pd.DataFrame({"subject_id": subjects, "time": pd.NaT, "code": [f"SEX//{'FM'[s % 2]}" for s in subjects]}),
+            pd.DataFrame({"subject_id": subjects, "time": first[subjects].to_numpy(), "code": "ADMISSION"}),
+            pd.DataFrame(
+                {"subject_id": subjects, "time": first[subjects].to_numpy(), "code": "NOTE", "text_value": "ok"}
+            ),
+        ]
+    )
+    data = pd.concat([data, extra]).sort_values(["subject_id", "time"], na_position="first")
+    (tmp_path / "meds" / "data").mkdir(parents=True)
+    pq.write_table(
+        pa.table(
+            {
+                "subject_id": pa.array(data.subject_id, pa.int64()),
+                "time": pa.array(data.time, pa.timestamp("us")),
+                "code": pa.array(data.code, pa.string()),
+                "numeric_value": pa.array(data.numeric_value, pa.float32()),
+                "text_value": pa.array(data.text_value, pa.string()),
+            }
+        ),
+        tmp_path / "meds" / "data" / "0.parquet",
+    )
+    rng = np.random.default_rng(0)
+    task = []
+    for subject, label in zip(subjects, labels.in_hospital_mortality):
+        span = (end[subject] - first[subject]).total_seconds()
+        for fraction in np.sort(rng.uniform(0.3, 1.0, size=int(rng.integers(2, 5)))):
+            task.append((subject, first[subject] + pd.Timedelta(seconds=int(fraction * span)), bool(label)))
+    task = pd.DataFrame(task, columns=["subject_id", "prediction_time", "boolean_value"]).drop_duplicates(
+        ["subject_id", "prediction_time"]
+    )
+    (tmp_path / "task").mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "subject_id": pa.array(task.subject_id, pa.int64()),
+                "prediction_time": pa.array(task.prediction_time, pa.timestamp("us")),
+                "boolean_value": pa.array(task.boolean_value),
+            }
+        ),
+        tmp_path / "task" / "labels.parquet",
+    )
+    config = {**CONFIG, "train": {**CONFIG["train"], "batch_sizes": [2], "seeds": [0], "lr_grid": [1]}}
+    config["data"] = {
+        **CONFIG["data"],
+        "source": "files",
+        "format": "meds",
+        "events": str(tmp_path / "meds"),
+        "labels": str(tmp_path / "task"),
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run = snakemake(tmp_path, "all")
+    assert run.returncode == 0, run.stderr[-5000:]
+
+    qc = json.loads((tmp_path / "results" / "qc.json").read_text())
+    samples = sum(split["patients"] for split in qc["by_split"].values())
+    assert samples == len(task) - sum(qc["labels_dropped"].values()) and samples > 2 * len(subjects)
+    assert qc["rows_copied"] > 0 and qc["rows_without_value"] >= 2 * len(subjects)
+    assert qc["format_counts"] == {"static_rows": len(subjects), "text_value_not_read": len(subjects)}
+    splits = pd.read_csv(tmp_path / "results" / "splits.csv", dtype=str)
+    by_subject = splits.groupby(splits.patient_id.str.split("@").str[0]).split.nunique()
+    assert (by_subject == 1).all() and len(by_subject) == len(subjects)  # no subject in two splits
+
+    ours = pd.read_parquet(tmp_path / "results" / "eval" / "bs2" / "lr1" / "seed0_predictions.parquet")
+    assert len(ours) == qc["by_split"]["test"]["patients"] and ours.patient_id.is_unique  # one row per sample
+    metrics = json.loads((tmp_path / "results" / "eval" / "bs2" / "lr1" / "seed0.json").read_text())
+    assert metrics["n_subjects"] == len(set(cluster_of_ids(ours.patient_id))) < len(ours)
+    assert metrics["bootstrap"]["unit"].startswith("subject")
+    resampled = bootstrap_ci(
+        ours.label.to_numpy(),
+        ours.probability.to_numpy(),
+        metrics["bootstrap"]["resamples"],
+        metrics["bootstrap"]["seed"],
+        clusters=cluster_of_ids(ours.patient_id),
+    )
+    assert metrics["auroc_ci"] == resampled["auroc_ci"]
+    report = (tmp_path / "reports" / "batch_comparison.md").read_text()
+    test_subjects = len(set(cluster_of_ids(ours.patient_id)))
+    assert f"test: {len(ours)} samples of {test_subjects} subjects" in report
+    assert "resampling subjects with all their samples" in report
+
+    table = pq.read_table(tmp_path / "results" / "eval" / "bs2" / "lr1" / "seed0_meds_predictions.parquet")
+    assert table.num_rows == len(ours)
+    keys = set(zip(task.subject_id.astype(int), task.prediction_time.dt.floor("s")))
+    found = set(zip(table["subject_id"].to_pylist(), pd.to_datetime(table["prediction_time"].to_pylist())))
+    assert found <= keys
+    meds_evaluation = pytest.importorskip("meds_evaluation.evaluate")
+    import polars as pl
+
+    scores = meds_evaluation.evaluate_binary_classification(pl.from_arrow(table))
+    assert scores["samples_equally_weighted"]["roc_auc_score"] == pytest.approx(
+        roc_auc_score(ours.label, ours.probability), abs=1e-6
+    )
+
+
 def test_meds_dataset_through_the_pipeline_and_meds_evaluation(tmp_path):
     """A MEDS root (synthetic ICU data converted) and a task's labels: `all` builds the
     report and every run's test predictions in the MEDS layout, which meds-evaluation

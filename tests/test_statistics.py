@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from seqsetvae.evaluation.metrics import bootstrap_ci, cluster_of_ids
 from seqsetvae.evaluation.paired import holm, paired_differences, two_sided_p
 from seqsetvae.reports.study import first_reaching, mean_curve
 from seqsetvae.training.noise_scale import measure_halves, noise_terms, simple_noise_scale
@@ -40,6 +41,65 @@ def test_paired_bootstrap_equals_a_direct_loop():
         assert got[metric]["ci"] == pytest.approx(np.percentile(diffs, [2.5, 97.5]).tolist(), abs=1e-12)
         assert got[metric]["p"] == pytest.approx(min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0))))
         assert got[metric]["p_adjusted"] == got[metric]["p"]  # one comparison: Holm changes nothing
+
+
+def _subject_samples(rng, subjects=40):
+    """A MEDS-like test split: 1 to 5 samples per subject, ids `subject@time`."""
+    per_subject = rng.integers(1, 6, size=subjects)
+    ids = [f"{s}@2150-01-0{k + 1}T00:00:00" for s in range(subjects) for k in range(per_subject[s])]
+    labels = (rng.random(len(ids)) < 0.3).astype(np.int64)
+    return ids, labels
+
+
+def _cluster_resamples(ids, resamples, draw):
+    """The documented cluster draws, in plain loops: sorted subjects drawn with
+    replacement, each bringing all its samples."""
+    subjects = cluster_of_ids(ids)
+    names = np.unique(subjects)
+    drawn = draw.integers(0, len(names), size=(resamples, len(names)))
+    return [np.concatenate([np.flatnonzero(subjects == names[c]) for c in row]) for row in drawn]
+
+
+def test_cluster_bootstrap_resamples_subjects_with_all_their_samples():
+    rng = np.random.default_rng(1)
+    ids, labels = _subject_samples(rng)
+    scores = _scores(rng, labels, 1.5)
+    resamples, seed = 300, 3
+    got = bootstrap_ci(labels, scores, resamples, seed, clusters=cluster_of_ids(ids))
+    aurocs, auprcs = [], []
+    for rows in _cluster_resamples(ids, resamples, np.random.default_rng(seed)):
+        if labels[rows].min() == labels[rows].max():
+            continue
+        aurocs.append(roc_auc_score(labels[rows], scores[rows]))
+        auprcs.append(average_precision_score(labels[rows], scores[rows]))
+    assert got["skipped_single_class"] == resamples - len(aurocs)
+    assert got["auroc_ci"] == pytest.approx(np.percentile(aurocs, [2.5, 97.5]).tolist(), abs=1e-12)
+    assert got["auprc_ci"] == pytest.approx(np.percentile(auprcs, [2.5, 97.5]).tolist(), abs=1e-12)
+    assert got["unit"].startswith("subject")
+    # one sample per subject (ids sorting as the samples do): the plain bootstrap, draw for draw
+    single = [f"{i:04d}" for i in range(len(labels))]
+    assert (
+        bootstrap_ci(labels, scores, 100, 5, clusters=cluster_of_ids(single))["auroc_ci"]
+        == (bootstrap_ci(labels, scores, 100, 5)["auroc_ci"])
+    )
+
+
+def test_paired_cluster_bootstrap_equals_a_direct_loop():
+    rng = np.random.default_rng(2)
+    ids, labels = _subject_samples(rng)
+    groups = {"a": _scores(rng, labels, 2.0)[None, :], "b": _scores(rng, labels, 0.5)[None, :]}
+    resamples, seed = 200, 4
+    got = paired_differences(labels, groups, [("a", "b")], resamples, seed, clusters=cluster_of_ids(ids))[0]
+    draw = np.random.default_rng(seed)
+    diffs = []
+    for rows in _cluster_resamples(ids, resamples, draw):
+        if labels[rows].min() == labels[rows].max():
+            continue
+        diffs.append(
+            roc_auc_score(labels[rows], groups["a"][0][rows]) - roc_auc_score(labels[rows], groups["b"][0][rows])
+        )
+    assert got["auroc"]["ci"] == pytest.approx(np.percentile(diffs, [2.5, 97.5]).tolist(), abs=1e-12)
+    assert got["bootstrap"]["unit"].startswith("subject")
 
 
 def test_paired_ci_is_narrower_than_the_marginal_difference_and_finds_a_real_gap():

@@ -596,7 +596,18 @@ def _check_dropped_share(
 
 
 def _qc(
-    labels, first_pass, counts, duplicates, rows_in, n_events, n_sets, n_partitions, paths, data, format_drops, rows_copied
+    labels,
+    first_pass,
+    counts,
+    duplicates,
+    rows_in,
+    n_events,
+    n_sets,
+    n_partitions,
+    paths,
+    data,
+    format_drops,
+    rows_copied,
 ) -> dict:
     rows_dropped = dict(counts)
     examples = {reason: [f"{file}:{row}" for file, row in rows] for reason, rows in first_pass.examples.items() if rows}

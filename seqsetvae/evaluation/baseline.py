@@ -37,7 +37,7 @@ from seqsetvae.data import SPLITS
 from seqsetvae.data.ragged import RaggedPatients
 from seqsetvae.data.reader import ShardReader
 from seqsetvae.errors import InputError
-from seqsetvae.evaluation.metrics import classification_metrics
+from seqsetvae.evaluation.metrics import bootstrap_unit, classification_metrics, clusters_of
 from seqsetvae.io import write_json
 from seqsetvae.settings import load_settings
 
@@ -147,6 +147,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--vocab", required=True, help="stats/vocabulary.json (feature names)")
     parser.add_argument("--out-dir", required=True, help="folder of {model}.json and {model}_predictions.parquet")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of the gru (default: torch's)")
+    parser.add_argument(
+        "--bootstrap-unit",
+        choices=("patient", "subject"),
+        default=None,
+        help="what the bootstrap resamples (default: evaluate.bootstrap_unit, auto resolved with data.format)",
+    )
     args = parser.parse_args(argv)
     settings = load_settings(args.settings)
     baseline, evaluate = settings["baseline"], settings["evaluate"]
@@ -171,6 +177,7 @@ def main(argv: list[str]) -> int:
         )
 
     x_test, y_test, test_ids = data["test"]
+    clusters = clusters_of(test_ids, args.bootstrap_unit or bootstrap_unit(evaluate, settings["data"]["format"]))
     for name in baseline["models"]:
         start = time.perf_counter()
         if name == "gru":
@@ -185,7 +192,9 @@ def main(argv: list[str]) -> int:
                 "per_variable": ["mean", "last", "log_count", "observed"],
                 "per_patient": names[-3:],
             }
-        metrics = classification_metrics(y_test, probabilities, evaluate["bootstrap_resamples"], evaluate["seed"])
+        metrics = classification_metrics(
+            y_test, probabilities, evaluate["bootstrap_resamples"], evaluate["seed"], clusters
+        )
         predictions = out / f"{name}_predictions.parquet"
         write_predictions(predictions, list(test_ids), y_test, probabilities)
         write_json(

@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 
 from seqsetvae.errors import DamagedFile, InputError
-from seqsetvae.evaluation.metrics import ActiveUnits, classification_metrics
+from seqsetvae.evaluation.metrics import ActiveUnits, bootstrap_unit, classification_metrics, clusters_of
 from seqsetvae.io import atomic_path, read_json, write_json
 from seqsetvae.model import LossWeights
 from seqsetvae.runtime.memory import cuda_peaks_mb, peak_rss_mb
@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads when train.threads is null")
     parser.add_argument("--gpus", type=int, default=0, help="GPUs the job was given: with none visible, fail at once")
     parser.add_argument("--split", default=SPLIT, help=argparse.SUPPRESS)  # tests evaluate other splits
+    parser.add_argument(
+        "--bootstrap-unit",
+        choices=("patient", "subject"),
+        default=None,
+        help="what the bootstrap resamples (default: evaluate.bootstrap_unit, auto resolved with data.format)",
+    )
     return parser
 
 
@@ -145,7 +151,9 @@ def main(argv: list[str]) -> int:
     from seqsetvae.runtime.sampler import LengthGroupedBatchSampler
 
     args = build_parser().parse_args(argv)
-    settings = load_settings(args.settings)["evaluate"]
+    all_settings = load_settings(args.settings)
+    settings = all_settings["evaluate"]
+    unit = args.bootstrap_unit or bootstrap_unit(settings, all_settings["data"]["format"])
     run_config_path, weights = Path(args.run_config), Path(args.weights)
     run_config = read_json(run_config_path, written_by="train")
     missing = [k for k in ("model", "train", "batch_size") if k not in run_config]
@@ -187,7 +195,10 @@ def main(argv: list[str]) -> int:
     if len(bad):  # a broken checkpoint, not bad input: stop before writing metrics of it
         ids = ", ".join(batches.reader.patient_ids[i] for i in bad[:10])
         raise FloatingPointError(f"{weights}: non-finite predictions for {len(bad)} test patient(s), e.g. {ids}")
-    metrics = classification_metrics(labels, result["probabilities"], settings["bootstrap_resamples"], settings["seed"])
+    clusters = clusters_of(batches.reader.patient_ids, unit)
+    metrics = classification_metrics(
+        labels, result["probabilities"], settings["bootstrap_resamples"], settings["seed"], clusters
+    )
     report = {
         "batch_size": args.batch_size,
         "seed": run_config.get("seed"),

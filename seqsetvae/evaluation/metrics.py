@@ -5,6 +5,11 @@ all resamples together (rank statistics over a `[resamples, n]` matrix), so 1000
 resamples cost milliseconds. The vectorised formulas equal scikit-learn's
 `roc_auc_score` and `average_precision_score` on each resample, ties included
 (tests/test_evaluate.py checks this).
+
+Where samples come in clusters (a MEDS task's several prediction times of one subject),
+the bootstrap resamples **clusters**: all samples of a drawn subject together
+(`cluster_draws`). A resample's size then varies with the clusters drawn; resamples of
+equal size are stacked and computed together, so the same row formulas serve.
 """
 
 from __future__ import annotations
@@ -60,9 +65,55 @@ def auprc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     return np.where(n_pos > 0, ap, np.nan)
 
 
-def bootstrap_ci(labels: np.ndarray, probabilities: np.ndarray, resamples: int, seed: int) -> dict:
+def bootstrap_unit(evaluate: dict, data_format: str) -> str:
+    """`evaluate.bootstrap_unit` resolved: `auto` is `subject` for MEDS, else `patient`."""
+    unit = evaluate.get("bootstrap_unit", "auto")
+    return ("subject" if data_format == "meds" else "patient") if unit == "auto" else unit
+
+
+def clusters_of(ids, unit: str) -> np.ndarray | None:
+    """The bootstrap's clusters of the samples `ids` (None: each sample its own)."""
+    return cluster_of_ids(ids) if unit == "subject" else None
+
+
+def cluster_of_ids(ids) -> np.ndarray:
+    """The subject of each MEDS sample id (`subject_id` or `subject_id@prediction_time`)."""
+    return np.array([str(i).split("@", 1)[0] for i in ids])
+
+
+def cluster_draws(
+    n: int, resamples: int, rng: np.random.Generator, clusters=None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Bootstrap resamples of n samples as [(resample numbers [k], indices [k, m])], the
+    resamples of one size m together. Without `clusters` (one label per sample), samples
+    are drawn: `rng.integers(0, n, (resamples, n))`, one block. With `clusters` [n] (any
+    labels), clusters are drawn, `rng.integers(0, C, (resamples, C))` over the sorted
+    distinct clusters, and every drawn cluster brings all its samples."""
+    if clusters is None:
+        return [(np.arange(resamples), rng.integers(0, n, size=(resamples, n)))]
+    names, cluster = np.unique(np.asarray(clusters), return_inverse=True)
+    members = np.argsort(cluster, kind="stable")  # samples grouped by cluster
+    size = np.bincount(cluster, minlength=len(names))
+    start = np.cumsum(size) - size
+    drawn = rng.integers(0, len(names), size=(resamples, len(names)))
+    totals = size[drawn].sum(axis=1)
+    blocks = []
+    for total in np.unique(totals):
+        which = np.flatnonzero(totals == total)
+        picks = drawn[which]  # [k, C]
+        counts = size[picks]
+        # each drawn cluster's members, in draw order, one row per resample
+        offsets = np.arange(int(total)) - np.repeat(np.cumsum(counts, axis=1) - counts, counts.ravel()).reshape(
+            len(which), -1
+        )
+        first = np.repeat(start[picks].ravel(), counts.ravel()).reshape(len(which), -1)
+        blocks.append((which, members[first + offsets]))
+    return blocks
+
+
+def bootstrap_ci(labels: np.ndarray, probabilities: np.ndarray, resamples: int, seed: int, clusters=None) -> dict:
     """Percentile bootstrap CIs of AUROC, AUPRC, ECE and the calibration slope and
-    intercept over patients.
+    intercept over patients (over clusters of samples, with `clusters`).
 
     Resamples holding one class only have no AUROC/AUPRC: they are skipped and counted.
     """
@@ -70,15 +121,17 @@ def bootstrap_ci(labels: np.ndarray, probabilities: np.ndarray, resamples: int, 
     probabilities = np.asarray(probabilities, dtype=np.float64)
     n = len(labels)
     rng = np.random.default_rng(seed)
-    indices = rng.integers(0, n, size=(resamples, n))  # every resample drawn up front
-    chunk = max(1, _BOOTSTRAP_CHUNK_CELLS // max(n, 1))
-    aurocs, auprcs, calibrations = [], [], []
-    for start in range(0, resamples, chunk):
-        rows = indices[start : start + chunk]
-        aurocs.append(auroc_rows(labels[rows], probabilities[rows]))
-        auprcs.append(auprc_rows(labels[rows], probabilities[rows]))
-        calibrations.append(calibration_rows(labels[rows], probabilities[rows]))
-    auroc, auprc = np.concatenate(aurocs), np.concatenate(auprcs)
+    auroc, auprc = np.empty(resamples), np.empty(resamples)
+    calibration = {name: np.empty(resamples) for name in ("ece", "slope", "intercept")}
+    for which, indices in cluster_draws(n, resamples, rng, clusters):  # every resample drawn up front
+        chunk = max(1, _BOOTSTRAP_CHUNK_CELLS // max(indices.shape[1], 1))
+        for start in range(0, len(which), chunk):
+            at, rows = which[start : start + chunk], indices[start : start + chunk]
+            auroc[at] = auroc_rows(labels[rows], probabilities[rows])
+            auprc[at] = auprc_rows(labels[rows], probabilities[rows])
+            for name, values in calibration_rows(labels[rows], probabilities[rows]).items():
+                if name in calibration:
+                    calibration[name][at] = values
     valid = ~np.isnan(auroc)  # a one-class resample has neither metric
     tail = 100 * (1 - CI_LEVEL) / 2
     result = {
@@ -87,10 +140,9 @@ def bootstrap_ci(labels: np.ndarray, probabilities: np.ndarray, resamples: int, 
         "skipped_single_class": int((~valid).sum()),
         "level": CI_LEVEL,
         "method": "percentile",
+        **({"unit": "subject (all samples of a drawn subject)"} if clusters is not None else {}),
     }
-    calibration = {
-        name: np.concatenate([c[name] for c in calibrations])[valid] for name in ("ece", "slope", "intercept")
-    }
+    calibration = {name: values[valid] for name, values in calibration.items()}
     for name, values in (("auroc", auroc[valid]), ("auprc", auprc[valid]), *calibration.items()):
         values = values[np.isfinite(values)]  # a resample without a finite recalibration fit
         low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (np.nan, np.nan)
@@ -98,14 +150,16 @@ def bootstrap_ci(labels: np.ndarray, probabilities: np.ndarray, resamples: int, 
     return result
 
 
-def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, resamples: int, seed: int) -> dict:
-    """AUROC/AUPRC and calibration with 95% bootstrap CIs, accuracy at 0.5, Brier score,
-    positive rates."""
+def classification_metrics(
+    labels: np.ndarray, probabilities: np.ndarray, resamples: int, seed: int, clusters=None
+) -> dict:
+    """AUROC/AUPRC and calibration with 95% bootstrap CIs (over clusters of samples, with
+    `clusters`), accuracy at 0.5, Brier score, positive rates."""
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     predicted = (probabilities > 0.5).astype(np.int64)
     two_classes = len(np.unique(labels)) == 2
-    bootstrap = bootstrap_ci(labels, probabilities, resamples, seed)
+    bootstrap = bootstrap_ci(labels, probabilities, resamples, seed, clusters)
     # seqsetvae.evaluation.calibration: ECE (10 equal-width bins), logistic recalibration
     # slope and intercept (slope fixed at 1), the reliability table by deciles of risk
     point = calibration_rows(labels, probabilities)
@@ -116,6 +170,7 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, resamp
     calibration["reliability"] = reliability_table(labels, probabilities)
     return {
         "n_patients": int(len(labels)),
+        **({"n_subjects": int(len(np.unique(clusters)))} if clusters is not None else {}),
         "n_positive": int(labels.sum()),
         "auroc": float(roc_auc_score(labels, probabilities)) if two_classes else None,
         "auroc_ci": bootstrap.pop("auroc_ci"),

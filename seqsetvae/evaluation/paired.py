@@ -14,9 +14,11 @@ seeds only roughly; the report says how many there were). Deterministic models (
 baselines) are groups of one seed.
 
 The draws, in this order from `numpy.random.default_rng(seed)`: patient indices
-`integers(0, n, (resamples, n))`, then for each group in the given order its seed
-indices `integers(0, seeds, (resamples, seeds))`. Resamples that hold one class only
-have no AUROC or AUPRC and are left out (counted).
+`integers(0, n, (resamples, n))` (with `clusters`, a MEDS task's subjects: cluster
+indices, every drawn subject bringing all its samples; seqsetvae.evaluation.metrics.
+cluster_draws), then for each group in the given order its seed indices
+`integers(0, seeds, (resamples, seeds))`. Resamples that hold one class only have no
+AUROC or AUPRC and are left out (counted).
 
 p-values are two-sided bootstrap p-values (twice the share of the resampled differences
 on the far side of zero, at most 1), adjusted for the number of comparisons with Holm's
@@ -29,7 +31,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from seqsetvae.evaluation.calibration import ece_rows, recalibration_rows
-from seqsetvae.evaluation.metrics import _BOOTSTRAP_CHUNK_CELLS, CI_LEVEL, auprc_rows, auroc_rows
+from seqsetvae.evaluation.metrics import _BOOTSTRAP_CHUNK_CELLS, CI_LEVEL, auprc_rows, auroc_rows, cluster_draws
 
 
 def _slope_rows(labels, scores):
@@ -60,7 +62,9 @@ def point_estimate(labels: np.ndarray, scores: np.ndarray, metric: str) -> float
     return float(np.mean([score(labels, row) for row in np.atleast_2d(scores)]))
 
 
-def group_bootstrap(labels: np.ndarray, groups: dict[str, np.ndarray], resamples: int, seed: int) -> dict:
+def group_bootstrap(
+    labels: np.ndarray, groups: dict[str, np.ndarray], resamples: int, seed: int, clusters=None
+) -> dict:
     """Per group, the resampled seed-mean AUROC and AUPRC: `{name: {"auroc": [R'], "auprc": [R']}}`.
 
     R' counts the resamples with both classes (the same ones for every group);
@@ -69,23 +73,26 @@ def group_bootstrap(labels: np.ndarray, groups: dict[str, np.ndarray], resamples
     labels = np.asarray(labels, dtype=np.int64)
     n = len(labels)
     rng = np.random.default_rng(seed)
-    patients = rng.integers(0, n, size=(resamples, n))
+    blocks = cluster_draws(n, resamples, rng, clusters)  # [(resample numbers, indices)], by size
     seed_draws = {
         name: rng.integers(0, len(np.atleast_2d(s)), size=(resamples, len(np.atleast_2d(s))))
         for name, s in groups.items()
     }
-    y = labels[patients]  # [R, n]
-    both = (y.sum(axis=1) > 0) & (y.sum(axis=1) < n)
-    chunk = max(1, _BOOTSTRAP_CHUNK_CELLS // max(n, 1))
+    both = np.empty(resamples, dtype=bool)
+    for which, patients in blocks:
+        positives = labels[patients].sum(axis=1)
+        both[which] = (positives > 0) & (positives < patients.shape[1])
     out: dict = {"_skipped": int((~both).sum())}
     for name, scores in groups.items():
         scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
         per_seed = {metric: np.empty((len(scores), resamples)) for metric in METRICS}
         for s, row in enumerate(scores):
-            for start in range(0, resamples, chunk):
-                rows = slice(start, start + chunk)
-                for metric, (vectorised, _) in METRICS.items():
-                    per_seed[metric][s, rows] = vectorised(y[rows], row[patients[rows]])
+            for which, patients in blocks:
+                chunk = max(1, _BOOTSTRAP_CHUNK_CELLS // max(patients.shape[1], 1))
+                for start in range(0, len(which), chunk):
+                    at, rows = which[start : start + chunk], patients[start : start + chunk]
+                    for metric, (vectorised, _) in METRICS.items():
+                        per_seed[metric][s, at] = vectorised(labels[rows], row[rows])
         draws = seed_draws[name]  # [R, seeds]
         out[name] = {
             metric: np.take_along_axis(values.T, draws, axis=1).mean(axis=1)[both]  # [R']
@@ -114,14 +121,20 @@ def holm(p_values: list[float]) -> list[float]:
 
 
 def paired_differences(
-    labels: np.ndarray, groups: dict[str, np.ndarray], pairs: list[tuple[str, str]], resamples: int, seed: int
+    labels: np.ndarray,
+    groups: dict[str, np.ndarray],
+    pairs: list[tuple[str, str]],
+    resamples: int,
+    seed: int,
+    clusters=None,
 ) -> list[dict]:
-    """For each pair (a, b): metric(a) - metric(b) per metric, with CI, p and Holm's p.
+    """For each pair (a, b): metric(a) - metric(b) per metric, with CI, p and Holm's p
+    (resampling clusters of samples, with `clusters`).
 
     Holm's adjustment runs over the pairs, separately per metric.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    dist = group_bootstrap(labels, groups, resamples, seed)
+    dist = group_bootstrap(labels, groups, resamples, seed, clusters)
     tail = 100 * (1 - CI_LEVEL) / 2
     results = [{"a": a, "b": b} for a, b in pairs]
     for metric in METRICS:
@@ -143,5 +156,6 @@ def paired_differences(
             "skipped_single_class": dist["_skipped"],
             "level": CI_LEVEL,
             "seeds": "averaged; resampled with replacement within each model",
+            **({"unit": "subject (all samples of a drawn subject)"} if clusters is not None else {}),
         }
     return results

@@ -415,14 +415,26 @@ def settings_digest(settings: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def dataset(results: Path) -> dict:
-    """Rows and per-split patients, sets and events (qc.json), vocabulary size (shards index)."""
+def dataset(results: Path, unit: str = "patient") -> dict:
+    """Rows and per-split patients, sets and events (qc.json), vocabulary size (shards
+    index); with the bootstrap unit `subject`, the subjects of each split's samples too."""
     qc = read_object(results / "qc.json")
     index_path = results / "shards" / "index.json"
     index = read_object(index_path) if index_path.exists() else {}
     by_split = qc.get("by_split") or {}
     if not by_split:
         raise InputError(f"{results / 'qc.json'}: no 'by_split' counts")
+    if unit == "subject":  # a MEDS task: samples are (subject, prediction time)
+        from seqsetvae.data.reader import ShardReader
+        from seqsetvae.evaluation.metrics import cluster_of_ids
+
+        by_split = {
+            split: {
+                **counts,
+                "subjects": int(len(set(cluster_of_ids(ShardReader(results / "shards", split).patient_ids)))),
+            }
+            for split, counts in by_split.items()
+        }
     return {
         "rows_in": qc.get("rows_in"),
         "rows_kept": qc.get("rows_kept"),
@@ -470,16 +482,20 @@ def environment_lines(study: dict) -> list[str]:
         f"- project commit: {env['commit']}",
         f"- settings digest (sha256 of the settings JSON): `{env['settings_digest']}`",
         f"- evaluation: best-validation-AUROC checkpoint of each run on the test split; bootstrap "
-        f"{study['bootstrap']['resamples']} resamples, seed {study['bootstrap']['seed']}, percentile 95% CIs",
+        f"{study['bootstrap']['resamples']} resamples, seed {study['bootstrap']['seed']}, percentile 95% CIs"
+        + ("; resampling subjects with all their samples" if study["bootstrap"].get("unit") == "subject" else ""),
         "- dataset (after QC and truncation):",
         f"  - event rows: {data['rows_in']} read, {data['rows_kept']} kept, {data['rows_dropped']} dropped (reasons in qc.json)",
         f"  - variables (train vocabulary): {data['vocab_size']}",
     ]
     for split in ("train", "valid", "test"):
         c = data["by_split"].get(split, {})
-        lines.append(
-            f"  - {split}: {c.get('patients', MISSING)} patients, {c.get('sets', MISSING)} sets, {c.get('events', MISSING)} events"
+        who = (
+            f"{c['patients']} samples of {c['subjects']} subjects"
+            if "subjects" in c
+            else f"{c.get('patients', MISSING)} patients"
         )
+        lines.append(f"  - {split}: {who}, {c.get('sets', MISSING)} sets, {c.get('events', MISSING)} events")
     return lines
 
 
@@ -640,7 +656,7 @@ def main(argv: list[str]) -> int:
     runs = load_runs(results, args.runs)
     lr_grid = load_lr_grid([Path(p) for p in args.lr_grid], runs) if args.lr_grid else None
     study = build_study(runs, load_baselines(results, args.baselines), settings, lr_grid)
-    study["dataset"] = dataset(results)
+    study["dataset"] = dataset(results, study["bootstrap"]["unit"])
     study["environment"] = {
         "commit": git_commit(),
         "settings_digest": settings_digest(settings),

@@ -19,6 +19,7 @@ import pandas as pd
 from seqsetvae.errors import DamagedFile, InputError
 from seqsetvae.evaluation import paired
 from seqsetvae.evaluation.calibration import reliability_table
+from seqsetvae.evaluation.metrics import bootstrap_unit, clusters_of
 from seqsetvae.io import read_json, read_parquet, writer_of
 from seqsetvae.training.lr_grid import multiplier_tag
 from seqsetvae.training.noise_scale import simple_noise_scale
@@ -342,7 +343,9 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict, lr_grid:
     report = settings.get("report", {})
     evaluate = settings.get("evaluate", {})
     resamples, boot_seed = evaluate.get("bootstrap_resamples", 1000), evaluate.get("seed", 0)
-    labels, groups, _ = aligned_scores(runs, baselines)
+    labels, groups, ids = aligned_scores(runs, baselines)
+    unit = bootstrap_unit(evaluate, settings.get("data", {}).get("format", "csv"))
+    clusters = clusters_of(ids, unit)
     sizes = sorted({r.batch_size for r in runs})
     wanted = report.get("reference_batch_size", 1)
     reference = wanted if wanted in sizes else sizes[0]
@@ -355,7 +358,7 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict, lr_grid:
         zip(
             others,
             paired.paired_differences(
-                labels, groups, [(f"bs{b}", f"bs{reference}") for b in others], resamples, boot_seed
+                labels, groups, [(f"bs{b}", f"bs{reference}") for b in others], resamples, boot_seed, clusters
             ),
         )
     )
@@ -365,7 +368,7 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict, lr_grid:
             zip(
                 sizes,
                 paired.paired_differences(
-                    labels, groups, [(f"bs{b}", base["name"]) for b in sizes], resamples, boot_seed
+                    labels, groups, [(f"bs{b}", base["name"]) for b in sizes], resamples, boot_seed, clusters
                 ),
             )
         )
@@ -466,6 +469,7 @@ def build_study(runs: list[Run], baselines: list[dict], settings: dict, lr_grid:
             "seed": boot_seed,
             "paired": True,
             "seeds": "averaged within each batch size; resampled with replacement in every resample",
+            "unit": unit,
         },
         "device": sorted({str(r.train.get("device")) for r in runs}),
     }

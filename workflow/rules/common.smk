@@ -98,9 +98,14 @@ def settings(*sections):
     """The config sections a rule depends on, as one JSON string.
 
     Passed as a rule's params so that changing any of these keys reruns that rule,
-    and only the rules that read the key.
+    and only the rules that read the key. The evaluate section's `bootstrap_unit: auto`
+    is resolved with data.format (subject for meds), which those rules do not read.
     """
-    return json.dumps({name: config[name] for name in sections}, sort_keys=True)
+    chosen = {name: config[name] for name in sections}
+    if "evaluate" in chosen and chosen["evaluate"].get("bootstrap_unit", "auto") == "auto":
+        unit = "subject" if FORMAT == "meds" else "patient"
+        chosen["evaluate"] = {**chosen["evaluate"], "bootstrap_unit": unit}
+    return json.dumps(chosen, sort_keys=True)
 
 
 def train_settings(epochs=None):

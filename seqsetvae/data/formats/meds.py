@@ -52,7 +52,11 @@ BATCH_ROWS = 1 << 20
 US_PER_MINUTE = 60_000_000
 CSV_BYTES_PER_ROW = 26
 # the labels CSV `seqsetvae labels` writes for MEDS: one row per sample
-LABEL_CSV_COLUMNS = {"patient_id": "patient_id", "prediction_time": "prediction_time", "subject_id": "subject_id"}  # a typical long event CSV row: AUTO_PARTITION_BYTES ~ 2.5M rows
+LABEL_CSV_COLUMNS = {
+    "patient_id": "patient_id",
+    "prediction_time": "prediction_time",
+    "subject_id": "subject_id",
+}  # a typical long event CSV row: AUTO_PARTITION_BYTES ~ 2.5M rows
 
 
 def _schemas():
@@ -237,7 +241,9 @@ def _patient_ids(subject_ids: pa.Array, sample: np.ndarray, sample_ids: pa.Array
     codes = np.empty(len(sample), dtype=np.int32)
     codes[~unlabelled] = indices
     codes[unlabelled] = others.indices.to_numpy(zero_copy_only=False) + len(present)
-    return pa.DictionaryArray.from_arrays(pa.array(codes, pa.int32()), pa.concat_arrays([dictionary, others.dictionary]))
+    return pa.DictionaryArray.from_arrays(
+        pa.array(codes, pa.int32()), pa.concat_arrays([dictionary, others.dictionary])
+    )
 
 
 def _as_string_dictionary(ids: pa.ChunkedArray) -> pa.DictionaryArray:
@@ -268,7 +274,9 @@ def read_labels(labels: str) -> pa.Table:
     twice = counts.filter(pc.greater(counts["count_all"], 1))
     if len(twice):
         subject, time = twice["subject_id"][0].as_py(), twice["prediction_time"][0].as_py()
-        same = pc.and_(pc.equal(table["subject_id"], subject), pc.equal(table["prediction_time"], twice["prediction_time"][0]))
+        same = pc.and_(
+            pc.equal(table["subject_id"], subject), pc.equal(table["prediction_time"], twice["prediction_time"][0])
+        )
         files = sorted(set(table.filter(same)["file"].to_pylist()))
         raise InputError(
             f"MEDS label file {', '.join(files)}, columns 'subject_id', 'prediction_time': subject {subject} has "
@@ -339,12 +347,14 @@ def write_labels(name: str, events: Path, labels: str | None, out: str, splits_o
     if splits is not None:  # the subjects' splits, one row per sample
         index = pc.index_in(subjects, value_set=splits["patient_id"])
         known = pc.is_valid(index)
-        splits = pa.table(
-            {"patient_id": pc.filter(ids, known), "split": splits["split"].take(pc.filter(index, known))}
-        )
+        splits = pa.table({"patient_id": pc.filter(ids, known), "split": splits["split"].take(pc.filter(index, known))})
         write_csv(splits, splits_out)
     subjects_n = pc.count_distinct(table["subject_id"]).as_py()
-    return {"samples": len(result), "subjects": subjects_n, **({"split_rows": len(splits)} if splits is not None else {})}
+    return {
+        "samples": len(result),
+        "subjects": subjects_n,
+        **({"split_rows": len(splits)} if splits is not None else {}),
+    }
 
 
 def write_predictions(predictions: str | Path, labels_csv: str | Path, out: str | Path, threshold: float = 0.5) -> int:
