@@ -17,6 +17,7 @@ from seqsetvae.errors import InputError
 COMMANDS: dict[str, tuple[str, str]] = {
     "synthetic": ("seqsetvae.data.synthetic", "write ICU-like raw event and label CSVs"),
     "labels": ("seqsetvae.data.formats", "a MEDS / PhysioNet / v0 dataset's labels and splits as CSVs"),
+    "task": ("seqsetvae.data.formats.aces_task", "a MEDS task's labels from an ACES task configuration (data.task)"),
     "splits": ("seqsetvae.data.splits", "assign patients to train/valid/test"),
     "ingest": ("seqsetvae.data.ingest", "validate raw events into patient partitions"),
     "stats": ("seqsetvae.data.stats", "train-split vocabulary and normalisation statistics"),

@@ -518,6 +518,102 @@ def test_meds_task_with_several_prediction_times_per_subject(tmp_path, window_ho
     assert qc["patients_kept"] == len(labels)
 
 
+ADMISSIONS_TASK = """
+predicates:
+  admission: {code: ADMISSION}
+  death: {code: DEATH}
+trigger: admission
+windows:
+  input: {start: null, end: trigger + 2h, start_inclusive: true, end_inclusive: true, index_timestamp: end}
+  target: {start: input.end, end: start + 24h, start_inclusive: false, end_inclusive: true, label: death}
+"""
+
+
+def write_admissions(root: Path, split_a_subject: bool = False):
+    """A MEDS root of two files (whole subjects, unless `split_a_subject`): 2 to 4
+    admissions per subject with hourly HR, some ending in death 10 h after admission.
+    Returns the expected task rows (subject, prediction time, label)."""
+    rng = np.random.default_rng(0)
+    rows, expected = [], []
+    for subject in range(1, 9):
+        start = BASE + datetime.timedelta(days=10 * subject)
+        for a in range(int(rng.integers(2, 5))):
+            admitted = start + datetime.timedelta(days=3 * a)
+            rows.append((subject, admitted, "ADMISSION", None))
+            rows += [(subject, admitted + datetime.timedelta(hours=h, minutes=30), "HR", 80.0 + h) for h in range(6)]
+            dies = rng.random() < 0.3
+            expected.append((subject, admitted + datetime.timedelta(hours=2), bool(dies)))
+            if dies:
+                rows.append((subject, admitted + datetime.timedelta(hours=10), "DEATH", None))
+                break
+    table = pa.table(
+        {
+            "subject_id": pa.array([r[0] for r in rows], pa.int64()),
+            "time": pa.array([r[1] for r in rows], pa.timestamp("us")),
+            "code": [r[2] for r in rows],
+            "numeric_value": pa.array([r[3] for r in rows], pa.float32()),
+        }
+    )
+    (root / "data" / "held").mkdir(parents=True)
+    subjects = table["subject_id"].to_numpy()
+    cut = int(np.searchsorted(subjects, 5)) + (3 if split_a_subject else 0)
+    pq.write_table(table.slice(0, cut), root / "data" / "0.parquet")
+    pq.write_table(table.slice(cut), root / "data" / "held" / "1.parquet")
+    return expected
+
+
+def test_aces_task_writes_one_label_row_per_admission(tmp_path):
+    pytest.importorskip("aces")
+    expected = write_admissions(tmp_path / "meds")
+    (tmp_path / "task.yaml").write_text(ADMISSIONS_TASK)
+    argv = ["task", "--events", str(tmp_path / "meds"), "--task", str(tmp_path / "task.yaml")]
+    assert cli.main([*argv, "--out", str(tmp_path / "task")]) == 0
+    assert sorted(p.relative_to(tmp_path / "task").as_posix() for p in (tmp_path / "task").rglob("*.parquet")) == [
+        "0.parquet",
+        "held/1.parquet",
+    ]
+    table = pq.read_table(tmp_path / "task")
+    found = sorted(
+        zip(table["subject_id"].to_pylist(), table["prediction_time"].to_pylist(), table["boolean_value"].to_pylist())
+    )
+    assert found == sorted(expected)
+    # the meds format reads them: a sample per admission, ids subject@time, subject kept
+    spec = {"format": "meds", "events": tmp_path / "meds", "labels": tmp_path / "task"}
+    qc = run_data_stages(tmp_path / "out", spec, split_fractions={"train": 0.5, "valid": 0.25, "test": 0.25})
+    written = pd_read_csv(tmp_path / "out" / "labels.csv")
+    assert len(written) == len(expected) and qc["patients_kept"] == len(expected)
+    assert all(
+        i == f"{s}@{t}" for i, s, t in zip(written.patient_id, written.subject_id, written.prediction_time.str[:19])
+    )
+
+
+def test_aces_task_errors_name_the_task_and_the_files(tmp_path, monkeypatch):
+    from seqsetvae.data.formats import aces_task
+
+    pytest.importorskip("aces")
+    write_admissions(tmp_path / "meds", split_a_subject=True)
+    (tmp_path / "task.yaml").write_text(ADMISSIONS_TASK)
+    with pytest.raises(
+        InputError, match=r"MEDS data files .*0.parquet and .*1.parquet, column 'subject_id': subject 5 is in both"
+    ):
+        aces_task.write_task_labels(tmp_path / "meds", tmp_path / "task.yaml", tmp_path / "out")
+    whole = tmp_path / "whole"
+    write_admissions(whole)
+    (tmp_path / "bad.yaml").write_text(ADMISSIONS_TASK.replace("trigger: admission", "trigger: nothing"))
+    with pytest.raises(InputError, match=r"data.task .*bad.yaml: ACES failed on .*0.parquet"):
+        aces_task.write_task_labels(whole, tmp_path / "bad.yaml", tmp_path / "out")
+    monkeypatch.setattr(aces_task.shutil, "which", lambda name: None)
+    with pytest.raises(InputError, match=r"needs ACES \(aces-cli not found\); install it with"):
+        aces_task.write_task_labels(whole, tmp_path / "task.yaml", tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # no partial output
+
+
+def pd_read_csv(path):
+    import pandas as pd
+
+    return pd.read_csv(path, dtype=str)
+
+
 def test_physionet2019_onset_hours_never_reach_the_shards(tmp_path):
     rows, label = make_cohort(seed=3)
     spec = write_physionet2019(tmp_path / "p2019", rows, label, None)

@@ -129,11 +129,23 @@ def test_pipeline_end_to_end(tmp_path):
     assert "Batch-size study" in page and "validation_curves.png" in page
 
 
+ACES_TASK = """
+predicates:
+  admission: {code: ADMISSION}
+  death: {code: DEATH}
+trigger: admission
+windows:
+  input: {start: null, end: trigger + 1h, start_inclusive: true, end_inclusive: true, index_timestamp: end}
+  target: {start: input.end, end: start + 365d, start_inclusive: false, end_inclusive: true, label: death}
+"""
+
+
 @pytest.mark.pipeline
-def test_meds_task_with_several_prediction_times_per_subject_end_to_end(tmp_path):
-    """A MEDS root with codes without a value, static rows and text values, and a task of
-    2 to 4 prediction times per subject: `all` trains and scores one prediction per
-    sample, splits by subject, and bootstraps subjects; meds-evaluation agrees."""
+def test_meds_aces_task_with_several_prediction_times_per_subject_end_to_end(tmp_path):
+    """A MEDS root with codes without a value, static rows and text values; ACES writes
+    the task inside the pipeline (data.task), 2 to 4 admissions, so prediction times, per
+    subject: `all` trains and scores one prediction per sample, splits by subject, and
+    bootstraps subjects; meds-evaluation agrees."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -159,13 +171,23 @@ def test_meds_task_with_several_prediction_times_per_subject_end_to_end(tmp_path
     )
     first = data.groupby("subject_id").time.min()
     end = data.groupby("subject_id").time.max()
+    rng = np.random.default_rng(0)
+    admissions = [  # the first at the first event, then 1 to 3 more inside the stay, a minute apart at least
+        (s, first[s] + pd.Timedelta(minutes=int(m)))
+        for s in subjects
+        for m in np.unique(
+            np.r_[0, rng.integers(1, max(2, int((end[s] - first[s]).total_seconds() // 60)), size=rng.integers(1, 4))]
+        )
+    ]
+    died = labels.patient_id[labels.in_hospital_mortality == 1].to_numpy()
     extra = pd.concat(
         [
             pd.DataFrame({"subject_id": subjects, "time": pd.NaT, "code": [f"SEX//{'FM'[s % 2]}" for s in subjects]}),
-            pd.DataFrame({"subject_id": subjects, "time": first[subjects].to_numpy(), "code": "ADMISSION"}),
+            pd.DataFrame(admissions, columns=["subject_id", "time"]).assign(code="ADMISSION"),
             pd.DataFrame(
                 {"subject_id": subjects, "time": first[subjects].to_numpy(), "code": "NOTE", "text_value": "ok"}
             ),
+            pd.DataFrame({"subject_id": died, "time": end[died].to_numpy() + pd.Timedelta(hours=2), "code": "DEATH"}),
         ]
     )
     data = pd.concat([data, extra]).sort_values(["subject_id", "time"], na_position="first")
@@ -182,37 +204,25 @@ def test_meds_task_with_several_prediction_times_per_subject_end_to_end(tmp_path
         ),
         tmp_path / "meds" / "data" / "0.parquet",
     )
-    rng = np.random.default_rng(0)
-    task = []
-    for subject, label in zip(subjects, labels.in_hospital_mortality):
-        span = (end[subject] - first[subject]).total_seconds()
-        for fraction in np.sort(rng.uniform(0.3, 1.0, size=int(rng.integers(2, 5)))):
-            task.append((subject, first[subject] + pd.Timedelta(seconds=int(fraction * span)), bool(label)))
-    task = pd.DataFrame(task, columns=["subject_id", "prediction_time", "boolean_value"]).drop_duplicates(
-        ["subject_id", "prediction_time"]
-    )
-    (tmp_path / "task").mkdir()
-    pq.write_table(
-        pa.table(
-            {
-                "subject_id": pa.array(task.subject_id, pa.int64()),
-                "prediction_time": pa.array(task.prediction_time, pa.timestamp("us")),
-                "boolean_value": pa.array(task.boolean_value),
-            }
-        ),
-        tmp_path / "task" / "labels.parquet",
-    )
+    (tmp_path / "task.yaml").write_text(ACES_TASK)
     config = {**CONFIG, "train": {**CONFIG["train"], "batch_sizes": [2], "seeds": [0], "lr_grid": [1]}}
     config["data"] = {
         **CONFIG["data"],
         "source": "files",
         "format": "meds",
         "events": str(tmp_path / "meds"),
-        "labels": str(tmp_path / "task"),
+        "task": str(tmp_path / "task.yaml"),
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     run = snakemake(tmp_path, "all")
     assert run.returncode == 0, run.stderr[-5000:]
+
+    # ACES's labels, against a direct computation: one sample per admission, one hour after
+    # it, positive when the subject dies within 365 days after that (every death here does)
+    task = pd.read_parquet(tmp_path / "results" / "task")
+    expected = sorted((int(s), t + pd.Timedelta(hours=1), bool(s in died)) for s, t in admissions)
+    assert sorted(zip(task.subject_id.astype(int), task.prediction_time, task.boolean_value)) == expected
+    assert task.groupby("subject_id").size().between(2, 4).all()
 
     qc = json.loads((tmp_path / "results" / "qc.json").read_text())
     samples = sum(split["patients"] for split in qc["by_split"].values())
@@ -243,7 +253,7 @@ def test_meds_task_with_several_prediction_times_per_subject_end_to_end(tmp_path
 
     table = pq.read_table(tmp_path / "results" / "eval" / "bs2" / "lr1" / "seed0_meds_predictions.parquet")
     assert table.num_rows == len(ours)
-    keys = set(zip(task.subject_id.astype(int), task.prediction_time.dt.floor("s")))
+    keys = set(zip(task.subject_id.astype(int), task.prediction_time))
     found = set(zip(table["subject_id"].to_pylist(), pd.to_datetime(table["prediction_time"].to_pylist())))
     assert found <= keys
     meds_evaluation = pytest.importorskip("meds_evaluation.evaluate")
@@ -255,6 +265,7 @@ def test_meds_task_with_several_prediction_times_per_subject_end_to_end(tmp_path
     )
 
 
+@pytest.mark.pipeline
 def test_meds_dataset_through_the_pipeline_and_meds_evaluation(tmp_path):
     """A MEDS root (synthetic ICU data converted) and a task's labels: `all` builds the
     report and every run's test predictions in the MEDS layout, which meds-evaluation

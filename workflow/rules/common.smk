@@ -20,6 +20,8 @@ RAW_LABELS = f"{RESULTS}/raw/labels.csv"
 SPLITS_CSV = f"{RESULTS}/splits.csv"  # the split of every patient (rule splits)
 # a non-CSV dataset's labels and the splits it carries (rule format_labels)
 FORMAT_LABELS = f"{RESULTS}/labels/labels.csv"
+TASK = config["data"].get("task")  # an ACES task configuration (format meds)
+TASK_LABELS = f"{RESULTS}/task"  # its labels, one Parquet file per MEDS data file
 FORMAT_SPLITS = f"{RESULTS}/labels/splits.csv"
 EVENTS_DIR = f"{RESULTS}/events"
 STATS = f"{RESULTS}/stats/normalization.json"
@@ -156,6 +158,15 @@ def raw_events():
     if config["data"]["events"] is None:
         raise ValueError(f"data.format is {FORMAT!r} but data.events is not set")
     return [config["data"]["events"]]  # the dataset's directory
+
+
+def format_labels_input():
+    """The labels the format reads: the ACES task's (rule task), else data.labels."""
+    if TASK:
+        if FORMAT != "meds":
+            raise ValueError(f"data.task is set, but data.format is {FORMAT!r}: ACES tasks need data.format: meds")
+        return [TASK_LABELS]
+    return [config["data"]["labels"]] if config["data"]["labels"] else []
 
 
 def raw_labels():

@@ -23,10 +23,30 @@ rule synthetic_data:
         " --events {output.events:q} --labels {output.labels:q}"
 
 
+rule task:
+    input:
+        events=raw_events(),
+        task=[TASK] if TASK else [],
+    output:
+        directory(TASK_LABELS),
+    log:
+        f"{LOGS}/task.log",
+    benchmark:
+        f"{BENCHMARKS}/task.tsv"
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=config["resources"]["data"]["mem_mb"],
+        runtime=config["resources"]["data"]["runtime"],
+    shell:
+        "logged {log:q} seqsetvae task --events {input.events:q} --task {input.task:q} --out {output:q}"
+
+
 rule format_labels:
     input:
         events=raw_events(),
-        labels=[config["data"]["labels"]] if config["data"]["labels"] else [],
+        labels=format_labels_input(),
     output:
         labels=FORMAT_LABELS,
         splits=[FORMAT_SPLITS] if format_carries_splits() else [],

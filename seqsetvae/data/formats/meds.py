@@ -263,9 +263,12 @@ def read_labels(labels: str) -> pa.Table:
     meds = _schemas()
     tables = []
     for path in _parquet_files(Path(labels), "labels"):
-        table = _align(meds.LabelSchema, pq.read_table(path), path, "label")
+        table = pq.read_table(path)
         if "boolean_value" not in table.column_names:
             raise InputError(f"MEDS label file {path}: no column 'boolean_value' (a binary task is needed)")
+        # the columns this pipeline reads (ACES writes the other value columns all null)
+        wanted = [c for c in ("subject_id", "prediction_time", "boolean_value") if c in table.column_names]
+        table = _align(meds.LabelSchema, table.select(wanted), path, "label")
         table = table.select(["subject_id", "prediction_time", "boolean_value"])
         tables.append(table.append_column("file", pa.array([str(path)] * len(table))))
     table = pa.concat_tables(tables)
