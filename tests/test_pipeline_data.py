@@ -181,10 +181,14 @@ def test_a_failing_stage_prints_its_error_on_the_console(tmp_path):
 def test_bench_data_reads_a_meds_root(tmp_path, capsys):
     from seqsetvae.benchmarks import data as bench
 
-    assert bench.main(["--events", "20000", "--format", "meds", "--no-snakemake", "--workdir", str(tmp_path)]) == 0
+    argv = ["--events", "20000", "--format", "meds", "--samples-per-subject", "3", "--no-snakemake"]
+    assert bench.main([*argv, "--workdir", str(tmp_path)]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])[0]
     assert result["format"] == "meds" and result["events"] > 15000
     assert list(result["chain"]["seconds"])[:3] == ["labels", "splits", "ingest"]
+    chain = result["chain"]  # three prediction times per subject: rows shared by the later ones
+    assert chain["samples"] == 3 * result["patients"] and chain["rows_copied"] > 0
+    assert chain["events_in_shards"] == result["events"] + chain["rows_copied"]
 
 
 def test_bench_train_counts_host_syncs_ops_and_data_wait(tmp_path):

@@ -10,7 +10,10 @@ It prints events/s and peak RSS of both (the child's own getrusage for (a); for 
 wait4's rusage of snakemake, which covers its waited-for children, so the largest
 job). Two sizes (e.g. `--events 2500000 10000000`) show how peak memory scales.
 With `--format meds` the raw events are first rewritten as a MEDS root and a task's
-labels (not timed), and (a) starts with `seqsetvae labels` and reads the MEDS root.
+labels (not timed), and (a) starts with `seqsetvae labels` and reads the MEDS root;
+`--samples-per-subject K` gives the task K prediction times per subject (at 1/K, 2/K,
+.., 1 of its record), so a row is written once per sample that holds it: the events
+in the shards, their bytes and the peak memory then show what sharing history costs.
 """
 
 from __future__ import annotations
@@ -51,9 +54,10 @@ def _run(command: list[str], cwd: Path | None = None) -> tuple[float, float, str
     return wall, usage.ru_maxrss / 1024, output
 
 
-def write_meds(raw: Path) -> None:
+def write_meds(raw: Path, samples_per_subject: int = 1) -> None:
     """raw/events.csv and raw/labels.csv as a MEDS root (raw/meds) and a task's labels
-    (raw/task.parquet, prediction time at each patient's last event), vectorised."""
+    (raw/task.parquet: prediction times at k/K of each patient's record, k = 1..K; K = 1:
+    its last event), vectorised."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
@@ -74,18 +78,30 @@ def write_meds(raw: Path) -> None:
         }
     )
     pq.write_table(table, raw / "meds" / "data" / "0.parquet", row_group_size=1 << 20)
-    last = table.group_by("subject_id").aggregate([("time", "max")])
-    index = pc.index_in(pc.cast(labels["patient_id"], pa.int64()), value_set=last["subject_id"])
-    pq.write_table(
-        pa.table(
-            {
-                "subject_id": pc.cast(labels["patient_id"], pa.int64()),
-                "prediction_time": last["time_max"].take(index),
-                "boolean_value": pc.cast(labels["in_hospital_mortality"], pa.bool_()),
-            }
-        ).filter(pc.is_valid(index)),
-        raw / "task.parquet",
+    span = table.group_by("subject_id").aggregate([("time", "min"), ("time", "max")])
+    index = pc.index_in(pc.cast(labels["patient_id"], pa.int64()), value_set=span["subject_id"])
+    known = pc.is_valid(index).to_numpy(zero_copy_only=False)
+    at = index.to_numpy(zero_copy_only=False)[known].astype("int64")
+    first = pc.cast(span["time_min"], pa.int64()).to_numpy()[at]
+    last = pc.cast(span["time_max"], pa.int64()).to_numpy()[at]
+    import numpy as np
+
+    k = np.arange(1, samples_per_subject + 1)
+    # whole seconds, so that the K times of a subject give K distinct sample ids
+    times = first[:, None] + ((last - first)[:, None] * k[None, :] // samples_per_subject) // 1_000_000 * 1_000_000
+    times[:, -1] = np.maximum(times[:, -1], last)  # the last one at the last event
+    subjects = pc.cast(labels["patient_id"], pa.int64()).to_numpy()[known]
+    outcome = pc.cast(labels["in_hospital_mortality"], pa.bool_()).to_numpy(zero_copy_only=False)[known]
+    task = pa.table(
+        {
+            "subject_id": np.repeat(subjects, samples_per_subject),
+            "prediction_time": pa.array(times.ravel(), pa.timestamp("us")),
+            "boolean_value": np.repeat(outcome, samples_per_subject),
+        }
     )
+    # a record shorter than K seconds repeats a time: one row per (subject, time)
+    task = task.group_by(["subject_id", "prediction_time"]).aggregate([("boolean_value", "max")])
+    pq.write_table(task.rename_columns(["subject_id", "prediction_time", "boolean_value"]), raw / "task.parquet")
 
 
 def chain(workdir: Path, settings: dict, threads: int) -> dict:
@@ -170,8 +186,17 @@ def chain(workdir: Path, settings: dict, threads: int) -> dict:
         step()
         seconds[name] = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rows_in = json.loads((out / "qc.json").read_text())["rows_in"]
-    return {"seconds": seconds, "peak_rss_mb": peak, "rows_in": rows_in, "take_us": time_take(out / "shards")}
+    qc_json = json.loads((out / "qc.json").read_text())
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": peak,
+        "rows_in": qc_json["rows_in"],
+        "samples": qc_json["patients_kept"],
+        "events_in_shards": qc_json["rows_kept"],
+        "rows_copied": qc_json.get("rows_copied", 0),
+        "shards_mb": sum(p.stat().st_size for p in (out / "shards").rglob("*") if p.is_file()) / 2**20,
+        "take_us": time_take(out / "shards"),
+    }
 
 
 def time_take(shards_dir: Path, batch_size: int = 16, calls: int = 2000) -> dict[str, float]:
@@ -199,7 +224,9 @@ def time_take(shards_dir: Path, batch_size: int = 16, calls: int = 2000) -> dict
     return timings
 
 
-def bench_size(n_events: int, workdir: Path, cores: int, snakemake: bool, data_format: str = "csv") -> dict:
+def bench_size(
+    n_events: int, workdir: Path, cores: int, snakemake: bool, data_format: str = "csv", samples_per_subject: int = 1
+) -> dict:
     patients = max(3, round(n_events / MEAN_EVENTS))
     settings = {"synthetic": {"patients": patients, "seed": 0}}
     raw = workdir / "raw"
@@ -219,7 +246,7 @@ def bench_size(n_events: int, workdir: Path, cores: int, snakemake: bool, data_f
     )
     result = {"patients": patients, "generate_s": wall, "csv_mb": (raw / "events.csv").stat().st_size / 2**20}
     if data_format == "meds":
-        write_meds(raw)
+        write_meds(raw, samples_per_subject)
         settings["data"] = {"format": "meds", "events": str(raw / "meds")}
         result["format"] = "meds"
 
@@ -242,11 +269,15 @@ def bench_size(n_events: int, workdir: Path, cores: int, snakemake: bool, data_f
     shutil.rmtree(workdir / "chain")
 
     if snakemake:
-        config = {
-            "data": {"source": "files", "events": str(raw / "events.csv"), "labels": str(raw / "labels.csv")},
-            "results": str(workdir / "results"),
-            "reports": str(workdir / "reports"),
-        }
+        data = {"source": "files", "events": str(raw / "events.csv"), "labels": str(raw / "labels.csv")}
+        if data_format == "meds":
+            data = {
+                "source": "files",
+                "format": "meds",
+                "events": str(raw / "meds"),
+                "labels": str(raw / "task.parquet"),
+            }
+        config = {"data": data, "results": str(workdir / "results"), "reports": str(workdir / "reports")}
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
         wall, peak, _ = _run(
             [
@@ -275,6 +306,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cores", type=int, default=2, help="snakemake --cores and ingest threads")
     parser.add_argument("--no-snakemake", action="store_true", help="time only the in-process chain")
     parser.add_argument("--format", choices=("csv", "meds"), default="csv", help="the raw events' layout")
+    parser.add_argument(
+        "--samples-per-subject", type=int, default=1, help="meds: prediction times per subject in the task"
+    )
     parser.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
     parser.add_argument("--chain", default=None, help=argparse.SUPPRESS)  # internal: the (a) child
     parser.add_argument("--settings", default="{}", help=argparse.SUPPRESS)
@@ -288,7 +322,7 @@ def main(argv: list[str]) -> int:
     for n_events in args.events:
         workdir = Path(tempfile.mkdtemp(prefix="bench-data-", dir=args.workdir))
         try:
-            r = bench_size(n_events, workdir, args.cores, not args.no_snakemake and args.format == "csv", args.format)
+            r = bench_size(n_events, workdir, args.cores, not args.no_snakemake, args.format, args.samples_per_subject)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         results.append(r)
@@ -301,6 +335,11 @@ def main(argv: list[str]) -> int:
         print(
             f"  (a) ingest-to-shards, in-process: {chain_s:.2f}s = {r['events'] / chain_s:,.0f} events/s,"
             f" peak RSS {r['chain']['peak_rss_mb']:.0f} MiB  [{stages}]"
+        )
+        c = r["chain"]
+        print(
+            f"  samples {c['samples']:,}; events in the shards {c['events_in_shards']:,}"
+            f" ({c['rows_copied']:,} copies of rows shared by samples), shards {c['shards_mb']:.0f} MiB"
         )
         take = r["chain"]["take_us"]
         print(

@@ -97,4 +97,3 @@ def main(argv: list[str]) -> int:
     counts = write_task_labels(Path(args.events), Path(args.task), Path(args.out))
     print("task: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     return 0
-
