@@ -32,7 +32,7 @@ LOCAL_RULES = {
     "choose_lr",
 }
 # format_labels reads a whole non-CSV dataset (every P2019 file): a cluster job
-CLUSTER_RULES = {"synthetic_data", "ingest", "stats", "make_shards", "train", "evaluate", "baseline", "format_labels"}
+CLUSTER_RULES = {"synthetic_data", "ingest", "stats", "make_shards", "train", "evaluate", "baseline", "format_labels", "task"}
 DATA_RULES = {"synthetic_data", "ingest", "stats", "make_shards"}
 
 needs_slurm_plugin = pytest.mark.skipif(
