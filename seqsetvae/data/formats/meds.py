@@ -127,9 +127,12 @@ class MEDS(EventSource):
         subject = pc.cast(subjects, pa.int64()).to_numpy()
         order = np.lexsort((prediction_us, subject))  # samples by (subject, prediction time)
         self.sample_ids = labels["patient_id"].take(pa.array(order)).combine_chunks()
-        self.samples = np.rec.fromarrays([subject[order], prediction_us[order]], names="subject,time")
-        self.subjects, self.first_sample = np.unique(self.samples.subject, return_index=True)
+        self.sample_time = prediction_us[order]
+        self.subjects, self.first_sample = np.unique(subject[order], return_index=True)
         self.end_sample = np.append(self.first_sample[1:], len(order))
+        # halvings that find a time among any subject's samples
+        most = int((self.end_sample - self.first_sample).max(initial=0))
+        self.search_steps = int(np.ceil(np.log2(most + 1)))
         self.window_us = None if window_hours is None else int(round(window_hours * 60 * US_PER_MINUTE))
         self.drops = Drops({"after_prediction_time": "time", "outside_observation_window": "time"})
         self.format_counts = {"static_rows": 0, "text_value_not_read": 0}
@@ -143,7 +146,7 @@ class MEDS(EventSource):
         smaller than the CSV of its rows; partitions bound ingest's memory by rows),
         times the samples per subject (rows are written once per sample that holds them)."""
         rows = sum(pq.ParquetFile(path).metadata.num_rows for path in self.files)
-        return int(rows * CSV_BYTES_PER_ROW * len(self.samples) / max(len(self.subjects), 1))
+        return int(rows * CSV_BYTES_PER_ROW * len(self.sample_time) / max(len(self.subjects), 1))
 
     def _samples_of_rows(self, table: pa.Table):
         """Per row: (the first and one-past-the-last sample holding it, time in us,
@@ -158,12 +161,9 @@ class MEDS(EventSource):
         static = pc.is_null(table["time"]).to_numpy(zero_copy_only=False)
         time = pc.cast(table["time"], pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
         lo, hi = self.first_sample[at], self.end_sample[at]
-        first = np.searchsorted(self.samples, np.rec.fromarrays([ids, time], dtype=self.samples.dtype), side="left")
-        last = hi.copy()
-        if self.window_us is not None:
-            after = np.rec.fromarrays([ids, time + self.window_us], dtype=self.samples.dtype)
-            last = np.minimum(np.searchsorted(self.samples, after, side="left"), hi)
-        first = np.where(static, lo, np.maximum(first, lo))
+        first = self._first_at_or_after(lo, hi, time)
+        last = hi if self.window_us is None else self._first_at_or_after(lo, hi, time + self.window_us)
+        first = np.where(static, lo, first)
         last = np.where(static, hi, last)
         first, last = np.where(labelled, first, 0), np.where(labelled, last, 0)
         reason = np.zeros(len(table), dtype=np.int8)
@@ -171,6 +171,16 @@ class MEDS(EventSource):
         reason[timed & (last <= first)] = 2  # before every window that reaches past it
         reason[timed & (first >= hi)] = 1  # after the subject's last prediction time
         return labelled, first, last, time, static, reason
+
+    def _first_at_or_after(self, lo, hi, bound):
+        """Per row, the first of its subject's samples [lo, hi) (sorted by time) with time
+        >= bound, or hi: a binary search of all rows at once, `search_steps` halvings."""
+        lo, hi = lo.copy(), hi.copy()
+        for _ in range(self.search_steps):
+            mid = (lo + hi) // 2
+            before = (lo < hi) & (self.sample_time[np.minimum(mid, len(self.sample_time) - 1)] < bound)
+            lo, hi = np.where(before, mid + 1, lo), np.where(before | (lo >= hi), hi, mid)
+        return lo
 
     def _expand(self, labelled, first, last, keep):
         """(kept row of each written event, its sample): a row once per sample holding
@@ -183,7 +193,7 @@ class MEDS(EventSource):
 
     def origins(self) -> np.ndarray:
         """Each sample's first kept timed event (us), int64 max when none."""
-        origin = np.full(len(self.samples), np.iinfo(np.int64).max, dtype=np.int64)
+        origin = np.full(len(self.sample_time), np.iinfo(np.int64).max, dtype=np.int64)
         for path in self.files:
             columns = _check_data_schema(path)
             for table, _ in _batches(path, columns):
@@ -233,7 +243,11 @@ def _patient_ids(subject_ids: pa.Array, sample: np.ndarray, sample_ids: pa.Array
     subject without a label (sample -1), the subject id (ingest counts it)."""
     unlabelled = sample < 0
     # the dictionary holds the batch's samples only: ingest reads it as the ids present
-    present, indices = np.unique(sample[~unlabelled], return_inverse=True)
+    used = np.zeros(len(sample_ids), dtype=bool)
+    used[sample[~unlabelled]] = True
+    present = np.flatnonzero(used)
+    position = np.cumsum(used) - 1  # each present sample's place in the dictionary
+    indices = position[sample[~unlabelled]]
     dictionary = sample_ids.take(pa.array(present))
     if not unlabelled.any():
         return pa.DictionaryArray.from_arrays(pa.array(indices, pa.int32()), dictionary)
