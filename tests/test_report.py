@@ -581,6 +581,15 @@ def test_missing_output_names_the_file(tmp_path):
     assert not out.exists() and not out.with_suffix(".json").exists()
 
 
+def test_settings_without_the_runs_config_are_an_input_error(tmp_path):
+    results = build_results(tmp_path, (1, 4), seeds=(0,))
+    out = tmp_path / "reports" / "batch_comparison.md"
+    argv = ["--results", str(results), "--runs", "bs1/lr1/seed0", "bs4/lr1/seed0", "--out", str(out)]
+    with pytest.raises(InputError, match=r"--settings: no model or train section"):
+        report.main(["--settings", "{}", *argv])
+    assert not out.exists()
+
+
 def test_predictions_of_different_patients_are_an_input_error(tmp_path):
     results = build_results(tmp_path, (1, 4), seeds=(0,))
     path = results / "eval" / "bs4" / "lr1" / "seed0_predictions.parquet"

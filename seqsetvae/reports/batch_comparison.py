@@ -22,6 +22,7 @@ import pandas as pd
 from seqsetvae.errors import InputError
 from seqsetvae.io import atomic_path, write_json
 from seqsetvae.reports.study import build_study, read_object
+from seqsetvae.settings import load_settings
 
 # The original guide's batch-size table (docs/model.md), published without a measurement.
 CLAIMED = pd.DataFrame(
@@ -649,17 +650,21 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     try:
-        settings = json.loads(args.settings)
+        given = json.loads(args.settings)
     except ValueError as error:
         raise InputError(f"--settings: not valid JSON ({error})") from None
     results, out = Path(args.results), Path(args.out)
     runs = load_runs(results, args.runs)
     lr_grid = load_lr_grid([Path(p) for p in args.lr_grid], runs) if args.lr_grid else None
+    missing = [name for name in ("model", "train") if name not in given]
+    if missing:  # the protocol sentence states the runs' budget and schedules from these
+        raise InputError(f"--settings: no {' or '.join(missing)} section (the report rule passes the runs' config)")
+    settings = load_settings(given)  # validated; keys a section leaves out at their defaults
     study = build_study(runs, load_baselines(results, args.baselines), settings, lr_grid)
     study["dataset"] = dataset(results, study["bootstrap"]["unit"])
     study["environment"] = {
         "commit": git_commit(),
-        "settings_digest": settings_digest(settings),
+        "settings_digest": settings_digest(given),
         "torch": _unique(r.train.get("torch_version") for r in runs),
         "threads": _unique(r.train.get("threads") for r in runs),
         "precision": _unique(r.train.get("precision") for r in runs),
