@@ -129,6 +129,15 @@ def test_pipeline_end_to_end(tmp_path):
     assert "Batch-size study" in page and "validation_curves.png" in page
 
 
+def run_meds_pipeline(tmp_path: Path, **data) -> None:
+    """`snakemake all` on the MEDS root tmp_path/meds (one batch size, one seed, one rate)."""
+    config = {**CONFIG, "train": {**CONFIG["train"], "batch_sizes": [2], "seeds": [0], "lr_grid": [1]}}
+    config["data"] = {**CONFIG["data"], "source": "files", "format": "meds", "events": str(tmp_path / "meds"), **data}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    run = snakemake(tmp_path, "all")
+    assert run.returncode == 0, run.stderr[-5000:]
+
+
 ACES_TASK = """
 predicates:
   admission: {code: ADMISSION}
@@ -205,17 +214,7 @@ def test_meds_aces_task_with_several_prediction_times_per_subject_end_to_end(tmp
         tmp_path / "meds" / "data" / "0.parquet",
     )
     (tmp_path / "task.yaml").write_text(ACES_TASK)
-    config = {**CONFIG, "train": {**CONFIG["train"], "batch_sizes": [2], "seeds": [0], "lr_grid": [1]}}
-    config["data"] = {
-        **CONFIG["data"],
-        "source": "files",
-        "format": "meds",
-        "events": str(tmp_path / "meds"),
-        "task": str(tmp_path / "task.yaml"),
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    run = snakemake(tmp_path, "all")
-    assert run.returncode == 0, run.stderr[-5000:]
+    run_meds_pipeline(tmp_path, task=str(tmp_path / "task.yaml"))
 
     # ACES's labels, against a direct computation: one sample per admission, one hour after
     # it, positive when the subject dies within 365 days after that (every death here does)
@@ -310,17 +309,7 @@ def test_meds_dataset_through_the_pipeline_and_meds_evaluation(tmp_path):
         ),
         tmp_path / "task" / "mortality.parquet",
     )
-    config = {**CONFIG, "train": {**CONFIG["train"], "batch_sizes": [2], "seeds": [0], "lr_grid": [1]}}
-    config["data"] = {
-        **CONFIG["data"],
-        "source": "files",
-        "format": "meds",
-        "events": str(tmp_path / "meds"),
-        "labels": str(tmp_path / "task"),
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    run = snakemake(tmp_path, "all")
-    assert run.returncode == 0, run.stderr[-5000:]
+    run_meds_pipeline(tmp_path, labels=str(tmp_path / "task"))
     qc = json.loads((tmp_path / "results" / "qc.json").read_text())
     assert qc["format"] == "meds" and qc["rows_in"] == len(events) and qc["patients_kept"] == len(labels)
     meds_predictions = tmp_path / "results" / "eval" / "bs2" / "lr1" / "seed0_meds_predictions.parquet"
