@@ -87,11 +87,11 @@ def stratified_subset(labels: pd.Series, n: int, seed: int) -> pd.Series:
 
 
 def write_inputs(
-    folder: Path, out: Path, patients: int, seed: int, prediction_hour: int | None, exclude: Path | None = None
+    folder: Path, out: Path, patients: int, seed: int, prediction_hour: int | None, exclude: list[Path] = ()
 ) -> dict:
     labels = stay_labels(folder, prediction_hour)
-    if exclude is not None:  # a development cohort disjoint from another subset
-        labels = labels.drop(index=[p.stem for p in exclude.glob("*.psv")], errors="ignore")
+    for other in exclude:  # a cohort disjoint from other subsets (development, confirmation)
+        labels = labels.drop(index=[p.stem for p in other.glob("*.psv")], errors="ignore")
     subset = stratified_subset(labels, patients, seed)
     stays = out / "set_A"
     if stays.exists():
@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--exclude",
         type=Path,
-        default=None,
-        help="folder of .psv stays not to draw (e.g. another subset's set_A: a disjoint dev cohort)",
+        action="append",
+        default=[],
+        help="folder of .psv stays not to draw (e.g. another subset's set_A: a disjoint cohort); repeatable",
     )
     parser.add_argument("--source", type=Path, default=None, help="folder of set A .psv files (default: from PyPI)")
     parser.add_argument("--run", action="store_true", help="run the pipeline's `all` target afterwards")

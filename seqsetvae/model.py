@@ -68,6 +68,7 @@ class ModelConfig:
     readout: str = "attention_last"  # attention_last | centered
     head: str = "mlp"  # mlp | linear: the classifier on the readout's features
     wide: str = "none"  # none | summaries: a linear path on per-patient measurement summaries
+    wide_l2: float = 0.0  # L2 penalty on the wide path's weights, in the loss (not decoupled decay)
 
     @classmethod
     def from_settings(cls, model: dict | None) -> "ModelConfig":
@@ -102,7 +103,7 @@ class LossWeights:
 @dataclass
 class ModelOutput:
     logits: torch.Tensor  # [B, C]
-    loss: torch.Tensor  # scalar: weights.pred * ce + weights.recon * recon + weights.beta * kl
+    loss: torch.Tensor  # scalar: weights.pred * (ce + wide penalty) + weights.recon * recon + weights.beta * kl
     recon: torch.Tensor  # scalar: Chamfer loss, mean over real sets
     kl: torch.Tensor  # scalar: free-bits KL, mean over real sets (before beta)
     ce: torch.Tensor  # scalar: label-smoothed cross-entropy, mean over patients
@@ -251,7 +252,7 @@ class Classifier(nn.Module):
             self.register_buffer("feature_mean", torch.zeros(width))
             self.register_buffer("patients_seen", torch.zeros(1, dtype=torch.float64))
         self.vocab_size = vocab_size
-        self.wide = None
+        self.wide, self.wide_l2 = None, c.wide_l2
         if c.wide == "summaries":
             # deviation (model.wide; docs/learning_on_real_data.md, round six): the logistic
             # regression's inputs, standardised by running moments over training patients;
@@ -280,6 +281,15 @@ class Classifier(nn.Module):
         # a feature constant over the patients seen keeps its scale (as StandardScaler does)
         scale = torch.where(variance > 1e-8, torch.rsqrt(variance.clamp(min=1e-8)), torch.ones_like(variance))
         return logits + self.wide((summaries - mean) * scale)
+
+    def wide_penalty(self) -> torch.Tensor | float:
+        """wide_l2 / 2 x the squared norm of the wide map's weights (not its bias): the
+        logistic regression's own penalty, in the loss. AdamW's decoupled decay at the
+        network's rate leaves this path nearly unpenalised, and Adam's fixed point under
+        an L2 term in the loss is the penalised optimum (round seven)."""
+        if self.wide is None or self.wide_l2 == 0.0:
+            return 0.0
+        return 0.5 * self.wide_l2 * self.wide[1].weight.float().square().sum()
 
     def deep(self, h: torch.Tensor, z: torch.Tensor, batch: Batch) -> torch.Tensor:
         # deviation: scores scaled by 1/sqrt(latent) (scaled dot product) so the softmax
@@ -439,9 +449,10 @@ class SeqSetVAE(nn.Module):
         recon_loss = (recon_per_set * sets).sum() / sets.sum()
         kl = (kl_set * sets).sum() / sets.sum()
         ce = (ce_per_patient * patients).sum() / patients.sum().clamp(min=1.0)  # 0, not 0/0, for a stand-in rank
+        prediction = ce + self.classifier.wide_penalty()
         return {
             "logits": logits,
-            "loss": w[0] * ce + w[1] * recon_loss + w[2] * kl,
+            "loss": w[0] * prediction + w[1] * recon_loss + w[2] * kl,
             "recon": recon_loss,
             "kl": kl,
             "ce": ce,

@@ -103,7 +103,18 @@ def test_baseline_stage_scores_with_the_evaluation_code(small_shards, tmp_path):
             assert metrics[key] == expected[key], key
         assert metrics["name"] == name and metrics["split"] == "test" and np.isfinite(p).all()
     chosen = json.loads((out / "logistic_regression.json").read_text())["chosen_on_valid"]
-    assert chosen["C"] in (0.1, 1.0)
+    assert chosen["C"] in (0.1, 1.0) and chosen["at_grid_edge"] is True  # two values: both are ends
+    data = {s: baseline.split_features(small_shards / "shards", s) for s in ("train", "valid")}
+    aurocs = {}
+    for c in (0.03, 0.1, 1.0):
+        _, alone = baseline.fit_baseline("logistic_regression", data, {"lr_c_grid": [c], "lr_max_iter": 2000}, 0)
+        assert "at_grid_edge" not in alone  # one value: no grid to be at the end of
+        aurocs[c] = alone["val_auroc"]
+    _, three = baseline.fit_baseline(
+        "logistic_regression", data, {"lr_c_grid": [0.03, 0.1, 1.0], "lr_max_iter": 2000}, 0
+    )
+    best = max(aurocs, key=lambda c: (aurocs[c], -list(aurocs).index(c)))
+    assert three["C"] == best and three["at_grid_edge"] == (best != 0.1)
 
     # the same features and model by hand give the same test predictions
     x = {s: baseline.split_features(small_shards / "shards", s) for s in ("train", "test")}

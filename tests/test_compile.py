@@ -9,8 +9,8 @@ from seqsetvae.runtime.device import compiled_graphs, compiled_step
 
 # one level and one transformer layer: the same kinds of ops as the default model in
 # half the graph, so that inductor's C++ compilation takes a few minutes, not ten
-# config.yaml's token, readout and wide path: the running means are buffers the
-# compiled step must update in place
+# config.yaml's token, readout and wide path (its penalty too): the running means are
+# buffers the compiled step must update in place
 CONFIG = ModelConfig(
     reduced_dim=16,
     latent_dim=32,
@@ -25,6 +25,7 @@ CONFIG = ModelConfig(
     readout="centered",
     head="linear",
     wide="summaries",
+    wide_l2=3.0,
 )
 
 

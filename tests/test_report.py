@@ -163,14 +163,14 @@ def write_run(
     assert rc == 0
 
 
-def write_baseline(results: Path, name: str, signal: float, val_auroc: float) -> None:
+def write_baseline(results: Path, name: str, signal: float, val_auroc: float, chosen: dict | None = None) -> None:
     p = probabilities(signal, seed=len(name))
     (results / "baselines").mkdir(parents=True, exist_ok=True)
     write_predictions(results / "baselines" / f"{name}_predictions.parquet", IDS, LABELS, p)
     summary = {
         "name": name,
         "split": "test",
-        "chosen_on_valid": {"val_auroc": val_auroc},
+        "chosen_on_valid": {"val_auroc": val_auroc, **(chosen or {})},
         **classification_metrics(LABELS, p, 200, 0),
     }
     (results / "baselines" / f"{name}.json").write_text(json.dumps(summary))
@@ -507,6 +507,19 @@ def test_no_batch_size_1_uses_the_smallest_as_reference(tmp_path):
     results = build_results(tmp_path, (4, 16), seeds=(0,))
     _, study = run_report(tmp_path, results, (4, 16), (0,))
     assert study["reference_batch_size"] == 4 and study["batch_sizes"][0]["relative_speed"] == 1.0
+
+
+def test_a_regression_c_at_its_grids_end_is_said(tmp_path):
+    results = build_results(tmp_path, (1, 4), seeds=(0,))
+    text, _ = run_report(tmp_path, results, (1, 4), (0,))
+    assert "is an end of `baseline.lr_c_grid`" not in text
+    write_baseline(results, "logistic_regression", 2.0, 0.80, {"C": 0.0001, "at_grid_edge": True})
+    text, study = run_report(tmp_path, results, (1, 4), (0,))
+    assert study["baselines"][0]["chosen_on_valid"] == {"val_auroc": 0.80, "C": 0.0001, "at_grid_edge": True}
+    assert (
+        "The logistic regression's C (0.0001) is an end of `baseline.lr_c_grid`: a wider grid may make it stronger."
+        in text.split("## Test-set quality")[1]
+    )
 
 
 def test_a_gru_baseline_is_a_row_and_can_be_the_best_baseline(tmp_path):

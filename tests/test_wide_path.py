@@ -53,6 +53,36 @@ def test_the_wide_path_starts_at_zero_and_learns():
     assert wide.classifier.wide[1].weight.grad.abs().sum() > 0
 
 
+def test_the_wide_l2_penalty_is_the_regressions_penalty_on_the_weights_only():
+    batch = collate(patients())
+    weights = LossWeights(beta=0.05, recon=0.5, pred=0.7)
+    nets = {}
+    for l2 in (0.0, 3.0):
+        net = model(dataclasses.replace(WIDE, wide_l2=l2)).eval()  # eval: no dropout, moments fixed
+        with torch.no_grad():
+            net.classifier.summary_moments[net.classifier.summary_moments.shape[0] // 2 :] = 1.0
+            net.classifier.wide[1].weight.copy_(
+                torch.linspace(-1.0, 1.0, net.classifier.wide[1].weight.numel()).view_as(net.classifier.wide[1].weight)
+            )
+            net.classifier.wide[1].bias.fill_(0.25)
+        out = net(batch, weights)
+        out.loss.backward()
+        nets[l2] = (net, out)
+    (plain, plain_out), (penalised, penalised_out) = nets[0.0], nets[3.0]
+    weight = penalised.classifier.wide[1].weight.detach()
+    torch.testing.assert_close(penalised_out.ce, plain_out.ce, rtol=0, atol=0)  # the reported CE is the CE
+    torch.testing.assert_close(penalised_out.loss, plain_out.loss + 0.7 * 1.5 * weight.square().sum())
+    torch.testing.assert_close(
+        penalised.classifier.wide[1].weight.grad, plain.classifier.wide[1].weight.grad + 0.7 * 3.0 * weight
+    )
+    torch.testing.assert_close(penalised.classifier.wide[1].bias.grad, plain.classifier.wide[1].bias.grad)
+    deep = [name for name, _ in penalised.named_parameters() if not name.startswith("classifier.wide")]
+    grads = dict(plain.named_parameters())
+    for name, parameter in penalised.named_parameters():
+        if name in deep and parameter.grad is not None:
+            torch.testing.assert_close(parameter.grad, grads[name].grad)
+
+
 def test_the_wide_path_reads_standardised_summaries_of_training_patients():
     net = model(WIDE).train()
     seen = []

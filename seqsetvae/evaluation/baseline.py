@@ -135,6 +135,10 @@ def fit_baseline(name: str, data: dict, settings: dict, seed: int) -> tuple[obje
         auroc = float(roc_auc_score(y_valid, model.predict_proba(x_valid)[:, 1])) if two_classes else None
         if best is None or (auroc is not None and auroc > chosen["val_auroc"]):
             best, chosen = model, {"val_auroc": auroc, **({"C": c} if c is not None else {})}
+    if "C" in chosen and len(grid) > 1:
+        # a choice at the grid's end says the best C may lie beyond it (stop 23: 0.01, the
+        # old grid's smallest, won on both PhysioNet cohorts)
+        chosen["at_grid_edge"] = chosen["C"] in (min(grid), max(grid))
     return best, chosen
 
 

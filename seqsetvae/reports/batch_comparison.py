@@ -103,6 +103,20 @@ def delta_table(study: dict, against: str) -> str:
     return markdown_table(header, rows)
 
 
+def baseline_grid_notes(study: dict) -> list[str]:
+    """A line per baseline whose validation choice fell at its grid's end (none: no lines)."""
+    lines = []
+    for b in study["baselines"]:
+        chosen = b.get("chosen_on_valid") or {}
+        if chosen.get("at_grid_edge"):
+            lines += [
+                f"The {b['name'].replace('_', ' ')}'s C ({chosen['C']:g}) is an end of `baseline.lr_c_grid`: "
+                "a wider grid may make it stronger.",
+                "",
+            ]
+    return lines
+
+
 def baselines_delta_table(study: dict) -> str:
     """Δ AUROC of each batch size against each baseline (rows: batch sizes)."""
     header = ["batch size"] + [f"Δ AUROC vs {b['name']} [95% CI], Holm p" for b in study["baselines"]]
@@ -549,6 +563,7 @@ def render(study: dict, figures_rel: str) -> str:
         "",
         quality_table(study),
         "",
+        *baseline_grid_notes(study),
         f"### Paired differences against batch size {ref}",
         "",
         "Seed-mean metric of the batch size minus that of the reference, paired bootstrap over the same test patients "
