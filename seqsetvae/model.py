@@ -477,17 +477,23 @@ class SeqSetVAE(nn.Module):
         self.compiled, self.cuda_graphs = True, mode == "reduce-overhead"
 
     def parameter_groups(
-        self, lr: float, setvae_lr_factor: float = 0.1, weight_decay: float | None = None
+        self, lr: float, setvae_lr_factor: float = 0.1, weight_decay: float | None = None, wide_lr_factor: float = 1.0
     ) -> list[dict]:
-        """AdamW groups: the SetVAE encoder (W and the set encoder) at lr x setvae_lr_factor."""
+        """AdamW groups: the SetVAE encoder (W and the set encoder) at lr x setvae_lr_factor;
+        with `model.wide: summaries`, the wide map at lr x wide_lr_factor (0: frozen)."""
         tokens = [*self.reduce.parameters(), *(self.presence.parameters() if self.presence is not None else [])]
         setvae = [*tokens, *self.encoder.parameters()]
-        setvae_ids = {id(p) for p in setvae}
-        rest = [p for p in self.parameters() if id(p) not in setvae_ids]
+        # its own group only when its rate differs: the default's optimiser state is unchanged
+        separate = self.classifier.wide is not None and wide_lr_factor != 1.0
+        wide = [*self.classifier.wide.parameters()] if separate else []
+        grouped = {id(p) for p in [*setvae, *wide]}
+        rest = [p for p in self.parameters() if id(p) not in grouped]
         groups = [
             {"name": "setvae_encoder", "params": setvae, "lr": lr * setvae_lr_factor},
             {"name": "rest", "params": rest, "lr": lr},
         ]
+        if wide:
+            groups.append({"name": "wide", "params": wide, "lr": lr * wide_lr_factor})
         if weight_decay is not None:
             for group in groups:
                 group["weight_decay"] = weight_decay

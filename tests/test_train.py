@@ -182,9 +182,11 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     return shards, embedding
 
 
-def _run(data, out: Path, batch_size: int = 4, extra: list[str] | None = None, **train_overrides) -> int:
+def _run(
+    data, out: Path, batch_size: int = 4, extra: list[str] | None = None, model: dict | None = None, **train_overrides
+) -> int:
     shards, embedding = data
-    settings = {"model": TINY_MODEL, "train": {**TINY_TRAIN, **train_overrides}}
+    settings = {"model": {**TINY_MODEL, **(model or {})}, "train": {**TINY_TRAIN, **train_overrides}}
     argv = [
         "--settings",
         json.dumps(settings),
@@ -318,6 +320,27 @@ def test_stop_and_resume_gives_the_same_weights(data, reference, tmp_path):
         log.write('{"kind": "step", "step": 9, "loss": 123.0}\n')
     assert _run(data, out) == 0
     _assert_same_run(out, reference)
+
+
+def test_a_run_from_the_regressions_start_says_so_and_resumes_to_the_same_weights(data, tmp_path, capsys):
+    wide = {
+        "model": {"wide": "summaries", "wide_l2": 3.0},
+        "wide_start": "regression",
+        "wide_start_c_grid": [0.01, 1.0],
+    }
+    assert _run(data, tmp_path / "whole", **wide) == 0
+    assert "the wide path starts at the logistic regression (C " in capsys.readouterr().out
+    assert _run(data, tmp_path / "resumed", extra=["--stop-after-steps", "8"], **wide) == 0
+    assert _run(data, tmp_path / "resumed", **wide) == 0
+    _assert_same_run(tmp_path / "resumed", tmp_path / "whole")
+    start = load_file(str(tmp_path / "whole" / "final.safetensors"))
+    assert start["classifier.wide.1.weight"].abs().sum() > 0
+
+
+def test_the_regressions_start_without_the_wide_path_is_an_input_error(data, tmp_path):
+    with pytest.raises(InputError, match="train.wide_start: regression needs model.wide: summaries"):
+        _run(data, tmp_path / "run", wide_start="regression")
+    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 def test_killed_job_resumes_to_the_same_weights(data, reference, tmp_path):

@@ -126,3 +126,59 @@ def test_the_wide_path_saves_its_moments_and_keeps_patients_independent():
     torch.testing.assert_close(alone, together, rtol=1e-9, atol=1e-9)
     with pytest.raises(RuntimeError, match="summary_moments"):  # a model without the path refuses them
         model(SMALL).load_state_dict(state)
+
+
+@pytest.mark.parametrize("weights", [None, (1.0, 3.0)])
+def test_the_wide_start_scores_as_the_baselines_regression(small_shards, weights):
+    """`train.wide_start: regression`: before any step the model's scores are the baseline
+    rule's logistic regression's (same C, chosen on valid), shifted by log of the class
+    weights' ratio, whatever the deep path holds."""
+    from seqsetvae.evaluation.baseline import fit_baseline, split_features
+    from seqsetvae.runtime.dataset import ShardBatches
+    from seqsetvae.runtime.device import load_embedding
+    from seqsetvae.training.wide_start import apply_wide_start, fit_wide_start
+
+    shards, grid = small_shards / "shards", [0.001, 0.1, 10.0]
+    data = {s: split_features(shards, s) for s in ("train", "valid")}
+    regression, chosen = fit_baseline("logistic_regression", data, {"lr_c_grid": grid, "lr_max_iter": 2000}, 0)
+    start = fit_wide_start(shards, grid, max_iter=2000)
+    assert start.c == chosen["C"] and start.val_auroc == chosen["val_auroc"]
+
+    torch.manual_seed(0)
+    net = SeqSetVAE(WIDE, load_embedding(small_shards / "embedding.safetensors"), weights).double()
+    apply_wide_start(net, start, n_train=len(data["train"][1]), class_weights=weights)
+    valid = ShardBatches(str(shards), "valid")
+    with torch.no_grad():
+        logits = net.eval()(valid(np.arange(len(valid))), W).logits
+    got = (logits[:, 1] - logits[:, 0]).numpy()
+    expected = regression.decision_function(data["valid"][0]) + (np.log(3.0) if weights else 0.0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_wide_start_needs_the_wide_path(small_shards):
+    from seqsetvae.errors import InputError
+    from seqsetvae.runtime.device import load_embedding
+    from seqsetvae.training.wide_start import apply_wide_start, fit_wide_start
+
+    start = fit_wide_start(small_shards / "shards", [0.1], max_iter=2000)
+    net = SeqSetVAE(SMALL, load_embedding(small_shards / "embedding.safetensors"))
+    with pytest.raises(InputError, match="model.wide: summaries"):
+        apply_wide_start(net, start, n_train=40, class_weights=None)
+
+
+def test_the_wide_map_has_its_own_rate_only_when_asked_and_zero_freezes_it():
+    net = model(WIDE)
+    assert [g["name"] for g in net.parameter_groups(lr=1e-3)] == ["setvae_encoder", "rest"]
+    groups = {g["name"]: g for g in net.parameter_groups(lr=1e-3, wide_lr_factor=0.0)}
+    assert {id(p) for p in groups["wide"]["params"]} == {id(p) for p in net.classifier.wide.parameters()}
+    assert groups["wide"]["lr"] == 0.0 and not {id(p) for p in groups["wide"]["params"]} & {
+        id(p) for p in groups["rest"]["params"]
+    }
+    optimizer = torch.optim.AdamW(list(groups.values()), lr=1e-3)
+    before = net.classifier.wide[1].weight.detach().clone()
+    head = net.classifier.mlp[-1].weight.detach().clone()
+    batch = collate(patients())
+    net.train()(batch, W).loss.backward()
+    optimizer.step()
+    assert torch.equal(net.classifier.wide[1].weight, before)  # frozen: neither a step nor decay
+    assert not torch.equal(net.classifier.mlp[-1].weight, head)

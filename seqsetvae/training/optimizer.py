@@ -13,7 +13,9 @@ def build_optimizer(model, train: dict, lr: float) -> torch.optim.AdamW:
 
     Each group keeps its peak rate as `initial_lr`; `set_learning_rate` scales it.
     """
-    groups = model.parameter_groups(lr=lr, setvae_lr_factor=train["setvae_lr_factor"])
+    groups = model.parameter_groups(
+        lr=lr, setvae_lr_factor=train["setvae_lr_factor"], wide_lr_factor=train["wide_lr_factor"]
+    )
     for group in groups:
         group["initial_lr"] = group["lr"]
     # fused on CUDA: one kernel instead of ~10 per parameter tensor (the step was a third
@@ -23,10 +25,10 @@ def build_optimizer(model, train: dict, lr: float) -> torch.optim.AdamW:
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> float:
-    """Every group at its peak rate x `factor`; returns the main (largest) rate."""
+    """Every group at its peak rate x `factor`; returns the main rate (the `rest` group's)."""
     for group in optimizer.param_groups:
         group["lr"] = group["initial_lr"] * factor
-    return max(group["lr"] for group in optimizer.param_groups)
+    return next(group["lr"] for group in optimizer.param_groups if group.get("name") == "rest")
 
 
 def class_weights(labels: np.ndarray, rule: str) -> tuple[float, float] | None:

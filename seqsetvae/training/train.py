@@ -67,6 +67,7 @@ class Trainer:
     ) -> None:
         from seqsetvae.model import ModelConfig, SeqSetVAE
         from seqsetvae.runtime.dataset import ShardBatches
+        from seqsetvae.training.wide_start import apply_wide_start, fit_wide_start
 
         self.args, self.settings, self.device, self.threads, self.seed = args, settings, device, threads, seed
         self.world = world
@@ -103,7 +104,17 @@ class Trainer:
         self.lr_multiplier = train.get("lr_multiplier", 1.0)  # this run's point of train.lr_grid
         self.lr = scaled_lr(train, args.batch_size)
         config = ModelConfig.from_settings(settings["model"])
-        self.model = SeqSetVAE(config, self.embedding, class_weights(self.train_batches.labels, train["class_weights"]))
+        weights = class_weights(self.train_batches.labels, train["class_weights"])
+        self.model = SeqSetVAE(config, self.embedding, weights)
+        if train["wide_start"] == "regression":  # seqsetvae.training.wide_start
+            start = fit_wide_start(Path(args.shards), train["wide_start_c_grid"], max_iter=2000)
+            apply_wide_start(self.model, start, self.n_train, weights)
+            edge = ", the grid's end" if start.at_grid_edge else ""
+            if world.is_main:
+                print(
+                    f"train: the wide path starts at the logistic regression (C {start.c:g}{edge}; "
+                    f"validation AUROC {start.val_auroc if start.val_auroc is None else round(start.val_auroc, 4)})"
+                )
         self.model.to(device)
         # validation, the best weights and evaluation read an average of the weights
         # (seqsetvae.training.averaging); the optimiser trains the model itself

@@ -1,0 +1,91 @@
+"""`train.wide_start: regression`: the wide path starts where the logistic regression ends.
+
+With `model.wide: summaries` the classifier's logits are the deep head's plus a linear map
+of the patient's standardised summaries, the logistic-regression baseline's own features.
+From zero, that map needs most of the budget to reach what the regression reaches in a
+second, and at small batch sizes the deep path overfits before it gets there
+(docs/learning_on_real_data.md, round eight). This fits the baseline's regression on the
+train split (C chosen on the validation split, as the `baseline` rule does; no test data)
+and copies it into the model: the scaler's moments into the running moments, the
+coefficients into the wide Linear, and the deep head's last Linear to zero, so that the
+untrained model's scores are the regression's and training learns what the network adds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seqsetvae.errors import InputError
+
+
+@dataclass(frozen=True)
+class WideStart:
+    mean: np.ndarray  # [F] the standardiser's mean
+    variance: np.ndarray  # [F] its (population) variance
+    coef: np.ndarray  # [1 or K, F] on standardised features
+    intercept: np.ndarray  # [1 or K]
+    c: float
+    val_auroc: float | None
+    at_grid_edge: bool
+
+
+def fit_wide_start(shards: Path, c_grid: list[float], max_iter: int) -> WideStart:
+    """The baseline's logistic regression on `shards`' train split, C chosen on valid."""
+    from seqsetvae.evaluation.baseline import fit_baseline, split_features
+
+    data = {split: split_features(shards, split) for split in ("train", "valid")}
+    if len(np.unique(data["train"][1])) < 2:
+        raise InputError(f"{shards}/train: train.wide_start: regression needs both classes in the train split")
+    pipeline, chosen = fit_baseline("logistic_regression", data, {"lr_c_grid": c_grid, "lr_max_iter": max_iter}, 0)
+    _, scaler, regression = (step for _, step in pipeline.steps)
+    return WideStart(
+        mean=scaler.mean_,
+        variance=scaler.var_,
+        coef=regression.coef_,
+        intercept=regression.intercept_,
+        c=float(chosen["C"]),
+        val_auroc=chosen["val_auroc"],
+        at_grid_edge=bool(chosen.get("at_grid_edge", False)),
+    )
+
+
+@torch.no_grad()
+def apply_wide_start(model: torch.nn.Module, start: WideStart, n_train: int, class_weights) -> None:
+    """Copy `start` into `model.classifier` (a SeqSetVAE built with `model.wide: summaries`).
+
+    The model's softmax logits l_k with weighted cross-entropy have their optimum at
+    log p(k | x) + log w_k: the class weights' logarithms join the biases. A binary
+    regression's logit is split symmetrically over the two classes.
+    """
+    classifier = model.classifier
+    if classifier.wide is None:
+        raise InputError("configuration key train.wide_start: regression needs model.wide: summaries")
+    linear = classifier.wide[1]
+    classes, features = linear.weight.shape
+    if start.coef.shape[-1] != features:
+        raise InputError(
+            f"train.wide_start: the regression has {start.coef.shape[-1]} features, the wide path {features}"
+        )
+    coef = torch.as_tensor(start.coef, dtype=torch.float64)
+    intercept = torch.as_tensor(start.intercept, dtype=torch.float64)
+    if coef.shape[0] == 1:  # binary: logit = l_1 - l_0
+        if classes != 2:
+            raise InputError(f"train.wide_start: a binary regression for a model with {classes} classes")
+        coef = torch.cat([-coef / 2, coef / 2])
+        intercept = torch.cat([-intercept / 2, intercept / 2])
+    if class_weights is not None:
+        intercept = intercept + torch.tensor([math.log(w) for w in class_weights], dtype=torch.float64)
+    linear.weight.copy_(coef.to(linear.weight.dtype))
+    linear.bias.copy_(intercept.to(linear.bias.dtype))
+    mean = torch.as_tensor(start.mean, dtype=torch.float64)
+    mean_square = torch.as_tensor(start.variance, dtype=torch.float64) + mean.square()
+    classifier.summary_moments.copy_(torch.cat([mean, mean_square]).to(classifier.summary_moments.dtype))
+    classifier.summary_patients_seen.fill_(float(n_train))
+    head = classifier.mlp[-1]
+    head.weight.zero_()
+    head.bias.zero_()
