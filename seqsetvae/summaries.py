@@ -28,9 +28,9 @@ def summary_width(vocab_size: int) -> int:
 
 
 @torch.no_grad()
-def patient_summaries(batch: Batch, vocab_size: int) -> torch.Tensor:
-    """float32 [B, 4 V + 3] (B: the batch's rows, padding included), columns in the
-    order of seqsetvae.evaluation.baseline.feature_names."""
+def patient_summaries(batch: Batch, vocab_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[B, 4 V + 3] (B: the batch's rows, padding included), columns in the order of
+    seqsetvae.evaluation.baseline.feature_names; computed in float64, returned in `dtype`."""
     V = vocab_size
     B = batch.sets_per_patient.shape[0]
     device = batch.values.device
@@ -63,4 +63,4 @@ def patient_summaries(batch: Batch, vocab_size: int) -> torch.Tensor:
         ],
         dim=-1,
     )
-    return features.float()
+    return features.to(dtype)

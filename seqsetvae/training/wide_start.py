@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from seqsetvae.errors import InputError
+from seqsetvae.summaries import patient_summaries
 
 
 @dataclass(frozen=True)
@@ -35,22 +36,41 @@ class WideStart:
 
 
 def fit_wide_start(shards: Path, c_grid: list[float], max_iter: int) -> WideStart:
-    """The baseline's logistic regression on `shards`' train split, C chosen on valid."""
-    from seqsetvae.evaluation.baseline import fit_baseline, split_features
+    """The baseline rule's logistic regression (seqsetvae.evaluation.baseline: standardised
+    summaries, C with the best validation AUROC, the first on ties) fitted on `shards`'
+    train split; the features are the wide path's own (seqsetvae.summaries)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
 
-    data = {split: split_features(shards, split) for split in ("train", "valid")}
-    if len(np.unique(data["train"][1])) < 2:
+    from seqsetvae.runtime.dataset import ShardBatches
+
+    data = {}
+    for split in ("train", "valid"):
+        batches = ShardBatches(str(shards), split)
+        summaries = patient_summaries(batches(np.arange(len(batches))), batches.reader.vocab_size, torch.float64)
+        data[split] = (summaries.numpy(), batches.labels.astype(np.int64))
+    (x_train, y_train), (x_valid, y_valid) = data["train"], data["valid"]
+    if len(np.unique(y_train)) < 2:
         raise InputError(f"{shards}/train: train.wide_start: regression needs both classes in the train split")
-    pipeline, chosen = fit_baseline("logistic_regression", data, {"lr_c_grid": c_grid, "lr_max_iter": max_iter}, 0)
-    _, scaler, regression = (step for _, step in pipeline.steps)
+    scaler = StandardScaler().fit(x_train)
+    x_train, x_valid = scaler.transform(x_train), scaler.transform(x_valid)
+    two_classes = len(np.unique(y_valid)) == 2
+    best = None
+    for c in c_grid:
+        regression = LogisticRegression(C=c, max_iter=max_iter).fit(x_train, y_train)
+        auroc = float(roc_auc_score(y_valid, regression.predict_proba(x_valid)[:, 1])) if two_classes else None
+        if best is None or (auroc is not None and auroc > best[2]):
+            best = (c, regression, auroc)
+    c, regression, auroc = best
     return WideStart(
         mean=scaler.mean_,
         variance=scaler.var_,
         coef=regression.coef_,
         intercept=regression.intercept_,
-        c=float(chosen["C"]),
-        val_auroc=chosen["val_auroc"],
-        at_grid_edge=bool(chosen.get("at_grid_edge", False)),
+        c=float(c),
+        val_auroc=auroc,
+        at_grid_edge=len(c_grid) > 1 and c in (min(c_grid), max(c_grid)),
     )
 
 
