@@ -4,7 +4,8 @@ other path's last Linear set to zero (docs/learning_on_real_data.md, round six).
 
     python scripts/ablate_paths.py --run results/runs/bs16/lr1/seed0 --results results --split valid
 
-`--run` holds the run's `best.safetensors` and `run_config.json`; `--results` the
+`--run` holds the run's `best.safetensors` (or, with `--weights final`, the last
+weights, `final.safetensors`) and `run_config.json`; `--results` the
 shards and embedding it trained on. Prints one line: AUROC with both paths, the deep
 path alone and the wide path alone.
 """
@@ -32,6 +33,9 @@ def main() -> int:
     parser.add_argument("--results", required=True, type=Path)
     parser.add_argument("--split", default="valid", choices=("train", "valid", "test"))
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--weights", default="best", choices=("best", "final"), help="the best validation point's or the last ones"
+    )
     args = parser.parse_args()
     run_config = json.loads((args.run / "run_config.json").read_text())
     if run_config["model"].get("wide") != "summaries":
@@ -41,7 +45,7 @@ def main() -> int:
     weights = LossWeights.at_evaluation(load_settings({"model": run_config["model"]})["model"])
     aurocs = {}
     for name in ("both", "deep", "wide"):
-        model = load_model(run_config, embedding, args.run / "best.safetensors", torch.device("cpu"))
+        model = load_model(run_config, embedding, args.run / f"{args.weights}.safetensors", torch.device("cpu"))
         silenced = {"deep": model.classifier.wide[-1], "wide": model.classifier.mlp[-1]}.get(name)
         probabilities = np.empty(len(batches))
         with torch.no_grad():
@@ -52,7 +56,7 @@ def main() -> int:
                 rows = np.arange(start, min(start + args.batch_size, len(batches)))
                 probabilities[rows] = torch.softmax(model(batches(rows), weights).logits, -1)[:, 1].numpy()
         aurocs[name] = roc_auc_score(batches.labels, probabilities)
-    print(f"{args.run} {args.split}: " + ", ".join(f"{name} {auroc:.4f}" for name, auroc in aurocs.items()))
+    print(f"{args.run} {args.weights} {args.split}: " + ", ".join(f"{name} {auroc:.4f}" for name, auroc in aurocs.items()))
     return 0
 
 
