@@ -19,11 +19,18 @@ from seqsetvae.training.lr_grid import choose, multiplier_tag
 
 
 def summary(
-    multiplier: float, seed: int, auroc: float | None, loss: float = 0.5, batch_size: int = 4
+    multiplier: float,
+    seed: int,
+    auroc: float | None,
+    loss: float = 0.5,
+    batch_size: int = 4,
+    ce: float | None = None,
+    keep: str | None = None,
 ) -> tuple[Path, dict]:
     path = Path(f"grid_runs/bs{batch_size}/lr{multiplier:g}/seed{seed}/metrics.json")
-    best = {"val_auroc": auroc, "val_loss": loss}
+    best = {"val_auroc": auroc, "val_loss": loss, "val_ce": ce}
     return path, {
+        **({"keep_weights": keep} if keep else {}),  # absent in runs of earlier versions
         "batch_size": batch_size,
         "seed": seed,
         "lr_multiplier": multiplier,
@@ -44,9 +51,29 @@ def test_the_best_seed_mean_validation_auroc_is_chosen():
         summary(2.0, 1, 0.60),
     ]
     choice = choose(4, [0.5, 1.0, 2.0], runs)
-    assert choice["chosen"] == {"multiplier": 1.0, "tag": "1", "peak_lr": 1e-3, "val_auroc_mean": pytest.approx(0.76)}
+    assert choice["chosen"] == {
+        "multiplier": 1.0,
+        "tag": "1",
+        "peak_lr": 1e-3,
+        "val_auroc_mean": pytest.approx(0.76),
+        "val_ce_mean": None,
+    }
     assert [c["val_auroc_mean"] for c in choice["candidates"]] == pytest.approx([0.70, 0.76, 0.70])
     assert choice["edge"] is None and choice["seeds"] == [0, 1] and choice["grid"] == [0.5, 1.0, 2.0]
+
+
+def test_runs_keeping_the_lowest_cross_entropy_are_compared_on_it():
+    keep = "lowest_cross_entropy"
+    runs = [summary(0.5, 0, 0.80, ce=0.30, keep=keep), summary(1.0, 0, 0.70, ce=0.20, keep=keep)]
+    runs += [summary(2.0, 0, 0.75, ce=0.20, keep=keep)]  # level with x1 on cross-entropy, higher AUROC
+    choice = choose(4, [0.5, 1.0, 2.0], runs)
+    assert choice["chosen"]["multiplier"] == 2.0 and choice["chosen"]["val_ce_mean"] == pytest.approx(0.20)
+    assert choice["rule"].startswith("the lowest seed-mean validation cross-entropy")
+    # the default rule on the same runs: AUROC
+    runs = [summary(0.5, 0, 0.80, ce=0.30), summary(1.0, 0, 0.70, ce=0.20), summary(2.0, 0, 0.75, ce=0.20)]
+    assert choose(4, [0.5, 1.0, 2.0], runs)["chosen"]["multiplier"] == 0.5
+    with pytest.raises(InputError, match=r"mixes runs that keep different points: \['best_auroc', 'last'\]"):
+        choose(4, [1.0, 2.0], [summary(1.0, 0, 0.7, keep="last"), summary(2.0, 0, 0.8, keep="best_auroc")])
 
 
 def test_ties_go_to_the_lower_validation_loss_then_to_the_rate_closer_to_the_rule():

@@ -653,3 +653,44 @@ def test_a_calibration_without_a_finite_fit_is_null_not_nan(tmp_path):
 
     assert finite({"a": float("nan"), "b": [1.0, float("inf")], "c": None}) == {"a": None, "b": [1.0, None], "c": None}
     assert report.fmt(None) == report.MISSING
+
+
+@pytest.mark.parametrize("keep", [None, "lowest_cross_entropy"])
+def test_the_learning_rate_grid_section_shows_what_the_choice_read(keep):
+    from seqsetvae.reports.study import lr_grid_summary
+
+    # AUROC prefers x2, cross-entropy x0.5: the section shows the numbers of the rule used
+    points = {0.5: (0.70, 0.20), 1.0: (0.72, 0.25), 2.0: (0.80, 0.30)}
+    summaries = [
+        (
+            Path(f"grid/bs4/lr{m:g}/seed0/metrics.json"),
+            {
+                "batch_size": 4,
+                "seed": 0,
+                "lr_multiplier": m,
+                "lr": 1e-3 * m,
+                "epochs": 1,
+                **({"keep_weights": keep} if keep else {}),
+                "best": {"val_auroc": auroc, "val_loss": 0.5, "val_ce": ce},
+            },
+        )
+        for m, (auroc, ce) in points.items()
+    ]
+    choice = lr_grid.choose(4, list(points), summaries)
+    study = {"lr_grid": lr_grid_summary([choice], {"train": {"lr_grid_epochs": 1}})}
+    rows = table("\n".join(report.lr_grid_section(study, "figures")), "## Learning-rate grid")
+    if keep is None:
+        assert list(rows.iloc[0]) == [
+            "4",
+            "0.700 (0.0005)",
+            "0.720 (0.001)",
+            "**0.800 (0.002)**",
+            "x2; the grid's highest rate: a wider grid may do better",
+        ]
+    else:
+        assert list(rows.iloc[0])[1:4] == [
+            "**0.700 / 0.200 (0.0005)**",
+            "0.720 / 0.250 (0.001)",
+            "0.800 / 0.300 (0.002)",
+        ]
+        assert "chosen: the lowest seed-mean validation cross-entropy" in "\n".join(report.lr_grid_section(study, "f"))

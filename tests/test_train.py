@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -85,6 +86,7 @@ VALIDATION_KEYS = {
     "epochs",
     "train_loss",
     "val_loss",
+    "val_ce",
     "val_auroc",
     "val_auprc",
     "train_time_s",
@@ -253,7 +255,7 @@ def test_outputs_and_their_contents(reference):
     assert [(r["step"], r["samples"]) for r in validations] == [(r["step"], r["samples"]) for r in first_reaching]
     assert [r["samples"] for r in validations][1::2] == [22, 44]  # epoch ends
     for r in validations:
-        assert 0 <= r["val_auroc"] <= 1 and 0 < r["val_auprc"] <= 1 and r["val_loss"] > 0
+        assert 0 <= r["val_auroc"] <= 1 and 0 < r["val_auprc"] <= 1 and r["val_loss"] > 0 and r["val_ce"] > 0
     # one noise-scale measurement per epoch, mid-epoch: before the step after the one reaching 11 (33) samples
     assert [(r["step"], r["b_small"], r["b_big"]) for r in noise] == [(first_reaching[k]["step"], 2, 4) for k in (0, 2)]
 
@@ -299,6 +301,46 @@ def test_same_seed_same_metrics(data, reference, tmp_path):
     assert _no_timing(_lines(tmp_path / "again")) == _no_timing(_lines(reference))
     a, b = load_file(str(reference / "final.safetensors")), load_file(str(tmp_path / "again" / "final.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("rule", ["lowest_cross_entropy", "last"])
+def test_the_kept_weights_are_the_validation_point_the_rule_names(data, reference, tmp_path, rule):
+    """train.keep_weights chooses which point best.safetensors holds; training is the same."""
+    from seqsetvae.evaluation.evaluate import load_model
+    from seqsetvae.model import LossWeights
+    from seqsetvae.runtime.dataset import ShardBatches
+    from seqsetvae.training.validation import validate
+
+    out = tmp_path / rule
+    assert _run(data, out, keep_weights=rule) == 0
+    a, b = load_file(str(reference / "final.safetensors")), load_file(str(out / "final.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    validations = [r for r in _lines(out) if r["kind"] == "validation"]
+    kept = min(validations, key=lambda r: (r["val_ce"], -r["val_auroc"])) if rule != "last" else validations[-1]
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["keep_weights"] == rule and summary["best"]["validation"] == kept["validation"]
+    assert summary["best"]["val_ce"] == kept["val_ce"] and summary["best_val_auroc"] == kept["val_auroc"]
+    # the kept weights score the validation split as that point did
+    run_config = json.loads((out / "run_config.json").read_text())
+    shards, embedding = data
+    model = load_model(
+        run_config, load_file(str(embedding))["embedding"], out / "best.safetensors", torch.device("cpu")
+    )
+    settings = load_settings({"model": run_config["model"], "train": run_config["train"]})
+    again = validate(
+        model,
+        ShardBatches(str(shards), "valid"),
+        16,
+        settings["train"],
+        torch.device("cpu"),
+        contextlib.nullcontext,
+        LossWeights.at_evaluation(settings["model"]),
+    )
+    assert again["val_ce"] == pytest.approx(kept["val_ce"], rel=1e-5)
+    assert again["val_auroc"] == pytest.approx(kept["val_auroc"])
+    if rule == "last":
+        best = load_file(str(out / "best.safetensors"))
+        assert all(torch.equal(best[k], b[k]) for k in b)
 
 
 def _assert_same_run(out: Path, reference: Path) -> None:

@@ -205,10 +205,18 @@ def calibration_table(study: dict) -> str:
     return markdown_table(header, rows)
 
 
+def grid_by_cross_entropy(grid: dict) -> bool:
+    """Whether the grid chose on the kept points' validation cross-entropy (runs with
+    train.keep_weights: lowest_cross_entropy) rather than their AUROC."""
+    return "cross-entropy" in (grid.get("rule") or "")
+
+
 def lr_grid_table(study: dict) -> str:
-    """Validation AUROC of every grid point (seed mean; the peak rate under it), the chosen
-    one in bold, a choice at the grid's edge marked."""
+    """Validation AUROC (and, when the grid chose on it, cross-entropy) of every grid point
+    at its runs' kept points (seed mean; the peak rate beside it), the chosen one in bold,
+    a choice at the grid's edge marked."""
     grid = study["lr_grid"]
+    by_cross_entropy = grid_by_cross_entropy(grid)
     header = ["batch size", *[f"x{m:g}" for m in grid["multipliers"]], "chosen"]
     rows = []
     for entry in grid["batch_sizes"]:
@@ -216,13 +224,13 @@ def lr_grid_table(study: dict) -> str:
         cells = [str(entry["batch_size"])]
         for m in grid["multipliers"]:
             c = by_multiplier.get(m)
-            text = (
-                MISSING
-                if c is None
-                else f"{fmt(c['val_auroc_mean'])} ({c['peak_lr']:.2g})"
-                if c["peak_lr"]
-                else fmt(c["val_auroc_mean"])
-            )
+            text = MISSING
+            if c is not None:
+                text = fmt(c["val_auroc_mean"])
+                if by_cross_entropy:
+                    text += f" / {fmt(c.get('val_ce_mean'))}"
+                if c["peak_lr"]:
+                    text += f" ({c['peak_lr']:.2g})"
             cells.append(f"**{text}**" if m == entry["chosen"] else text)
         edge = f"; the grid's {entry['edge']} rate: a wider grid may do better" if entry["edge"] else ""
         cells.append(f"x{entry['chosen']:g}{edge}")
@@ -301,8 +309,8 @@ def protocol_sentences(study: dict) -> list[str]:
         rate = (
             f"at the peak learning rate chosen for it from a grid of {', '.join(f'x{m:g}' for m in grid['multipliers'])} "
             f"the rule's {rule}: each rate trained at seed(s) {', '.join(map(str, grid['seeds']))} for "
-            f"{grid['epochs']} epoch(s), the rate with the best seed-mean validation AUROC chosen (ties: the lower "
-            f"validation loss), and only the chosen rate's runs scored on the test split ({chosen})"
+            f"{grid['epochs']} epoch(s), the rate with {grid['rule']} chosen, and only the chosen rate's runs scored "
+            f"on the test split ({chosen})"
         )
     else:
         rate = f"at a peak learning rate of {rule}"
@@ -525,8 +533,9 @@ def lr_grid_section(study: dict, figures_rel: str) -> list[str]:
     return [
         "## Learning-rate grid",
         "",
-        f"Best validation AUROC of each rate (mean over seed(s) {seeds}, {grid['epochs']} epoch(s) of training; the peak "
-        "learning rate in brackets). Chosen on the validation split only; the test split was not used for any choice.",
+        f"Validation AUROC{' / cross-entropy' if grid_by_cross_entropy(grid) else ''} of each rate at its runs' kept "
+        f"points (mean over seed(s) {seeds}, {grid['epochs']} epoch(s) of training; the peak learning rate in brackets); "
+        f"chosen: {grid['rule']}. Chosen on the validation split only; the test split was not used for any choice.",
         "",
         lr_grid_table(study),
         "",

@@ -172,7 +172,7 @@ def lr_grid(study: dict, path: Path) -> None:
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("peak learning rate")
-    ax.set_ylabel("validation AUROC (best point, seed mean)")
+    ax.set_ylabel("validation AUROC (kept point, seed mean)")
     ax.set_title(f"Learning-rate grid over {grid.get('epochs')} epoch(s) (chosen: circled)")
     ax.grid(alpha=0.3, which="both")
     if grid["batch_sizes"]:

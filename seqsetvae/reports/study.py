@@ -326,8 +326,15 @@ def lr_grid_summary(choices: list[dict], settings: dict) -> dict:
                 "edge": c["edge"],
                 "candidates": [
                     {
-                        key: cand[key]
-                        for key in ("multiplier", "peak_lr", "val_auroc", "val_auroc_mean", "val_loss_mean")
+                        key: cand.get(key)  # val_ce_mean: absent in choices of earlier versions
+                        for key in (
+                            "multiplier",
+                            "peak_lr",
+                            "val_auroc",
+                            "val_auroc_mean",
+                            "val_loss_mean",
+                            "val_ce_mean",
+                        )
                     }
                     for cand in c["candidates"]
                 ],

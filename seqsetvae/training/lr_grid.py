@@ -6,11 +6,13 @@
 `train.lr_grid` lists multipliers of the rule's peak rate (`train.lr` x the batch-size
 scaling); the first `train.lr_grid_seeds` seeds train at every one of them (for
 `train.lr_grid_epochs`, or the whole budget). This stage reads those runs' summaries only
-(`metrics.json`: the best validation AUROC of each run and the validation loss at that
-point; training never reads the test split) and chooses the multiplier with the best
-mean over seeds of the best validation AUROC, ties broken by the lower mean validation
-loss, then by the multiplier closer to 1. A choice at the grid's lowest or highest
-multiplier is flagged: a wider grid may do better there.
+(`metrics.json`: each run's kept validation point, `train.keep_weights`, with its
+validation AUROC, loss and cross-entropy; training never reads the test split) and
+chooses the multiplier with the best mean over seeds of the kept point's validation
+AUROC, ties broken by the lower mean validation loss, then by the multiplier closer to
+1; runs that keep the lowest cross-entropy are compared on that cross-entropy instead
+(ties by the higher AUROC). A choice at the grid's lowest or highest multiplier is
+flagged: a wider grid may do better there.
 """
 
 from __future__ import annotations
@@ -22,7 +24,10 @@ from pathlib import Path
 from seqsetvae.errors import InputError
 from seqsetvae.io import read_json, write_json, writer_of
 
-RULE = "the best seed-mean validation AUROC (each run's best point), ties by the lower validation loss"
+RULES = {
+    "auroc": "the best seed-mean validation AUROC (each run's kept point), ties by the lower validation loss",
+    "cross_entropy": "the lowest seed-mean validation cross-entropy (each run's kept point), ties by the higher AUROC",
+}
 
 
 def multiplier_tag(multiplier: float) -> str:
@@ -48,6 +53,10 @@ def choose(batch_size: int, grid: list[float], summaries: list[tuple[Path, dict]
             raise InputError(f"{path}: a second run of multiplier {key[0]}, seed {key[1]}")
         found[key] = summary
     seeds = sorted({seed for _, seed in found})
+    keep = {summary.get("keep_weights", "best_auroc") for summary in found.values()}
+    if len(keep) > 1:
+        raise InputError(f"the grid of batch size {batch_size} mixes runs that keep different points: {sorted(keep)}")
+    by = "cross_entropy" if keep == {"lowest_cross_entropy"} else "auroc"
     candidates = []
     for multiplier in sorted(float(m) for m in grid):
         tag = multiplier_tag(multiplier)
@@ -58,6 +67,7 @@ def choose(batch_size: int, grid: list[float], summaries: list[tuple[Path, dict]
         runs = [run for run in runs if run is not None]
         aurocs = [_finite((run.get("best") or {}).get("val_auroc")) for run in runs]
         losses = [_finite((run.get("best") or {}).get("val_loss")) for run in runs]
+        entropies = [_finite((run.get("best") or {}).get("val_ce")) for run in runs]
         candidates.append(
             {
                 "multiplier": multiplier,
@@ -68,17 +78,18 @@ def choose(batch_size: int, grid: list[float], summaries: list[tuple[Path, dict]
                 # a run without a finite validation AUROC ranks last
                 "val_auroc_mean": None if not aurocs or None in aurocs else sum(aurocs) / len(aurocs),
                 "val_loss_mean": None if not losses or None in losses else sum(losses) / len(losses),
+                "val_ce_mean": None if not entropies or None in entropies else sum(entropies) / len(entropies),
                 "epochs": runs[0].get("epochs") if runs else None,
             }
         )
 
     def rank(candidate: dict) -> tuple:
-        auroc, loss = candidate["val_auroc_mean"], candidate["val_loss_mean"]
-        return (
-            -(auroc if auroc is not None else -math.inf),
-            loss if loss is not None else math.inf,
-            abs(math.log(candidate["multiplier"])),
-        )
+        auroc, loss, entropy = candidate["val_auroc_mean"], candidate["val_loss_mean"], candidate["val_ce_mean"]
+        auroc = -(auroc if auroc is not None else -math.inf)
+        closeness = abs(math.log(candidate["multiplier"]))
+        if by == "cross_entropy":
+            return (entropy if entropy is not None else math.inf, auroc, closeness)
+        return (auroc, loss if loss is not None else math.inf, closeness)
 
     chosen = min(candidates, key=rank)
     edge = None
@@ -90,9 +101,9 @@ def choose(batch_size: int, grid: list[float], summaries: list[tuple[Path, dict]
         "batch_size": batch_size,
         "grid": [c["multiplier"] for c in candidates],
         "seeds": seeds,
-        "rule": RULE if len(candidates) > 1 else "one rate: nothing to choose",
+        "rule": RULES[by] if len(candidates) > 1 else "one rate: nothing to choose",
         "candidates": candidates,
-        "chosen": {key: chosen[key] for key in ("multiplier", "tag", "peak_lr", "val_auroc_mean")},
+        "chosen": {key: chosen[key] for key in ("multiplier", "tag", "peak_lr", "val_auroc_mean", "val_ce_mean")},
         "edge": edge,
     }
 

@@ -61,6 +61,7 @@ def write_outputs(trainer: Trainer) -> None:
         "lr_multiplier": trainer.lr_multiplier,
         "lr_scaling": train["lr_scaling"],
         "max_events_per_batch": train["max_events_per_batch"],
+        "keep_weights": train["keep_weights"],  # which validation point `best` is
     }
     summary = state.summary(trainer.wall_time(), train["noise_scale"]["patients"])
     write_json(out / "metrics.json", {**context, **summary})

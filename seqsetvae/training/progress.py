@@ -12,7 +12,7 @@ from seqsetvae.training.noise_scale import simple_noise_scale
 
 
 def _no_best() -> dict:
-    return {"validation": None, "epoch": None, "step": None, "val_auroc": None, "val_loss": None}
+    return {"validation": None, "epoch": None, "step": None, "val_auroc": None, "val_loss": None, "val_ce": None}
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Scoring a split during training, and which validation point's weights to keep."""
+"""Scoring a split during training, and which validation point's weights to keep
+(train.keep_weights)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ VALIDATION_BATCH_SIZE = 16  # patients per validation batch at the least (train.
 
 @torch.no_grad()
 def validate(model, batches, batch_size: int, train: dict, device, autocast, weights) -> dict:
-    """Loss (evaluation weights), AUROC and AUPRC over a split, in length order."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    """Loss (evaluation weights), the probabilities' cross-entropy, AUROC and AUPRC over a
+    split, in length order."""
+    from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
     if len(batches) == 0:
-        return {"val_loss": None, "val_auroc": None, "val_auprc": None}
+        return {"val_loss": None, "val_ce": None, "val_auroc": None, "val_auprc": None}
     sampler = LengthGroupedBatchSampler(
         batches.lengths,
         batch_size,
@@ -47,17 +49,30 @@ def validate(model, batches, batch_size: int, train: dict, device, autocast, wei
     both_classes = len(np.unique(labels)) == 2
     return {
         "val_loss": loss_sum / len(labels),
+        # of the probabilities as they are (no label smoothing, no class weights): what
+        # train.keep_weights: lowest_cross_entropy reads
+        "val_ce": float(log_loss(labels, scores.astype(np.float64), labels=[0, 1])),
         "val_auroc": float(roc_auc_score(labels, scores)) if both_classes else None,
         "val_auprc": float(average_precision_score(labels, scores)) if labels.any() else None,
     }
 
 
-def is_better(result: dict, best: dict) -> bool:
-    """Higher validation AUROC wins, ties to the lower loss; no validation: the latest."""
-    if best["validation"] is None or result["val_loss"] is None:
+KEEP_RULES = {
+    "best_auroc": "the best validation AUROC, ties to the lower validation loss",
+    "lowest_cross_entropy": "the lowest validation cross-entropy of the probabilities, ties to the higher AUROC",
+    "last": "the last validation point (the budget's end)",
+}
+
+
+def is_better(result: dict, best: dict, rule: str = "best_auroc") -> bool:
+    """Whether a validation point's weights replace the kept ones under `rule`
+    (train.keep_weights, KEEP_RULES); no validation split: the latest."""
+    if rule == "last" or best["validation"] is None or result["val_loss"] is None:
         return True
-    key = lambda r: (-math.inf if r["val_auroc"] is None else r["val_auroc"], -r["val_loss"])  # noqa: E731
-    return key(result) > key(best)
+    auroc = lambda r: -math.inf if r["val_auroc"] is None else r["val_auroc"]  # noqa: E731
+    if rule == "lowest_cross_entropy" and best.get("val_ce") is not None:
+        return (-result["val_ce"], auroc(result)) > (-best["val_ce"], auroc(best))
+    return (auroc(result), -result["val_loss"]) > (auroc(best), -best["val_loss"])
 
 
 def validation_point(trainer: Trainer) -> None:
@@ -93,7 +108,7 @@ def validation_point(trainer: Trainer) -> None:
         "wall_time_s": trainer.wall_time(),
     }
     trainer.recorder.record(line)
-    if is_better(result, state.best):
+    if is_better(result, state.best, trainer.train["keep_weights"]):
         epoch, step = trainer.sampler.epoch + (trainer.sampler.position > 0), state.step
         state.best = {"validation": state.validations, "epoch": epoch, "step": step, **result}
         state.best.pop("val_auprc")
