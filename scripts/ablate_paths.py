@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """AUROC of a trained run with `model.wide: summaries` through each path alone: the
-other path's last Linear set to zero (docs/learning_on_real_data.md, round six).
+other path's last Linear set to zero (docs/learning_rounds.md, round six).
 
     python scripts/ablate_paths.py --run results/runs/bs16/lr1/seed0 --results results --split valid
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Linear probes of a model's per-patient features: is the label in the network, and
-where (docs/learning_on_real_data.md, round three)?
+where (docs/learning_rounds.md, round three)?
 
     python scripts/probe_features.py --results work/dev/results [--run work/dev/results/runs/bs16/seed0]
         [--set '{"token": "value_and_variable"}']

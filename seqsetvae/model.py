@@ -242,7 +242,7 @@ class Classifier(nn.Module):
         d = c.latent_dim
         self.centered = c.readout == "centered"
         width = 3 * d if self.centered else 2 * d
-        if c.head == "linear":  # deviation (docs/learning_on_real_data.md): one linear map of the features
+        if c.head == "linear":  # deviation (docs/learning_rounds.md, round four): one linear map of the features
             self.mlp = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(width, c.num_classes))
         else:
             self.mlp = nn.Sequential(
@@ -254,7 +254,7 @@ class Classifier(nn.Module):
         self.vocab_size = vocab_size
         self.wide, self.wide_l2 = None, c.wide_l2
         if c.wide == "summaries":
-            # deviation (model.wide; docs/learning_on_real_data.md, round six): the logistic
+            # deviation (model.wide; docs/learning_rounds.md, round six): the logistic
             # regression's inputs, standardised by running moments over training patients;
             # zero at the start, so training begins from the deep path alone
             summaries = summary_width(vocab_size)
@@ -303,7 +303,7 @@ class Classifier(nn.Module):
         last = h.index_select(0, torch.cumsum(batch.sets_per_patient, 0) - 1)  # [B, d]
         if not self.centered:
             return self.mlp(torch.cat([pooled, last], dim=-1))
-        # deviation (model.readout: centered; docs/learning_on_real_data.md): the features
+        # deviation (model.readout: centered; docs/learning_rounds.md, round three): the features
         # share a large component across patients (layer-normed states, means over ~24
         # sets) beside a small patient-to-patient spread; Adam's steps on uncentred inputs
         # go mostly into that shared part, and in a few epochs the MLP barely learnt to read

@@ -1,6 +1,6 @@
 """Per-patient summaries of a batch's measurements, in torch: what the wide path reads.
 
-`model.wide: summaries` (docs/learning_on_real_data.md, round six) gives the classifier
+`model.wide: summaries` (docs/learning_rounds.md, round six) gives the classifier
 a linear path on the same features the logistic-regression baseline reads
 (seqsetvae.evaluation.baseline.patient_features), computed from the packed batch:
 

@@ -4,7 +4,7 @@ With a few dozen positive patients in a validation split, the weights of one ste
 noisy draw around where training is heading: the validation AUROC of consecutive points
 jumps by 0.05-0.1, and the "best" point is partly luck. Averaging the weights over the
 last fraction of an epoch removes most of that noise (Polyak averaging; docs/
-learning_on_real_data.md measures it). Validation, the best checkpoint and therefore
+learning_rounds.md, round four, measures it). Validation, the best checkpoint and therefore
 evaluation use the averaged weights; the optimiser trains the raw ones.
 
 The time constant is in epochs (patients seen / train patients), so every batch size

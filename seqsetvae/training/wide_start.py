@@ -4,7 +4,7 @@ With `model.wide: summaries` the classifier's logits are the deep head's plus a 
 of the patient's standardised summaries, the logistic-regression baseline's own features.
 From zero, that map needs most of the budget to reach what the regression reaches in a
 second, and at small batch sizes the deep path overfits before it gets there
-(docs/learning_on_real_data.md, round eight). This fits the baseline's regression on the
+(docs/learning_rounds.md, round eight). This fits the baseline's regression on the
 train split (C chosen on the validation split, as the `baseline` rule does; no test data)
 and copies it into the model: the scaler's moments into the running moments, the
 coefficients into the wide Linear, and the deep head's last Linear to zero, so that the
