@@ -56,7 +56,9 @@ def main() -> int:
                 rows = np.arange(start, min(start + args.batch_size, len(batches)))
                 probabilities[rows] = torch.softmax(model(batches(rows), weights).logits, -1)[:, 1].numpy()
         aurocs[name] = roc_auc_score(batches.labels, probabilities)
-    print(f"{args.run} {args.weights} {args.split}: " + ", ".join(f"{name} {auroc:.4f}" for name, auroc in aurocs.items()))
+    print(
+        f"{args.run} {args.weights} {args.split}: " + ", ".join(f"{name} {auroc:.4f}" for name, auroc in aurocs.items())
+    )
     return 0
 
 
