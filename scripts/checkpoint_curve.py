@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from sklearn.metrics import log_loss, roc_auc_score
+from tune_run import add_run_arguments, train_arguments  # scripts/, this script's folder
 
 from seqsetvae.evaluation.evaluate import load_model
 from seqsetvae.model import LossWeights
@@ -32,8 +31,6 @@ from seqsetvae.runtime.device import load_embedding
 from seqsetvae.runtime.weights import save_weights
 from seqsetvae.settings import load_settings
 from seqsetvae.training import train, validation
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def scores(model, batches: ShardBatches, weights: LossWeights, batch_size: int = 64) -> np.ndarray:
@@ -48,19 +45,8 @@ def scores(model, batches: ShardBatches, weights: LossWeights, batch_size: int =
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", required=True, type=Path, help="the development cohort's results folder")
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", default="{}", help="JSON: {model: {...}, train: {...}} over config.yaml")
-    parser.add_argument("--out", type=Path, default=Path("work/tuning"))
-    parser.add_argument("--threads", type=int, default=2)
+    add_run_arguments(parser)
     args = parser.parse_args()
-    base = yaml.safe_load((ROOT / "config.yaml").read_text())
-    overrides = json.loads(args.set)
-    model_section = {**base["model"], **overrides.get("model", {})}
-    train_section = {k: v for k, v in base["train"].items() if k not in ("batch_sizes", "seeds")}
-    train_section |= {"validations_per_epoch": 2, "noise_scale": {"per_epoch": 0}} | overrides.get("train", {})
     out = args.out / args.name / f"bs{args.batch_size}_s{args.seed}"
     points = out / "points"
     points.mkdir(parents=True, exist_ok=True)
@@ -73,24 +59,7 @@ def main() -> int:
 
     validation.validation_point = keeping_every_point
     if not (out / "run_config.json").exists():
-        train.main(
-            [
-                "--settings",
-                json.dumps({"model": model_section, "train": train_section}),
-                "--shards",
-                str(args.results / "shards"),
-                "--embedding",
-                str(args.results / "embedding" / "embedding.safetensors"),
-                "--batch-size",
-                str(args.batch_size),
-                "--seed",
-                str(args.seed),
-                "--out",
-                str(out),
-                "--threads",
-                str(args.threads),
-            ]
-        )
+        train.main(train_arguments(args, out))
 
     run_config = json.loads((out / "run_config.json").read_text())
     embedding = load_embedding(args.results / "embedding" / "embedding.safetensors")

@@ -25,8 +25,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of one development run (shared with scripts/checkpoint_curve.py)."""
     parser.add_argument("--results", required=True, type=Path, help="the development cohort's results folder")
     parser.add_argument("--name", required=True)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -34,36 +34,43 @@ def main() -> int:
     parser.add_argument("--set", default="{}", help="JSON: {model: {...}, train: {...}} over config.yaml")
     parser.add_argument("--out", type=Path, default=Path("work/tuning"))
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+
+
+def train_arguments(args: argparse.Namespace, out: Path) -> list[str]:
+    """`seqsetvae train`'s arguments for the run: config.yaml's model and train sections
+    with `--set` over them, 2 validations per epoch and no noise-scale measurements unless
+    `--set` says otherwise."""
     base = yaml.safe_load((ROOT / "config.yaml").read_text())
     overrides = json.loads(args.set)
     model = {**base["model"], **overrides.get("model", {})}
     train = {k: v for k, v in base["train"].items() if k not in ("batch_sizes", "seeds")}
     train |= {"validations_per_epoch": 2, "noise_scale": {"per_epoch": 0}} | overrides.get("train", {})
+    return [
+        "--settings",
+        json.dumps({"model": model, "train": train}),
+        "--shards",
+        str(args.results / "shards"),
+        "--embedding",
+        str(args.results / "embedding" / "embedding.safetensors"),
+        "--batch-size",
+        str(args.batch_size),
+        "--seed",
+        str(args.seed),
+        "--out",
+        str(out),
+        "--threads",
+        str(args.threads),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_run_arguments(parser)
+    args = parser.parse_args()
     out = args.out / args.name / f"bs{args.batch_size}_s{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    subprocess.run(
-        [
-            "seqsetvae",
-            "train",
-            "--settings",
-            json.dumps({"model": model, "train": train}),
-            "--shards",
-            str(args.results / "shards"),
-            "--embedding",
-            str(args.results / "embedding" / "embedding.safetensors"),
-            "--batch-size",
-            str(args.batch_size),
-            "--seed",
-            str(args.seed),
-            "--out",
-            str(out),
-            "--threads",
-            str(args.threads),
-        ],
-        check=True,
-    )
+    subprocess.run(["seqsetvae", "train", *train_arguments(args, out)], check=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     curve = [round(r["val_auroc"], 3) for r in rows if r.get("val_auroc") is not None]
     best = json.loads((out / "metrics.json").read_text())["best_val_auroc"]
