@@ -57,16 +57,9 @@ def validate(model, batches, batch_size: int, train: dict, device, autocast, wei
     }
 
 
-KEEP_RULES = {
-    "best_auroc": "the best validation AUROC, ties to the lower validation loss",
-    "lowest_cross_entropy": "the lowest validation cross-entropy of the probabilities, ties to the higher AUROC",
-    "last": "the last validation point (the budget's end)",
-}
-
-
 def is_better(result: dict, best: dict, rule: str = "best_auroc") -> bool:
     """Whether a validation point's weights replace the kept ones under `rule`
-    (train.keep_weights, KEEP_RULES); no validation split: the latest."""
+    (train.keep_weights: best_auroc, lowest_cross_entropy or last); no validation split: the latest."""
     if rule == "last" or best["validation"] is None or result["val_loss"] is None:
         return True
     auroc = lambda r: -math.inf if r["val_auroc"] is None else r["val_auroc"]  # noqa: E731
