@@ -69,9 +69,11 @@ def test_runs_keeping_the_lowest_cross_entropy_are_compared_on_it():
     choice = choose(4, [0.5, 1.0, 2.0], runs)
     assert choice["chosen"]["multiplier"] == 2.0 and choice["chosen"]["val_ce_mean"] == pytest.approx(0.20)
     assert choice["rule"].startswith("the lowest seed-mean validation cross-entropy")
+    assert choice["criterion"] == "cross_entropy"
     # the default rule on the same runs: AUROC
     runs = [summary(0.5, 0, 0.80, ce=0.30), summary(1.0, 0, 0.70, ce=0.20), summary(2.0, 0, 0.75, ce=0.20)]
     assert choose(4, [0.5, 1.0, 2.0], runs)["chosen"]["multiplier"] == 0.5
+    assert choose(4, [0.5, 1.0, 2.0], runs)["criterion"] == "auroc"
     with pytest.raises(InputError, match=r"mixes runs that keep different points: \['best_auroc', 'last'\]"):
         choose(4, [1.0, 2.0], [summary(1.0, 0, 0.7, keep="last"), summary(2.0, 0, 0.8, keep="best_auroc")])
 

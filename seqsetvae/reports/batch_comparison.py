@@ -208,7 +208,7 @@ def calibration_table(study: dict) -> str:
 def grid_by_cross_entropy(grid: dict) -> bool:
     """Whether the grid chose on the kept points' validation cross-entropy (runs with
     train.keep_weights: lowest_cross_entropy) rather than their AUROC."""
-    return "cross-entropy" in (grid.get("rule") or "")
+    return grid.get("criterion") == "cross_entropy"
 
 
 def lr_grid_table(study: dict) -> str:

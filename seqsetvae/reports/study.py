@@ -318,6 +318,7 @@ def lr_grid_summary(choices: list[dict], settings: dict) -> dict:
         "seeds": sorted({s for c in choices for s in c["seeds"]}),
         "epochs": train.get("lr_grid_epochs") or train.get("epochs"),
         "rule": choices[0]["rule"] if choices else None,
+        "criterion": choices[0].get("criterion", "auroc") if choices else None,  # absent before keep_weights
         "batch_sizes": [
             {
                 "batch_size": c["batch_size"],

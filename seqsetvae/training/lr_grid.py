@@ -102,6 +102,7 @@ def choose(batch_size: int, grid: list[float], summaries: list[tuple[Path, dict]
         "grid": [c["multiplier"] for c in candidates],
         "seeds": seeds,
         "rule": RULES[by] if len(candidates) > 1 else "one rate: nothing to choose",
+        "criterion": by,  # what the choice compared: auroc | cross_entropy
         "candidates": candidates,
         "chosen": {key: chosen[key] for key in ("multiplier", "tag", "peak_lr", "val_auroc_mean", "val_ce_mean")},
         "edge": edge,
