@@ -28,7 +28,7 @@ from seqsetvae.settings import load_settings
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--run", required=True, type=Path)
     parser.add_argument("--results", required=True, type=Path)
     parser.add_argument("--split", default="valid", choices=("train", "valid", "test"))

@@ -44,7 +44,7 @@ def scores(model, batches: ShardBatches, weights: LossWeights, batch_size: int =
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     add_run_arguments(parser)
     args = parser.parse_args()
     out = args.out / args.name / f"bs{args.batch_size}_s{args.seed}"

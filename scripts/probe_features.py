@@ -59,7 +59,7 @@ def features(model: SeqSetVAE, batches: ShardBatches, vocab: int, batch_size: in
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--results", required=True, type=Path, help="a pipeline results folder (after its shards)")
     parser.add_argument("--run", type=Path, default=None, help="a training run's folder (default: random weights)")
     parser.add_argument("--set", default="{}", help="JSON over config.yaml's model section (random weights only)")

@@ -64,7 +64,7 @@ def train_arguments(args: argparse.Namespace, out: Path) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     add_run_arguments(parser)
     args = parser.parse_args()
     out = args.out / args.name / f"bs{args.batch_size}_s{args.seed}"

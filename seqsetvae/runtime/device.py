@@ -102,9 +102,11 @@ def autocast(precision: str, device: torch.device):
 
 def compiled_step(setting: str | bool, device: torch.device) -> str | None:
     """`train.compile` resolved: None (eager), or the torch.compile mode of the step.
-    On CUDA "reduce-overhead": CUDA graphs, whose replays skip the per-kernel launch cost
-    of a step of ~1,500 small kernels. On a CPU the default mode: `auto` leaves it off
-    there, where compiling costs minutes for a step at most ~1.15x faster (docs/performance.md)."""
+    On CUDA "reduce-overhead": CUDA graphs, meant to skip the per-kernel launch cost of a
+    step of ~1,500 small kernels. On a CPU the default mode: `auto` leaves it off there,
+    where compiling costs minutes for a step at most ~1.15x faster. The schema's default is
+    off on both: on an H200 the eager step of config.yaml's model was the faster one from
+    batch size 16 up (docs/performance.md)."""
     on = device.type == "cuda" if setting == "auto" else bool(setting)
     if not on:
         return None
