@@ -34,6 +34,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", default="{}", help="JSON: {model: {...}, train: {...}} over config.yaml")
     parser.add_argument("--out", type=Path, default=Path("work/tuning"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--init-weights", type=Path, default=None, help="`seqsetvae pretrain`'s setvae.safetensors")
 
 
 def train_arguments(args: argparse.Namespace, out: Path) -> list[str]:
@@ -60,6 +61,7 @@ def train_arguments(args: argparse.Namespace, out: Path) -> list[str]:
         str(out),
         "--threads",
         str(args.threads),
+        *(["--init-weights", str(args.init_weights)] if args.init_weights else []),
     ]
 
 

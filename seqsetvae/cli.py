@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shards": ("seqsetvae.data.shards", "sets, truncation, length sorting, sharded tensors"),
     "qc": ("seqsetvae.data.qc", "merge the stages' row and patient counts into qc.json"),
     "meds-predictions": ("seqsetvae.data.formats.meds:predictions_main", "a run's test predictions in the MEDS layout"),
+    "pretrain": ("seqsetvae.training.pretrain", "pretrain the set VAE alone on the train split's sets"),
     "train": ("seqsetvae.training.train", "train SeqSetVAE at one batch size"),
     "choose-lr": ("seqsetvae.training.lr_grid", "the learning rate of one batch size, from its grid's validation"),
     "evaluate": ("seqsetvae.evaluation.evaluate", "test-split metrics of one trained run"),

@@ -464,6 +464,24 @@ class SeqSetVAE(nn.Module):
             "ce_per_patient": ce_per_patient,
         }
 
+    # the set VAE's modules: what `seqsetvae pretrain` trains and `train` starts from
+    SET_VAE_MODULES = ("reduce", "presence", "encoder", "decoder")
+
+    def set_vae_loss(self, batch: Batch, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The set VAE alone (the original's pretraining stage): every set of the batch is
+        encoded and reconstructed from its own latent, without the sequence model, so a
+        set is an item whatever its patient. Returns (Chamfer + beta x free-bits KL, the
+        Chamfer loss, the KL), each a mean over the real sets."""
+        tokens = self.tokens(batch)
+        mu, logvar = self.encoder(tokens, batch)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
+        recon = self.decoder(z, batch)
+        sets = batch.set_weight
+        recon_loss = (chamfer_per_set(recon, tokens.detach(), batch) * sets).sum() / sets.sum()
+        kl_set = kl_per_set(mu, logvar, free_bits=0.0).clamp(min=self.config.free_bits * mu.shape[-1])
+        kl = (kl_set * sets).sum() / sets.sum()
+        return recon_loss + beta * kl, recon_loss, kl
+
     def compile_step(self, mode: str | None = None) -> None:
         """Compile `padded_forward` (and, through AOTAutograd, its backward) with
         torch.compile: dynamic shapes, so batches of new sizes reuse the graph; `mode`

@@ -72,7 +72,12 @@ def _free_port() -> int:
 def _trainer(shards, embedding, out: Path, world, batch_size: int):
     torch.set_default_dtype(torch.float64)
     args = Namespace(
-        shards=str(shards), embedding=str(embedding), batch_size=batch_size, out=str(out), stop_after_steps=None
+        shards=str(shards),
+        embedding=str(embedding),
+        batch_size=batch_size,
+        out=str(out),
+        stop_after_steps=None,
+        init_weights=None,
     )
     settings = load_settings(SETTINGS)
     seed_everything(3)

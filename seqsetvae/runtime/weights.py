@@ -22,7 +22,13 @@ def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict | None
     One key only: safetensors writes several metadata keys in hash order, which would
     make the bytes of identical weights differ from run to run.
     """
-    tensors = model_tensors(model)
+    save_tensors(model.state_dict(), path, metadata)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> None:
+    """Tensors as safetensors, written atomically, with `metadata` and their checksum as
+    save_weights writes them."""
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}  # no shared storage
     with atomic_path(path) as tmp:
         meta = {"training": json.dumps({**(metadata or {}), "sha256": tensors_sha256(tensors)}, sort_keys=True)}
         save_file(tensors, str(tmp), metadata=meta)

@@ -189,10 +189,18 @@ def checkpoints_newest_first(directory: str | Path) -> list[Path]:
 
 
 def run_identity(
-    settings: dict, batch_size: int, seed: int, shards: Path, embedding: Path, device: torch.device, world_size: int = 1
+    settings: dict,
+    batch_size: int,
+    seed: int,
+    shards: Path,
+    embedding: Path,
+    device: torch.device,
+    world_size: int = 1,
+    init_weights: Path | None = None,
 ) -> str:
     """What a checkpoint must match to be continued: model, optimiser and schedule settings,
-    batch size, seed, data, device and world size; not the budget (`BUDGET`)."""
+    batch size, seed, data, the pretrained weights it started from, device and world size;
+    not the budget (`BUDGET`)."""
     train = {k: v for k, v in settings["train"].items() if k not in NOT_IN_FINGERPRINT and k not in BUDGET}
     index = shards / "index.json"
     payload = {
@@ -206,4 +214,6 @@ def run_identity(
     }
     if world_size > 1:  # absent for one process, so that the runs of earlier versions resume
         payload["world_size"] = world_size
+    if init_weights is not None:  # likewise absent without pretraining
+        payload["init_weights"] = file_sha256(init_weights)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

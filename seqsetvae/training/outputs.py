@@ -38,6 +38,7 @@ def write_outputs(trainer: Trainer) -> None:
             "embedding_dim": int(trainer.embedding.shape[1]),
             "lr": trainer.lr,
             "lr_multiplier": trainer.lr_multiplier,
+            "init_weights": trainer.args.init_weights,  # seqsetvae pretrain's set VAE, or None
         },
     )
     trainer.state.update_peaks(trainer.device)
@@ -62,6 +63,7 @@ def write_outputs(trainer: Trainer) -> None:
         "lr_scaling": train["lr_scaling"],
         "max_events_per_batch": train["max_events_per_batch"],
         "keep_weights": train["keep_weights"],  # which validation point `best` is
+        "pretrained": trainer.args.init_weights is not None,  # the set VAE started from seqsetvae pretrain's
     }
     summary = state.summary(trainer.wall_time(), train["noise_scale"]["patients"])
     write_json(out / "metrics.json", {**context, **summary})

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", required=True, help="run directory (results/runs/bsB/lrM/seedS)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads when train.threads is null")
+    parser.add_argument(
+        "--init-weights", default=None, help="start the set VAE from `seqsetvae pretrain`'s setvae.safetensors"
+    )
     parser.add_argument("--gpus", type=int, default=0, help="GPUs the job was given: with none visible, fail at once")
     parser.add_argument("--stop-after-steps", type=int, help="debug: checkpoint and stop after this many steps")
     return parser
@@ -67,6 +70,7 @@ class Trainer:
     ) -> None:
         from seqsetvae.model import ModelConfig, SeqSetVAE
         from seqsetvae.runtime.dataset import ShardBatches
+        from seqsetvae.training.pretrain import load_pretrained
         from seqsetvae.training.wide_start import apply_wide_start, fit_wide_start
 
         self.args, self.settings, self.device, self.threads, self.seed = args, settings, device, threads, seed
@@ -106,6 +110,8 @@ class Trainer:
         config = ModelConfig.from_settings(settings["model"])
         weights = class_weights(self.train_batches.labels, train["class_weights"])
         self.model = SeqSetVAE(config, self.embedding, weights)
+        if args.init_weights is not None:  # seqsetvae.training.pretrain
+            load_pretrained(self.model, args.init_weights)
         if train["wide_start"] == "regression":  # seqsetvae.training.wide_start
             start = fit_wide_start(Path(args.shards), train["wide_start_c_grid"], max_iter=2000)
             apply_wide_start(self.model, start, self.n_train, weights)
@@ -142,7 +148,14 @@ class Trainer:
             seed=seed,
         )
         self.identity = ckpt.run_identity(
-            settings, args.batch_size, seed, Path(args.shards), Path(args.embedding), device, world.size
+            settings,
+            args.batch_size,
+            seed,
+            Path(args.shards),
+            Path(args.embedding),
+            device,
+            world.size,
+            init_weights=Path(args.init_weights) if args.init_weights else None,
         )
         self.state = RunState()
         self.stop_signals: StopSignals | None = None  # set by main() around training

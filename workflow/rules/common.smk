@@ -122,6 +122,30 @@ def train_settings(epochs=None):
     return json.dumps({"model": config["model"], "train": train}, sort_keys=True)
 
 
+# the set VAE's pretraining stage (rule pretrain), when pretrain.epochs > 0
+PRETRAIN = config["pretrain"]["epochs"] > 0
+PRETRAINED = f"{RESULTS}/pretrain/setvae.safetensors"
+# what the set VAE is built from; the model's other keys (sequence model, head, wide
+# path, loss schedules) do not change the pretrained weights, so they do not rerun it
+SET_VAE_MODEL_KEYS = (
+    "reduced_dim", "latent_dim", "levels", "inducing_points", "heads", "dropout", "free_bits", "max_beta", "token"
+)
+SET_VAE_TRAIN_KEYS = ("device", "cpu_fallback", "threads", "mega_batch_factor", "max_skipped_batches")
+
+
+def pretrain_settings():
+    """The pretrain section and the model and train keys the pretraining stage reads, as
+    one JSON string (rule pretrain's params)."""
+    model = {key: config["model"][key] for key in SET_VAE_MODEL_KEYS if key in config["model"]}
+    train = {key: config["train"][key] for key in SET_VAE_TRAIN_KEYS if key in config["train"]}
+    return json.dumps({"pretrain": config["pretrain"], "model": model, "train": train}, sort_keys=True)
+
+
+def pretrained_input():
+    """A training job's pretrained weights: rule pretrain's output, or none."""
+    return [PRETRAINED] if PRETRAIN else []
+
+
 # every CSV a directory may hold, as docs/input_formats.md promises (any case)
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.lz4")
 

@@ -2,10 +2,37 @@
 # one compared run per (batch size, seed) at the chosen rate; `train_all` builds them all.
 
 
+rule pretrain:
+    input:
+        shards=SHARDS_DIR,
+        embedding=EMBEDDING,
+    output:
+        weights=PRETRAINED,
+        metrics=f"{RESULTS}/pretrain/metrics.json",
+    log:
+        f"{LOGS}/pretrain.log",
+    benchmark:
+        f"{BENCHMARKS}/pretrain.tsv"
+    conda:
+        CONDA_ENV
+    threads: job_threads("train")
+    resources:
+        mem_mb=config["resources"]["train"]["mem_mb"],
+        runtime=config["resources"]["train"]["runtime"],
+        gpu=job_gpus("train"),
+    params:
+        settings=pretrain_settings(),
+    shell:
+        "logged {log:q} seqsetvae pretrain --settings {params.settings:q} --shards {input.shards:q}"
+        " --embedding {input.embedding:q} --out $(dirname {output.weights:q})"
+        " --threads {threads} --gpus {resources.gpu}"
+
+
 rule train:
     input:
         shards=SHARDS_DIR,
         embedding=EMBEDDING,
+        pretrained=pretrained_input(),
     output:
         summary=f"{RUN_DIR}/metrics.json",
         metrics=f"{RUN_DIR}/metrics.jsonl",
@@ -26,11 +53,12 @@ rule train:
     params:
         settings=train_settings(),
         checkpoints=f"{RUN_DIR}/checkpoints",
+        init=option("--init-weights", PRETRAINED if PRETRAIN else None),
     shell:
         "logged {log:q} seqsetvae train --settings {params.settings:q} --shards {input.shards:q}"
         " --embedding {input.embedding:q} --batch-size {wildcards.bs} --seed {wildcards.seed}"
         " --lr-multiplier {wildcards.lr} --out $(dirname {output.summary:q})"
-        " --threads {threads} --gpus {resources.gpu}"
+        " --threads {threads} --gpus {resources.gpu} {params.init}"
 
 
 if SEPARATE_GRID:
@@ -41,6 +69,7 @@ if SEPARATE_GRID:
         input:
             shards=SHARDS_DIR,
             embedding=EMBEDDING,
+            pretrained=pretrained_input(),
         output:
             summary=f"{GRID_RUN_DIR}/metrics.json",
         log:
@@ -57,11 +86,12 @@ if SEPARATE_GRID:
         params:
             settings=train_settings(epochs=GRID_EPOCHS),
             threads=grid_torch_threads,
+            init=option("--init-weights", PRETRAINED if PRETRAIN else None),
         shell:
             "logged {log:q} seqsetvae train --settings {params.settings:q} --shards {input.shards:q}"
             " --embedding {input.embedding:q} --batch-size {wildcards.bs} --seed {wildcards.seed}"
             " --lr-multiplier {wildcards.lr} --out $(dirname {output.summary:q})"
-            " --threads {params.threads} --gpus {resources.gpu}"
+            " --threads {params.threads} --gpus {resources.gpu} {params.init}"
 
 
 checkpoint choose_lr:
