@@ -160,7 +160,7 @@ def main(argv: list[str]) -> int:
 
     valid = ShardBatches(args.shards, "valid")
     chunks = np.array_split(np.arange(len(valid)), max(1, math.ceil(len(valid) / pretrain["batch_size"])))
-    held_out = mean_losses(model, valid, [c for c in chunks if len(c)], model_settings["max_beta"], device)
+    held_out = mean_losses(model, valid, chunks, model_settings["max_beta"], device) if len(valid) else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     save_tensors(set_vae_tensors(model), out / WEIGHTS_FILE, {"pretrain": pretrain, "model": model_settings})
@@ -175,5 +175,7 @@ def main(argv: list[str]) -> int:
             "wall_time_s": time.perf_counter() - start,
         },
     )
-    print(f"validation Chamfer {held_out['recon']:.4f}, KL {held_out['kl']:.4f}; wrote {out / WEIGHTS_FILE}")
+    if held_out is not None:
+        print(f"validation Chamfer {held_out['recon']:.4f}, KL {held_out['kl']:.4f}")
+    print(f"wrote {out / WEIGHTS_FILE}")
     return 0
