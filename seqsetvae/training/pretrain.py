@@ -91,6 +91,45 @@ def mean_losses(model, batches, indices: list[np.ndarray], beta: float, device) 
     return {"recon": totals[0] / max(sets, 1), "kl": totals[1] / max(sets, 1)}
 
 
+def fit(model, batches, pretrain: dict, max_beta: float, mega_batch_factor: int, device) -> dict:
+    """Train `model`'s set VAE for `pretrain.epochs` over `batches` (the train split);
+    returns the steps, the skipped batches and each epoch's mean train losses."""
+    n = len(batches)
+    parameters = [p for k, p in model.named_parameters() if k.split(".")[0] in model.SET_VAE_MODULES]
+    optimizer = torch.optim.AdamW(parameters, lr=pretrain["lr"], weight_decay=pretrain["weight_decay"])
+    schedule = {"lr_schedule": "cosine", "lr_warmup_epochs": pretrain["lr_warmup_epochs"], "eta_min_factor": 0.0}
+    schedule["epochs"] = pretrain["epochs"]
+    sampler = LengthGroupedBatchSampler(
+        batches.lengths, pretrain["batch_size"], mega_batch_factor=mega_batch_factor, seed=pretrain["seed"]
+    )
+    seen, step, skipped, epochs = 0, 0, 0, []
+    model.train()
+    for epoch in range(math.ceil(pretrain["epochs"])):
+        totals, sets = np.zeros(2), 0
+        for indices in sampler.batches(epoch):
+            if seen >= pretrain["epochs"] * n:
+                break
+            batch = batches(indices).to(device)
+            beta = max_beta * ramp(seen / n, pretrain["beta_warmup_epochs"])
+            for group in optimizer.param_groups:
+                group["lr"] = pretrain["lr"] * lr_factor(schedule, step + 1, (seen + len(indices)) / n)
+            loss, recon, kl = model.set_vae_loss(batch, beta)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, pretrain["grad_clip"])
+            seen += len(indices)
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # no step: the weights stay finite
+                skipped += 1
+                continue
+            optimizer.step()
+            step += 1
+            totals += batch.n_sets * np.array([float(recon.detach()), float(kl.detach())])
+            sets += batch.n_sets
+        epochs.append({"epoch": epoch + 1, "recon": totals[0] / max(sets, 1), "kl": totals[1] / max(sets, 1)})
+        print(f"epoch {epoch + 1}: train Chamfer {epochs[-1]['recon']:.4f}, KL {epochs[-1]['kl']:.4f}")
+    return {"steps": step, "skipped_batches": skipped, "epochs": epochs}
+
+
 def main(argv: list[str]) -> int:
     from seqsetvae.model import ModelConfig, SeqSetVAE
     from seqsetvae.runtime.dataset import ShardBatches
@@ -116,42 +155,13 @@ def main(argv: list[str]) -> int:
     if n == 0:
         raise InputError(f"{args.shards}/train: the train split has no patients")
     model = SeqSetVAE(ModelConfig.from_settings(model_settings), embedding).to(device)
-    parameters = [p for k, p in model.named_parameters() if k.split(".")[0] in model.SET_VAE_MODULES]
-    optimizer = torch.optim.AdamW(parameters, lr=pretrain["lr"], weight_decay=pretrain["weight_decay"])
-    schedule = {"lr_schedule": "cosine", "lr_warmup_epochs": pretrain["lr_warmup_epochs"], "eta_min_factor": 0.0}
-    schedule["epochs"] = pretrain["epochs"]
-    sampler = LengthGroupedBatchSampler(
-        batches.lengths, pretrain["batch_size"], mega_batch_factor=train["mega_batch_factor"], seed=pretrain["seed"]
-    )
     print(
         f"pretraining the set VAE on {n} train patients ({int(batches.reader.n_sets.sum())} sets) "
         f"for {pretrain['epochs']:g} epochs, batch size {pretrain['batch_size']}, peak lr {pretrain['lr']:g}"
     )
-
-    start, seen, step, skipped, epochs = time.perf_counter(), 0, 0, 0, []
-    for epoch in range(math.ceil(pretrain["epochs"])):
-        totals, sets = np.zeros(2), 0
-        for indices in sampler.batches(epoch):
-            if seen >= pretrain["epochs"] * n:
-                break
-            batch = batches(indices).to(device)
-            beta = model_settings["max_beta"] * ramp(seen / n, pretrain["beta_warmup_epochs"])
-            for group in optimizer.param_groups:
-                group["lr"] = pretrain["lr"] * lr_factor(schedule, step + 1, (seen + len(indices)) / n)
-            loss, recon, kl = model.set_vae_loss(batch, beta)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, pretrain["grad_clip"])
-            seen += len(indices)
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):  # no step: the weights stay finite
-                skipped += 1
-                continue
-            optimizer.step()
-            step += 1
-            totals += batch.n_sets * np.array([float(recon.detach()), float(kl.detach())])
-            sets += batch.n_sets
-        epochs.append({"epoch": epoch + 1, "recon": totals[0] / max(sets, 1), "kl": totals[1] / max(sets, 1)})
-        print(f"epoch {epoch + 1}: train Chamfer {epochs[-1]['recon']:.4f}, KL {epochs[-1]['kl']:.4f}")
+    start = time.perf_counter()
+    progress = fit(model, batches, pretrain, model_settings["max_beta"], train["mega_batch_factor"], device)
+    skipped = progress["skipped_batches"]
     if skipped > train["max_skipped_batches"]:
         raise InputError(
             f"pretrain: {skipped} batches had a non-finite loss or gradient (train.max_skipped_batches "
@@ -166,14 +176,7 @@ def main(argv: list[str]) -> int:
     save_tensors(set_vae_tensors(model), out / WEIGHTS_FILE, {"pretrain": pretrain, "model": model_settings})
     write_json(
         out / "metrics.json",
-        {
-            "train_patients": n,
-            "steps": step,
-            "skipped_batches": skipped,
-            "epochs": epochs,
-            "valid": held_out,
-            "wall_time_s": time.perf_counter() - start,
-        },
+        {"train_patients": n, **progress, "valid": held_out, "wall_time_s": time.perf_counter() - start},
     )
     if held_out is not None:
         print(f"validation Chamfer {held_out['recon']:.4f}, KL {held_out['kl']:.4f}")
