@@ -37,6 +37,7 @@ CLUSTER_RULES = {
     "ingest",
     "stats",
     "make_shards",
+    "pretrain",
     "train",
     "evaluate",
     "baseline",
@@ -144,6 +145,7 @@ def test_localrules_are_the_light_rules(tmp_path, tiny_pipeline_config):
 def test_slurm_dry_run_jobs_and_resources(tmp_path, tiny_pipeline_config):
     config = tiny_pipeline_config()
     config["train"]["device"] = "cuda"
+    config["pretrain"] = {"epochs": 1}  # the set VAE's pretraining: a cluster job with train's resources
     config["resources"] = {
         "data": {"mem_mb": 1500, "runtime": 15, "threads": 2},
         "train": {"mem_mb": 3000, "runtime": 90, "threads": 3, "gpus": 2},
@@ -163,7 +165,11 @@ def test_slurm_dry_run_jobs_and_resources(tmp_path, tiny_pipeline_config):
     for rule in DATA_RULES:
         (job,) = jobs[rule]
         assert (job["resources"]["mem_mb"], job["resources"]["runtime"]) == ("1500", "15"), rule
-    for rule, gpus, memory, runtime in (("train", "2", "3000", "90"), ("evaluate", "1", "2500", "20")):
+    for rule, gpus, memory, runtime in (
+        ("pretrain", "2", "3000", "90"),
+        ("train", "2", "3000", "90"),
+        ("evaluate", "1", "2500", "20"),
+    ):
         for job in jobs[rule]:
             resources = job["resources"]
             assert (resources["mem_mb"], resources["runtime"], resources["gpu"]) == (memory, runtime, gpus), rule
