@@ -69,6 +69,8 @@ class ModelConfig:
     head: str = "mlp"  # mlp | linear: the classifier on the readout's features
     wide: str = "none"  # none | summaries: a linear path on per-patient measurement summaries
     wide_l2: float = 0.0  # L2 penalty on the wide path's weights, in the loss (not decoupled decay)
+    label_gradient: str = "network"  # network | head: what the prediction loss trains
+    wide_combine: str = "sum"  # sum | average: how the wide path joins the deep one
 
     @classmethod
     def from_settings(cls, model: dict | None) -> "ModelConfig":
@@ -106,7 +108,9 @@ class ModelOutput:
     loss: torch.Tensor  # scalar: weights.pred * (ce + wide penalty) + weights.recon * recon + weights.beta * kl
     recon: torch.Tensor  # scalar: Chamfer loss, mean over real sets
     kl: torch.Tensor  # scalar: free-bits KL, mean over real sets (before beta)
-    ce: torch.Tensor  # scalar: label-smoothed cross-entropy, mean over patients
+    ce: (
+        torch.Tensor
+    )  # scalar: label-smoothed cross-entropy, mean over patients (wide_combine average: each fitted path's, summed)
     weights: LossWeights
     mu: torch.Tensor  # [S, latent]: posterior means of the real sets, batch set order
     h: torch.Tensor  # [S, latent]: sequence states of the real sets
@@ -232,7 +236,9 @@ class Classifier(nn.Module):
     state h_T, then an MLP. With `model.readout: centered`, the mean of the sets'
     posterior means joins them, and the MLP reads the features minus their running mean
     over training patients. With `model.wide: summaries`, a linear map of the patient's
-    standardised measurement summaries (seqsetvae.summaries) adds to the logits."""
+    standardised measurement summaries (seqsetvae.summaries) joins the logits: added to
+    them under one cross-entropy (`model.wide_combine: sum`), or, with `average`, each
+    path fitted to the labels by a cross-entropy of its own and the logits their mean."""
 
     # the running means' window, in training patients (the same for every batch size)
     CENTERING_PATIENTS = 512
@@ -252,7 +258,7 @@ class Classifier(nn.Module):
             self.register_buffer("feature_mean", torch.zeros(width))
             self.register_buffer("patients_seen", torch.zeros(1, dtype=torch.float64))
         self.vocab_size = vocab_size
-        self.wide, self.wide_l2 = None, c.wide_l2
+        self.wide, self.wide_l2, self.combine = None, c.wide_l2, c.wide_combine
         if c.wide == "summaries":
             # deviation (model.wide; docs/learning_rounds.md, round six): the logistic
             # regression's inputs, standardised by running moments over training patients;
@@ -266,28 +272,55 @@ class Classifier(nn.Module):
         # under train.devices, every rank moves the means by the global batch (an all-reduce);
         # False for a pass that one rank runs alone (the gradient-noise measurement)
         self.sync_ranks = True
+        self.wide_frozen = False  # freeze_wide(): the wide path is a fixed offset
 
-    def forward(self, h: torch.Tensor, z: torch.Tensor, batch: Batch) -> torch.Tensor:
-        logits = self.deep(h, z, batch)
+    def freeze_wide(self) -> None:
+        """Keep the wide path where it is (train.wide_lr_factor: 0): its map and its
+        standardiser's moments do not move and its inputs see no dropout, so in training
+        as in evaluation it adds exactly the same logits (with train.wide_start: regression,
+        the fitted regression's) and the network learns a residual to a fixed offset."""
         if self.wide is None:
-            return logits
-        summaries = patient_summaries(batch, self.vocab_size).to(logits.dtype)  # [B, F]
-        moments = self.summary_moments.to(logits.dtype)
-        if self.training:
+            raise InputError(
+                "configuration key train.wide_lr_factor: 0 freezes the wide path; it needs model.wide: summaries"
+            )
+        self.wide.requires_grad_(False)
+        self.wide[0] = nn.Identity()  # the dropout: it holds no weights, the state is unchanged
+        self.wide_frozen = True
+
+    def forward(self, h: torch.Tensor, z: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(the logits [B, C], the logits that the prediction loss fits to the labels)."""
+        deep = self.deep(h, z, batch)
+        if self.wide is None:
+            return deep, [deep]
+        wide = self.wide_logits(batch, deep.dtype)
+        if self.combine == "sum":
+            return deep + wide, [deep + wide]
+        # deviation (model.wide_combine: average; docs/learning_on_real_data.md, round
+        # eleven): two predictors, each fitted on its own, and their mean. Under one
+        # cross-entropy of the sum, each path fits what the other leaves: over a fitted
+        # regression the network learnt noise; an ensemble of the two does not.
+        return (deep + wide) / 2, [deep] if self.wide_frozen else [deep, wide]
+
+    def wide_logits(self, batch: Batch, dtype: torch.dtype) -> torch.Tensor:
+        """[B, C]: the wide map of the patients' standardised summaries."""
+        summaries = patient_summaries(batch, self.vocab_size).to(dtype)  # [B, F]
+        moments = self.summary_moments.to(dtype)
+        learning = self.training and not self.wide_frozen
+        if learning:
             squares = torch.cat([summaries, summaries.square()], dim=-1)
             moments = self.update_mean(squares, batch.patient_weight, self.summary_moments, self.summary_patients_seen)
         mean, mean_square = moments.chunk(2)
         variance = (mean_square - mean.square()).clamp(min=0.0)
         # a feature constant over the patients seen keeps its scale (as StandardScaler does)
         scale = torch.where(variance > 1e-8, torch.rsqrt(variance.clamp(min=1e-8)), torch.ones_like(variance))
-        return logits + self.wide((summaries - mean) * scale)
+        return self.wide((summaries - mean) * scale)
 
     def wide_penalty(self) -> torch.Tensor | float:
         """wide_l2 / 2 x the squared norm of the wide map's weights (not its bias): the
         logistic regression's own penalty, in the loss. AdamW's decoupled decay at the
         network's rate leaves this path nearly unpenalised, and Adam's fixed point under
         an L2 term in the loss is the penalised optimum (round seven)."""
-        if self.wide is None or self.wide_l2 == 0.0:
+        if self.wide is None or self.wide_l2 == 0.0 or self.wide_frozen:  # frozen: no term to train
             return 0.0
         return 0.5 * self.wide_l2 * self.wide[1].weight.float().square().sum()
 
@@ -430,16 +463,25 @@ class SeqSetVAE(nn.Module):
         # evaluation. Through the sampled z it learnt from noise that evaluation never shows
         # (the samples' noise drowns the patient-to-patient signal), so its evaluation
         # predictions were nearly constant and could rank worse than chance
-        h_pred = self.sequence(mu, batch) if self.training else h  # [S, d]
-        logits = self.classifier(h_pred, mu, batch)  # [B, C]
+        if c.label_gradient == "head":
+            # deviation (model.label_gradient: head): the labels train the classifier alone;
+            # the network's features are learnt without them, so its ~10^6 weights cannot
+            # fit the few hundred positive patients of a clinical cohort
+            with torch.no_grad():
+                h_pred = self.sequence(mu, batch) if self.training else h
+            logits, fitted = self.classifier(h_pred.detach(), mu.detach(), batch)
+        else:
+            h_pred = self.sequence(mu, batch) if self.training else h  # [S, d]
+            logits, fitted = self.classifier(h_pred, mu, batch)  # [B, C], the logits the labels fit
 
         # deviation: the target is detached; letting the loss move W through the target
         # would reward collapsing all variables onto one direction.
         recon_per_set = chamfer_per_set(recon, tokens.detach(), batch)
         kl_raw = kl_per_set(mu, logvar, free_bits=0.0)
         kl_set = kl_raw.clamp(min=c.free_bits * mu.shape[-1])
-        ce_per_patient = F.cross_entropy(
-            at_least_float32(logits), batch.labels, label_smoothing=c.label_smoothing, reduction="none"
+        ce_per_patient = sum(
+            F.cross_entropy(at_least_float32(x), batch.labels, label_smoothing=c.label_smoothing, reduction="none")
+            for x in fitted
         )
         # a patient's CE times its class's weight; the mean over patients is not renormalised
         # by the batch's weights, so the loss of a batch is the mean of its patients' losses

@@ -523,3 +523,34 @@ def test_linear_head_is_one_linear_map_of_the_centred_features():
     # an MLP head's weights do not load into it
     with pytest.raises(RuntimeError, match="classifier.mlp"):
         model.load_state_dict(small_model(config=CENTERED).state_dict())
+
+
+def test_head_only_labels_train_the_classifier_alone_and_leave_evaluation_unchanged():
+    """`model.label_gradient: head`: the prediction loss reaches the classifier's weights
+    only; reconstruction and KL still train the network; evaluation outputs are the same
+    function of the weights as end to end."""
+    config = dataclasses.replace(SMALL, readout="centered", head="linear", wide="summaries")
+    batch = collate(random_patients(6, mean_sets=5, mean_events=20, vocab_size=VOCAB, seed=4))
+    network = ("reduce", "encoder", "sequence")
+    for gradient, label_only in (("head", True), ("network", False)):
+        net = small_model(config=dataclasses.replace(config, label_gradient=gradient)).train()
+        with torch.no_grad():  # the zero-initialised maps would pass no gradient back
+            for linear in (net.classifier.mlp[-1], net.classifier.wide[1], net.decoder.out):
+                linear.weight.normal_()
+        net(batch, LossWeights(beta=0.0, recon=0.0, pred=1.0)).loss.backward()
+        reached = {
+            name: any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(net, name).parameters())
+            for name in (*network, "classifier")
+        }
+        assert reached == {
+            "reduce": not label_only,
+            "encoder": not label_only,
+            "sequence": not label_only,
+            "classifier": True,
+        }
+        net.zero_grad()
+        net(batch, LossWeights(beta=0.05, recon=0.5, pred=0.0)).loss.backward()
+        assert all(any(p.grad.abs().sum() > 0 for p in getattr(net, name).parameters()) for name in network)
+    head, end_to_end = (small_model(config=dataclasses.replace(config, label_gradient=g)) for g in ("head", "network"))
+    with torch.no_grad():
+        torch.testing.assert_close(head(batch, W).logits, end_to_end(batch, W).logits, rtol=0, atol=0)

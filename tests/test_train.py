@@ -379,6 +379,23 @@ def test_a_run_from_the_regressions_start_says_so_and_resumes_to_the_same_weight
     assert start["classifier.wide.1.weight"].abs().sum() > 0
 
 
+def test_a_frozen_regression_start_ends_as_it_started(data, tmp_path):
+    """`wide_start: regression` with `wide_lr_factor: 0`: the run's kept and final weights
+    hold the fitted regression unchanged (map and standardiser), while the network trains."""
+    from seqsetvae.training.wide_start import fit_wide_start
+
+    frozen = {"model": {"wide": "summaries"}, "wide_start": "regression", "wide_start_c_grid": [0.01, 1.0]}
+    assert _run(data, tmp_path / "run", wide_lr_factor=0.0, **frozen) == 0
+    start = fit_wide_start(Path(data[0]), [0.01, 1.0], max_iter=2000)
+    for name in ("best", "final"):
+        weights = load_file(str(tmp_path / "run" / f"{name}.safetensors"))
+        weight, mean = weights["classifier.wide.1.weight"].double(), weights["classifier.summary_moments"].double()
+        coef = torch.as_tensor(start.coef, dtype=torch.float64)
+        torch.testing.assert_close(weight[1] - weight[0], coef[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(mean[: coef.shape[1]], torch.as_tensor(start.mean), rtol=1e-5, atol=1e-6)
+        assert weights["classifier.mlp.1.weight"].abs().sum() > 0  # the deep head trained
+
+
 def test_the_regressions_start_without_the_wide_path_is_an_input_error(data, tmp_path):
     with pytest.raises(InputError, match="train.wide_start: regression needs model.wide: summaries"):
         _run(data, tmp_path / "run", wide_start="regression")

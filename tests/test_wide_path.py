@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from seqsetvae.batching import collate, random_patients
 from seqsetvae.evaluation.baseline import patient_features
@@ -182,3 +183,75 @@ def test_the_wide_map_has_its_own_rate_only_when_asked_and_zero_freezes_it():
     optimizer.step()
     assert torch.equal(net.classifier.wide[1].weight, before)  # frozen: neither a step nor decay
     assert not torch.equal(net.classifier.mlp[-1].weight, head)
+
+
+def test_a_frozen_wide_path_adds_the_same_offset_in_training_as_in_evaluation():
+    """`train.wide_lr_factor: 0` (`freeze_wide`): the wide path is a fixed offset. In
+    training its inputs see no dropout and its moments do not move, so with the deep head
+    at zero the training logits are the evaluation logits, on every call."""
+    net = model(dataclasses.replace(WIDE, dropout=0.5))
+    batch = collate(patients())
+    net.train()(batch, W)  # moments from a first batch, then a map that is not zero
+    with torch.no_grad():
+        net.classifier.wide[1].weight.normal_()
+        net.classifier.mlp[-1].weight.zero_()
+        net.classifier.mlp[-1].bias.zero_()
+    net.classifier.freeze_wide()
+    moments = net.classifier.summary_moments.clone()
+    other = collate(patients(5, seed=9))
+    with torch.no_grad():
+        expected = net.eval()(other, W).logits
+        net.train()
+        first, second = net(other, W).logits, net(other, W).logits
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)
+    assert torch.equal(net.classifier.summary_moments, moments)
+    net(other, W).loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in net.classifier.wide.parameters())
+    # before freezing, training moves the moments and drops inputs out
+    unfrozen = model(dataclasses.replace(WIDE, dropout=0.5)).train()
+    unfrozen(batch, W)
+    with torch.no_grad():
+        unfrozen.classifier.wide[1].weight.normal_()
+        before = unfrozen.classifier.summary_moments.clone()
+        assert not torch.equal(unfrozen(other, W).logits, unfrozen(other, W).logits)
+    assert not torch.equal(unfrozen.classifier.summary_moments, before)
+
+
+def test_freezing_needs_the_wide_path():
+    from seqsetvae.errors import InputError
+
+    with pytest.raises(InputError, match="train.wide_lr_factor: 0 .* needs model.wide: summaries"):
+        model(SMALL).classifier.freeze_wide()
+
+
+def test_averaged_paths_fit_the_labels_each_on_its_own_and_predict_their_mean():
+    """`model.wide_combine: average`: the logits are the mean of the deep head's and the
+    wide map's; each path's own cross-entropy is the prediction loss (the deep one alone
+    when the wide path is frozen), so over a frozen map the network trains exactly as the
+    same network without the wide path."""
+    average = dataclasses.replace(WIDE, wide_combine="average")
+    batch = collate(patients())
+    deep_only, net = model(SMALL), model(average)
+    net.train()(batch, W)  # the moments of a first batch
+    with torch.no_grad():
+        net.classifier.wide[1].weight.normal_()
+        net.classifier.wide[1].bias.normal_()
+    labels = batch.labels
+
+    def cross_entropy(logits):
+        return F.cross_entropy(logits, labels, label_smoothing=SMALL.label_smoothing)
+
+    for frozen in (False, True):
+        if frozen:
+            net.classifier.freeze_wide()
+        torch.manual_seed(5)
+        out = net.train()(batch, W)
+        torch.manual_seed(5)
+        alone = deep_only.train()(batch, W)
+        with torch.no_grad():
+            wide = net.classifier.wide_logits(batch, torch.float64)
+        torch.testing.assert_close(out.logits, (alone.logits + wide) / 2)
+        expected = cross_entropy(alone.logits) + (0.0 if frozen else cross_entropy(wide))
+        torch.testing.assert_close(out.ce, expected)
+    torch.testing.assert_close(out.loss, alone.loss)  # frozen: the deep-only network's objective

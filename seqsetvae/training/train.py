@@ -121,6 +121,8 @@ class Trainer:
                     f"train: the wide path starts at the logistic regression (C {start.c:g}{edge}; "
                     f"validation AUROC {start.val_auroc if start.val_auroc is None else round(start.val_auroc, 4)})"
                 )
+        if train["wide_lr_factor"] == 0:  # a fixed offset: no dropout, no moving moments
+            self.model.classifier.freeze_wide()
         self.model.to(device)
         # validation, the best weights and evaluation read an average of the weights
         # (seqsetvae.training.averaging); the optimiser trains the model itself

@@ -7,8 +7,10 @@ second, and at small batch sizes the deep path overfits before it gets there
 (docs/learning_rounds.md, round eight). This fits the baseline's regression on the
 train split (C chosen on the validation split, as the `baseline` rule does; no test data)
 and copies it into the model: the scaler's moments into the running moments, the
-coefficients into the wide Linear, and the deep head's last Linear to zero, so that the
-untrained model's scores are the regression's and training learns what the network adds.
+coefficients into the wide Linear, and (with `model.wide_combine: sum`) the deep head's
+last Linear to zero, so that the untrained model's scores are the regression's and
+training learns what the network adds. With `average` the deep head keeps its initial
+weights: it is fitted on its own, and the model's logits are the mean of the two paths'.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ def apply_wide_start(model: torch.nn.Module, start: WideStart, n_train: int, cla
     mean_square = torch.as_tensor(start.variance, dtype=torch.float64) + mean.square()
     classifier.summary_moments.copy_(torch.cat([mean, mean_square]).to(classifier.summary_moments.dtype))
     classifier.summary_patients_seen.fill_(float(n_train))
-    head = classifier.mlp[-1]
-    head.weight.zero_()
-    head.bias.zero_()
+    if classifier.combine == "sum":  # the sum's deep head starts at zero: the scores start as the regression's
+        head = classifier.mlp[-1]
+        head.weight.zero_()
+        head.bias.zero_()
