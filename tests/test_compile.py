@@ -9,7 +9,8 @@ from seqsetvae.runtime.device import compiled_graphs, compiled_step
 
 # one level and one transformer layer: the same kinds of ops as the default model in
 # half the graph, so that inductor's C++ compilation takes a few minutes, not ten
-# config.yaml's token, readout and wide path (its penalty too): the running means are
+# config.yaml's token, readout and wide path, its paths averaged (each with a loss of its
+# own; a penalty on the wide map, which config.yaml freezes): the running means are
 # buffers the compiled step must update in place
 CONFIG = ModelConfig(
     reduced_dim=16,
@@ -25,6 +26,7 @@ CONFIG = ModelConfig(
     readout="centered",
     head="linear",
     wide="summaries",
+    wide_combine="average",
     wide_l2=3.0,
 )
 
