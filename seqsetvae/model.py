@@ -108,9 +108,7 @@ class ModelOutput:
     loss: torch.Tensor  # scalar: weights.pred * (ce + wide penalty) + weights.recon * recon + weights.beta * kl
     recon: torch.Tensor  # scalar: Chamfer loss, mean over real sets
     kl: torch.Tensor  # scalar: free-bits KL, mean over real sets (before beta)
-    ce: (
-        torch.Tensor
-    )  # scalar: label-smoothed cross-entropy, mean over patients (wide_combine average: each fitted path's, summed)
+    ce: torch.Tensor  # scalar: label-smoothed cross-entropy of the fitted logits, mean over patients
     weights: LossWeights
     mu: torch.Tensor  # [S, latent]: posterior means of the real sets, batch set order
     h: torch.Tensor  # [S, latent]: sequence states of the real sets
@@ -277,8 +275,9 @@ class Classifier(nn.Module):
     def freeze_wide(self) -> None:
         """Keep the wide path where it is (train.wide_lr_factor: 0): its map and its
         standardiser's moments do not move and its inputs see no dropout, so in training
-        as in evaluation it adds exactly the same logits (with train.wide_start: regression,
-        the fitted regression's) and the network learns a residual to a fixed offset."""
+        as in evaluation it gives exactly the same logits (with train.wide_start:
+        regression, the fitted regression's): a fixed offset under `sum`, a fixed
+        predictor beside the network under `average`."""
         if self.wide is None:
             raise InputError(
                 "configuration key train.wide_lr_factor: 0 freezes the wide path; it needs model.wide: summaries"
