@@ -462,16 +462,11 @@ class SeqSetVAE(nn.Module):
         # evaluation. Through the sampled z it learnt from noise that evaluation never shows
         # (the samples' noise drowns the patient-to-patient signal), so its evaluation
         # predictions were nearly constant and could rank worse than chance
-        if c.label_gradient == "head":
-            # deviation (model.label_gradient: head): the labels train the classifier alone;
-            # the network's features are learnt without them, so its ~10^6 weights cannot
-            # fit the few hundred positive patients of a clinical cohort
-            with torch.no_grad():
-                h_pred = self.sequence(mu, batch) if self.training else h
-            logits, fitted = self.classifier(h_pred.detach(), mu.detach(), batch)
-        else:
-            h_pred = self.sequence(mu, batch) if self.training else h  # [S, d]
-            logits, fitted = self.classifier(h_pred, mu, batch)  # [B, C], the logits the labels fit
+        h_pred = self.sequence(mu, batch) if self.training else h  # [S, d]
+        # deviation (model.label_gradient: head): the labels train the classifier alone; the
+        # network's features are learnt without them (docs/learning_on_real_data.md, round eleven)
+        features = (h_pred.detach(), mu.detach()) if c.label_gradient == "head" else (h_pred, mu)
+        logits, fitted = self.classifier(*features, batch)  # [B, C], the logits the labels fit
 
         # deviation: the target is detached; letting the loss move W through the target
         # would reward collapsing all variables onto one direction.
