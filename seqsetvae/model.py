@@ -11,7 +11,8 @@ API (the contract of docs/design.md):
 `ModelOutput`: `logits [B, C]`, `loss`, `recon`, `kl`, `ce` (scalars), the `weights`
 used, `mu [S, latent]` and `h [S, latent]` (real sets, in the batch's set order), and
 per-item terms `recon_per_set [S]`, `kl_per_set [S]` (free bits applied),
-`kl_raw_per_set [S]`, `ce_per_patient [B]` (times its class weight).
+`kl_raw_per_set [S]`, `ce_per_patient [B]` (times its class weight), and under
+`model.wide_combine: stacked` `paths [B, 2, C]`, the deep and wide paths' logits.
 
 The variable embedding is a frozen, non-persistent buffer: not a parameter and not in
 `state_dict()` (the embedding stage's file is its one source; evaluation needs it too).
@@ -70,7 +71,7 @@ class ModelConfig:
     wide: str = "none"  # none | summaries: a linear path on per-patient measurement summaries
     wide_l2: float = 0.0  # L2 penalty on the wide path's weights, in the loss (not decoupled decay)
     label_gradient: str = "network"  # network | head: what the prediction loss trains
-    wide_combine: str = "sum"  # sum | average: how the wide path joins the deep one
+    wide_combine: str = "sum"  # sum | average | stacked: how the wide path joins the deep one
 
     @classmethod
     def from_settings(cls, model: dict | None) -> "ModelConfig":
@@ -116,6 +117,7 @@ class ModelOutput:
     kl_per_set: torch.Tensor  # [S] (free bits applied: what the loss sees)
     kl_raw_per_set: torch.Tensor  # [S] (the posterior's KL, for reporting)
     ce_per_patient: torch.Tensor  # [B]
+    paths: torch.Tensor | None = None  # [B, 2, C]: the deep and wide paths' logits (model.wide_combine: stacked)
 
 
 # -- the network ----------------------------------------------------------------------------
@@ -236,7 +238,8 @@ class Classifier(nn.Module):
     over training patients. With `model.wide: summaries`, a linear map of the patient's
     standardised measurement summaries (seqsetvae.summaries) joins the logits: added to
     them under one cross-entropy (`model.wide_combine: sum`), or, with `average`, each
-    path fitted to the labels by a cross-entropy of its own and the logits their mean."""
+    path fitted to the labels by a cross-entropy of its own and the logits their mean;
+    with `stacked`, a weighted sum whose weights fit_stack() fits on held-out patients."""
 
     # the running means' window, in training patients (the same for every batch size)
     CENTERING_PATIENTS = 512
@@ -267,6 +270,11 @@ class Classifier(nn.Module):
             nn.init.zeros_(self.wide[1].bias)
             self.register_buffer("summary_moments", torch.zeros(2 * summaries))  # [mean, mean of squares]
             self.register_buffer("summary_patients_seen", torch.zeros(1, dtype=torch.float64))
+            if c.wide_combine == "stacked":
+                # logits = stack_weights[0] x deep + stack_weights[1] x wide + stack_bias, the
+                # mean of the two until fit_stack() fits them on a validation split
+                self.register_buffer("stack_weights", torch.full((2,), 0.5))
+                self.register_buffer("stack_bias", torch.zeros(c.num_classes))
         # under train.devices, every rank moves the means by the global batch (an all-reduce);
         # False for a pass that one rank runs alone (the gradient-noise measurement)
         self.sync_ranks = True
@@ -286,19 +294,54 @@ class Classifier(nn.Module):
         self.wide[0] = nn.Identity()  # the dropout: it holds no weights, the state is unchanged
         self.wide_frozen = True
 
-    def forward(self, h: torch.Tensor, z: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(the logits [B, C], the logits that the prediction loss fits to the labels)."""
+    def forward(
+        self, h: torch.Tensor, z: torch.Tensor, batch: Batch
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        """(the logits [B, C], the logits that the prediction loss fits to the labels, and
+        under `model.wide_combine: stacked` each path's logits [B, 2, C]: deep, wide)."""
         deep = self.deep(h, z, batch)
         if self.wide is None:
-            return deep, [deep]
+            return deep, [deep], None
         wide = self.wide_logits(batch, deep.dtype)
         if self.combine == "sum":
-            return deep + wide, [deep + wide]
+            return deep + wide, [deep + wide], None
         # deviation (model.wide_combine: average; docs/learning_on_real_data.md, round
         # eleven): two predictors, each fitted on its own, and their mean. Under one
         # cross-entropy of the sum, each path fits what the other leaves: over a fitted
         # regression the network learnt noise; an ensemble of the two does not.
-        return (deep + wide) / 2, [deep] if self.wide_frozen else [deep, wide]
+        fitted = [deep] if self.wide_frozen else [deep, wide]
+        if self.combine == "average":
+            return (deep + wide) / 2, fitted, None
+        # deviation (stacked; round twelve): a plain mean lets the path with the wider
+        # logits decide, however well it ranks; the stack weighs each path by what it is
+        # worth on held-out patients and leaves the risks calibrated
+        paths = torch.stack([deep, wide], dim=1)  # [B, 2, C]
+        return self.stack(paths), fitted, paths
+
+    def stack(self, paths: torch.Tensor) -> torch.Tensor:
+        """[B, C]: the stack's logits of the paths' logits [B, 2, C]."""
+        weights = self.stack_weights.to(paths.dtype)
+        return (paths * weights[:, None]).sum(1) + self.stack_bias.to(paths.dtype)
+
+    @torch.no_grad()
+    def fit_stack(self, paths: torch.Tensor, labels: torch.Tensor) -> bool:
+        """Fit the stack (model.wide_combine: stacked) to held-out patients: the paths'
+        weights (at least 0) and one bias per class by maximum likelihood, unweighted by
+        class, so the stacked risks are calibrated (Platt scaling of two predictors). A
+        split without both classes leaves the stack as it is (returns False)."""
+        labels = labels.long()
+        if paths.shape[0] == 0 or torch.unique(labels).numel() < 2:
+            return False
+        paths = paths.double()
+        free = [True, True]  # a path whose best weight is negative ranks backwards here: weight 0
+        for _ in range(2):
+            weights, bias = fit_stack_weights(paths, labels, free)
+            if (weights >= 0).all():
+                break
+            free = [f and float(w) > 0 for f, w in zip(free, weights)]
+        self.stack_weights.copy_(weights.clamp(min=0.0))
+        self.stack_bias.copy_(bias)
+        return True
 
     def wide_logits(self, batch: Batch, dtype: torch.dtype) -> torch.Tensor:
         """[B, C]: the wide map of the patients' standardised summaries."""
@@ -375,6 +418,34 @@ class Classifier(nn.Module):
 # -- the model ----------------------------------------------------------------------------------
 
 
+def fit_stack_weights(
+    paths: torch.Tensor, labels: torch.Tensor, free: list[bool]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maximum-likelihood weights [2] of the paths (those not `free` fixed at 0) and bias
+    [C] (the first class's at 0: softmax is shift-invariant) for logits
+    sum_k weights[k] paths[:, k] + bias. A ridge on the weights in units of each path's
+    spread keeps a constant path's weight determinate and leaves the others unbiased
+    (1e-5 of a unit change). L-BFGS in float64 from the mean of the paths."""
+    classes = paths.shape[-1]
+    mask = torch.tensor(free, dtype=paths.dtype)
+    spread = (paths - paths.mean(0)).square().mean((0, 2)).sqrt().clamp(min=1e-3)  # [2]
+    weights = torch.full((2,), 0.5, dtype=paths.dtype, requires_grad=True)
+    bias = torch.zeros(classes - 1, dtype=paths.dtype, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weights, bias], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        w = weights * mask
+        logits = (paths * w[:, None]).sum(1) + torch.cat([bias.new_zeros(1), bias])
+        loss = F.cross_entropy(logits, labels) + 1e-5 * (w * spread).square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    return (weights * mask).detach(), torch.cat([bias.new_zeros(1), bias]).detach()
+
+
 class SeqSetVAE(nn.Module):
     def __init__(self, config: ModelConfig, embedding: torch.Tensor, class_weights: tuple[float, ...] | None = None):
         super().__init__()
@@ -446,6 +517,7 @@ class SeqSetVAE(nn.Module):
             kl_per_set=out["kl_per_set"][:S],
             kl_raw_per_set=out["kl_raw_per_set"][:S],
             ce_per_patient=out["ce_per_patient"][:B],
+            paths=out["paths"][:B] if "paths" in out else None,
         )
 
     def padded_forward(self, batch: Batch, w: torch.Tensor, noise: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -466,7 +538,7 @@ class SeqSetVAE(nn.Module):
         # deviation (model.label_gradient: head): the labels train the classifier alone; the
         # network's features are learnt without them (docs/learning_on_real_data.md, round eleven)
         features = (h_pred.detach(), mu.detach()) if c.label_gradient == "head" else (h_pred, mu)
-        logits, fitted = self.classifier(*features, batch)  # [B, C], the logits the labels fit
+        logits, fitted, paths = self.classifier(*features, batch)  # [B, C], the logits the labels fit, [B, 2, C]
 
         # deviation: the target is detached; letting the loss move W through the target
         # would reward collapsing all variables onto one direction.
@@ -498,6 +570,7 @@ class SeqSetVAE(nn.Module):
             "kl_per_set": kl_set,
             "kl_raw_per_set": kl_raw,
             "ce_per_patient": ce_per_patient,
+            **({} if paths is None else {"paths": paths}),
         }
 
     # the set VAE's modules: what `seqsetvae pretrain` trains and `train` starts from

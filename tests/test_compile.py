@@ -26,7 +26,7 @@ CONFIG = ModelConfig(
     readout="centered",
     head="linear",
     wide="summaries",
-    wide_combine="average",
+    wide_combine="stacked",
     wide_l2=3.0,
 )
 

@@ -396,6 +396,37 @@ def test_a_frozen_regression_start_ends_as_it_started(data, tmp_path):
         assert weights["classifier.mlp.1.weight"].abs().sum() > 0  # the deep head trained
 
 
+def test_a_stacked_run_keeps_the_stack_fitted_to_its_kept_weights_on_the_validation_split(data, tmp_path):
+    """`model.wide_combine: stacked`: every validation point fits the stack on the
+    validation split and scores the refitted model; the kept weights hold that stack, so
+    evaluation predicts what validation scored."""
+    from sklearn.metrics import roc_auc_score
+
+    from seqsetvae.evaluation.evaluate import load_model
+    from seqsetvae.model import LossWeights
+    from seqsetvae.runtime.dataset import ShardBatches
+    from seqsetvae.runtime.device import load_embedding
+
+    stacked = {"model": {"wide": "summaries", "wide_combine": "stacked"}, "wide_start": "regression"}
+    trained = {"wide_start_c_grid": [0.01, 1.0], "keep_weights": "last"}  # the paths move: so does the stack
+    assert _run(data, tmp_path / "run", **trained, **stacked) == 0
+    points = [line for line in _lines(tmp_path / "run") if line["kind"] == "validation"]
+    assert len({tuple(line["stack_weights"]) for line in points}) == len(points) > 1  # refitted at each point
+    assert all(0 <= line["val_auroc_network"] <= 1 for line in points)
+    shards, embedding = data
+    run_config = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    kept = load_model(run_config, load_embedding(embedding), tmp_path / "run" / "best.safetensors", torch.device("cpu"))
+    valid = ShardBatches(str(shards), "valid")
+    with torch.no_grad():
+        out = kept(valid(np.arange(len(valid))), LossWeights.at_evaluation(load_settings({"model": run_config["model"]})["model"]))
+    assert kept.classifier.stack_weights.tolist() == pytest.approx(points[-1]["stack_weights"], abs=1e-6)
+    assert roc_auc_score(valid.labels, torch.softmax(out.logits, -1)[:, 1]) == pytest.approx(points[-1]["val_auroc"])
+    saved = [t.clone() for t in (kept.classifier.stack_weights, kept.classifier.stack_bias)]
+    assert kept.classifier.fit_stack(out.paths, torch.from_numpy(valid.labels))  # its own maximum: a refit stays
+    torch.testing.assert_close(kept.classifier.stack_weights, saved[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(kept.classifier.stack_bias, saved[1], rtol=1e-4, atol=1e-5)
+
+
 def test_the_regressions_start_without_the_wide_path_is_an_input_error(data, tmp_path):
     with pytest.raises(InputError, match="train.wide_start: regression needs model.wide: summaries"):
         _run(data, tmp_path / "run", wide_start="regression")

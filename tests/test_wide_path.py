@@ -255,3 +255,70 @@ def test_averaged_paths_fit_the_labels_each_on_its_own_and_predict_their_mean():
         expected = cross_entropy(alone.logits) + (0.0 if frozen else cross_entropy(wide))
         torch.testing.assert_close(out.ce, expected)
     torch.testing.assert_close(out.loss, alone.loss)  # frozen: the deep-only network's objective
+
+
+def _two_class_paths(margins: np.ndarray) -> torch.Tensor:
+    """[N, 2, 2] path logits whose margins (logit 1 - logit 0) are `margins` [N, 2]."""
+    margins = torch.as_tensor(margins, dtype=torch.float64)
+    return torch.stack([torch.zeros_like(margins), margins], dim=-1)
+
+
+def test_the_stack_is_the_maximum_likelihood_weighting_of_the_paths():
+    """`model.wide_combine: stacked`: fit_stack finds the logistic regression of the labels
+    on the two paths' margins (unpenalised, unweighted), and the logits follow it."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    margins = rng.normal(size=(4000, 2)) * [2.0, 0.3]  # the deep path's logits four times wider
+    labels = rng.random(4000) < 1 / (1 + np.exp(-(0.4 * margins[:, 0] + 3.0 * margins[:, 1] - 1.5)))
+    net = model(dataclasses.replace(WIDE, wide_combine="stacked")).eval()
+    assert net.classifier.stack_weights.tolist() == [0.5, 0.5]  # the mean until fitted
+    assert net.classifier.fit_stack(_two_class_paths(margins), torch.from_numpy(labels))
+    expected = LogisticRegression(C=1e8, tol=1e-10, max_iter=10_000).fit(margins, labels)
+    bias = net.classifier.stack_bias
+    np.testing.assert_allclose(net.classifier.stack_weights.numpy(), expected.coef_[0], rtol=2e-3)
+    np.testing.assert_allclose(float(bias[1] - bias[0]), expected.intercept_[0], rtol=2e-3)
+    logits = net.classifier.stack(_two_class_paths(margins))
+    np.testing.assert_allclose((logits[:, 1] - logits[:, 0]).numpy(), expected.decision_function(margins), atol=2e-3)
+
+
+def test_a_path_that_ranks_backwards_gets_weight_zero_and_one_class_fits_nothing():
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(1)
+    margins = rng.normal(size=(3000, 2))
+    labels = rng.random(3000) < 1 / (1 + np.exp(-(1.2 * margins[:, 1] - 0.5 * margins[:, 0])))
+    net = model(dataclasses.replace(WIDE, wide_combine="stacked")).eval()
+    assert net.classifier.fit_stack(_two_class_paths(margins), torch.from_numpy(labels))
+    alone = LogisticRegression(C=1e8, tol=1e-10, max_iter=10_000).fit(margins[:, 1:], labels)
+    assert net.classifier.stack_weights[0] == 0.0
+    np.testing.assert_allclose(float(net.classifier.stack_weights[1]), alone.coef_[0, 0], rtol=2e-3)
+    before = [t.clone() for t in (net.classifier.stack_weights, net.classifier.stack_bias)]
+    assert not net.classifier.fit_stack(_two_class_paths(margins), torch.zeros(3000, dtype=torch.long))
+    assert all(torch.equal(a, b) for a, b in zip(before, (net.classifier.stack_weights, net.classifier.stack_bias)))
+
+
+def test_stacked_paths_train_as_averaged_ones_and_predict_the_stack():
+    """Stacking changes the prediction, not the training: each path's own cross-entropy is
+    the loss, as under `average`, and the logits are the stack of the paths' logits."""
+    batch = collate(patients())
+    nets = {c: model(dataclasses.replace(WIDE, wide_combine=c)) for c in ("average", "stacked")}
+    for net in nets.values():
+        net.train()(batch, W)
+        with torch.no_grad():
+            torch.manual_seed(9)
+            net.classifier.wide[1].weight.normal_()
+            net.classifier.wide[1].bias.normal_()
+    with torch.no_grad():
+        nets["stacked"].classifier.stack_weights.copy_(torch.tensor([0.25, 2.0]))
+        nets["stacked"].classifier.stack_bias.copy_(torch.tensor([0.0, -1.0]))
+    torch.manual_seed(5)
+    average = nets["average"].train()(batch, W)
+    torch.manual_seed(5)
+    stacked = nets["stacked"].train()(batch, W)
+    torch.testing.assert_close(stacked.loss, average.loss)
+    torch.testing.assert_close(stacked.ce, average.ce)
+    deep, wide = stacked.paths[:, 0], stacked.paths[:, 1]
+    torch.testing.assert_close((deep + wide) / 2, average.logits)
+    torch.testing.assert_close(stacked.logits, 0.25 * deep + 2.0 * wide + torch.tensor([0.0, -1.0], dtype=deep.dtype))
+    assert average.paths is None

@@ -22,7 +22,9 @@ VALIDATION_BATCH_SIZE = 16  # patients per validation batch at the least (train.
 @torch.no_grad()
 def validate(model, batches, batch_size: int, train: dict, device, autocast, weights) -> dict:
     """Loss (evaluation weights), the probabilities' cross-entropy, AUROC and AUPRC over a
-    split, in length order."""
+    split, in length order. Under `model.wide_combine: stacked` the split first fits the
+    model's stack (Classifier.fit_stack), and the scores are the refitted stack's; the
+    network's own AUROC and the stack's weights join the result."""
     from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
     if len(batches) == 0:
@@ -35,18 +37,32 @@ def validate(model, batches, batch_size: int, train: dict, device, autocast, wei
         shuffle=False,
     )
     model.eval()
-    loss_sum, order, scores = 0.0, [], []
+    loss_sum, order, logits, paths = 0.0, [], [], []
     for indices in sampler.batches(0):
         batch = batches(indices).to(device)
         with autocast():
             out = model(batch, weights)
         loss_sum += float(out.loss) * len(indices)
-        scores.append(torch.softmax(out.logits.float(), dim=-1)[:, 1].cpu().numpy())
+        logits.append(out.logits.float().cpu())
+        if out.paths is not None:
+            paths.append(out.paths.float().cpu())
         order.append(indices)
     model.train()
     labels = batches.labels[np.concatenate(order)]
-    scores = np.concatenate(scores)
+    logits = torch.cat(logits)
     both_classes = len(np.unique(labels)) == 2
+    stacked = {}
+    if paths:
+        paths = torch.cat(paths)
+        classifier = model.classifier
+        classifier.fit_stack(paths, torch.from_numpy(labels))
+        logits = classifier.stack(paths.to(classifier.stack_weights.device)).float().cpu()
+        network = torch.softmax(paths[:, 0], dim=-1)[:, 1].numpy()
+        stacked = {
+            "val_auroc_network": float(roc_auc_score(labels, network)) if both_classes else None,
+            "stack_weights": [round(float(w), 6) for w in classifier.stack_weights],
+        }
+    scores = torch.softmax(logits, dim=-1)[:, 1].numpy()
     return {
         "val_loss": loss_sum / len(labels),
         # of the probabilities as they are (no label smoothing, no class weights): what
@@ -54,6 +70,7 @@ def validate(model, batches, batch_size: int, train: dict, device, autocast, wei
         "val_ce": float(log_loss(labels, scores.astype(np.float64), labels=[0, 1])),
         "val_auroc": float(roc_auc_score(labels, scores)) if both_classes else None,
         "val_auprc": float(average_precision_score(labels, scores)) if labels.any() else None,
+        **stacked,
     }
 
 
@@ -87,6 +104,10 @@ def validation_point(trainer: Trainer) -> None:
         trainer.autocast,
         LossWeights.at_evaluation(trainer.settings["model"]),
     )
+    if trainer.evaluated is not trainer.model and "stack_weights" in result:
+        # the raw weights carry the stack too, or the weight average would pull it back
+        for name in ("stack_weights", "stack_bias"):
+            getattr(trainer.model.classifier, name).copy_(getattr(trainer.evaluated.classifier, name))
     state.validations += 1
     train_loss = state.take_loss()
     line = {
@@ -104,7 +125,8 @@ def validation_point(trainer: Trainer) -> None:
     if is_better(result, state.best, trainer.train["keep_weights"]):
         epoch, step = trainer.sampler.epoch + (trainer.sampler.position > 0), state.step
         state.best = {"validation": state.validations, "epoch": epoch, "step": step, **result}
-        state.best.pop("val_auprc")
+        for key in ("val_auprc", "val_auroc_network", "stack_weights"):
+            state.best.pop(key, None)
         save_weights(
             trainer.evaluated,
             trainer.checkpoints / "best.safetensors",
