@@ -418,9 +418,7 @@ class Classifier(nn.Module):
 # -- the model ----------------------------------------------------------------------------------
 
 
-def fit_stack_weights(
-    paths: torch.Tensor, labels: torch.Tensor, free: list[bool]
-) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_stack_weights(paths: torch.Tensor, labels: torch.Tensor, free: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
     """Maximum-likelihood weights [2] of the paths (those not `free` fixed at 0) and bias
     [C] (the first class's at 0: softmax is shift-invariant) for logits
     sum_k weights[k] paths[:, k] + bias. A ridge on the weights in units of each path's
@@ -536,7 +534,7 @@ class SeqSetVAE(nn.Module):
         # predictions were nearly constant and could rank worse than chance
         h_pred = self.sequence(mu, batch) if self.training else h  # [S, d]
         # deviation (model.label_gradient: head): the labels train the classifier alone; the
-        # network's features are learnt without them (docs/learning_on_real_data.md, round eleven)
+        # network's features are learnt without them (docs/learning_rounds.md, round eleven)
         features = (h_pred.detach(), mu.detach()) if c.label_gradient == "head" else (h_pred, mu)
         logits, fitted, paths = self.classifier(*features, batch)  # [B, C], the logits the labels fit, [B, 2, C]
 

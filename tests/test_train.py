@@ -418,13 +418,34 @@ def test_a_stacked_run_keeps_the_stack_fitted_to_its_kept_weights_on_the_validat
     kept = load_model(run_config, load_embedding(embedding), tmp_path / "run" / "best.safetensors", torch.device("cpu"))
     valid = ShardBatches(str(shards), "valid")
     with torch.no_grad():
-        out = kept(valid(np.arange(len(valid))), LossWeights.at_evaluation(load_settings({"model": run_config["model"]})["model"]))
+        out = kept(
+            valid(np.arange(len(valid))),
+            LossWeights.at_evaluation(load_settings({"model": run_config["model"]})["model"]),
+        )
     assert kept.classifier.stack_weights.tolist() == pytest.approx(points[-1]["stack_weights"], abs=1e-6)
     assert roc_auc_score(valid.labels, torch.softmax(out.logits, -1)[:, 1]) == pytest.approx(points[-1]["val_auroc"])
     saved = [t.clone() for t in (kept.classifier.stack_weights, kept.classifier.stack_bias)]
     assert kept.classifier.fit_stack(out.paths, torch.from_numpy(valid.labels))  # its own maximum: a refit stays
     torch.testing.assert_close(kept.classifier.stack_weights, saved[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(kept.classifier.stack_bias, saved[1], rtol=1e-4, atol=1e-5)
+    # evaluation of the kept weights on the same split: the model's and the network's AUROC as validation scored them
+    from seqsetvae.evaluation import evaluate
+
+    argv = [
+        "--shards",
+        str(shards),
+        "--embedding",
+        str(embedding),
+        "--weights",
+        str(tmp_path / "run" / "best.safetensors"),
+    ]
+    argv += ["--run-config", str(tmp_path / "run" / "run_config.json"), "--batch-size", "4", "--split", "valid"]
+    argv += ["--out", str(tmp_path / "eval.json"), "--predictions", str(tmp_path / "eval.parquet"), "--threads", "1"]
+    assert evaluate.main(argv) == 0
+    scored = json.loads((tmp_path / "eval.json").read_text())
+    assert scored["auroc"] == pytest.approx(points[-1]["val_auroc"])
+    assert scored["network"]["auroc"] == pytest.approx(points[-1]["val_auroc_network"])
+    assert scored["network"]["stack_weights"] == pytest.approx(points[-1]["stack_weights"], abs=1e-6)
 
 
 def test_the_regressions_start_without_the_wide_path_is_an_input_error(data, tmp_path):

@@ -88,7 +88,7 @@ def evaluate_split(model, batches, sampler, device: torch.device, autocast, weig
     batch means), so they do not depend on the batch size.
     """
     n = len(batches)
-    probabilities = np.full(n, np.nan)
+    probabilities, network = np.full(n, np.nan), None
     active = ActiveUnits()
     sets, recon_sum, kl_sum, kl_free_bits_sum = 0, 0.0, 0.0, 0.0
     largest = {"patients": 0, "events": 0, "sets": 0}
@@ -108,6 +108,9 @@ def evaluate_split(model, batches, sampler, device: torch.device, autocast, weig
         probability = torch.softmax(out.logits.float(), dim=-1)[:, 1].cpu().numpy()  # waits for the device
         seconds += time.perf_counter() - t0
         probabilities[indices] = probability
+        if out.paths is not None:  # model.wide_combine: stacked: the network's own risks beside the model's
+            network = np.full(n, np.nan) if network is None else network
+            network[indices] = torch.softmax(out.paths[:, 0].float(), dim=-1)[:, 1].cpu().numpy()
         recon_sum += float(out.recon_per_set.float().sum())
         kl_sum += float(out.kl_raw_per_set.float().sum())
         kl_free_bits_sum += float(out.kl_per_set.float().sum())
@@ -119,6 +122,7 @@ def evaluate_split(model, batches, sampler, device: torch.device, autocast, weig
             largest[key] = max(largest[key], int(value))
     return {
         "probabilities": probabilities,
+        "network_probabilities": network,
         "recon": recon_sum / sets,
         "kl": kl_sum / sets,
         "kl_free_bits": kl_free_bits_sum / sets,
@@ -131,6 +135,17 @@ def evaluate_split(model, batches, sampler, device: torch.device, autocast, weig
         },
         "largest_batch": largest,
     }
+
+
+def network_alone(model, labels: np.ndarray, probabilities: np.ndarray | None) -> dict:
+    """Under model.wide_combine: stacked, `{"network": {auroc, stack_weights}}`: how the
+    network ranks on its own, and how much the stack leans on it; else nothing."""
+    if probabilities is None:
+        return {}
+    from sklearn.metrics import roc_auc_score
+
+    auroc = float(roc_auc_score(labels, probabilities)) if len(np.unique(labels)) == 2 else None
+    return {"network": {"auroc": auroc, "stack_weights": [float(w) for w in model.classifier.stack_weights]}}
 
 
 def write_predictions(path: str | Path, patient_ids: list[str], labels: np.ndarray, probabilities: np.ndarray) -> None:
@@ -210,6 +225,7 @@ def main(argv: list[str]) -> int:
         "kl": result["kl"],
         "kl_free_bits": result["kl_free_bits"],
         "active_units": result["active_units"],
+        **network_alone(model, labels, result["network_probabilities"]),
         "inference": result["inference"],
         "memory": {"peak_rss_mb": peak_rss_mb(), "cuda_max_allocated_mb": allocated, "cuda_max_reserved_mb": reserved},
         "largest_batch": result["largest_batch"],
