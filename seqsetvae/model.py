@@ -12,7 +12,8 @@ API (the contract of docs/design.md):
 used, `mu [S, latent]` and `h [S, latent]` (real sets, in the batch's set order), and
 per-item terms `recon_per_set [S]`, `kl_per_set [S]` (free bits applied),
 `kl_raw_per_set [S]`, `ce_per_patient [B]` (times its class weight), and under
-`model.wide_combine: stacked` `paths [B, 2, C]`, the deep and wide paths' logits.
+`model.wide_combine: standardized` or `stacked` `paths [B, 2, C]`, the deep and wide
+paths' logits.
 
 The variable embedding is a frozen, non-persistent buffer: not a parameter and not in
 `state_dict()` (the embedding stage's file is its one source; evaluation needs it too).
@@ -71,7 +72,7 @@ class ModelConfig:
     wide: str = "none"  # none | summaries: a linear path on per-patient measurement summaries
     wide_l2: float = 0.0  # L2 penalty on the wide path's weights, in the loss (not decoupled decay)
     label_gradient: str = "network"  # network | head: what the prediction loss trains
-    wide_combine: str = "sum"  # sum | average | stacked: how the wide path joins the deep one
+    wide_combine: str = "sum"  # sum | average | standardized | stacked: how the wide path joins the deep one
 
     @classmethod
     def from_settings(cls, model: dict | None) -> "ModelConfig":
@@ -117,7 +118,7 @@ class ModelOutput:
     kl_per_set: torch.Tensor  # [S] (free bits applied: what the loss sees)
     kl_raw_per_set: torch.Tensor  # [S] (the posterior's KL, for reporting)
     ce_per_patient: torch.Tensor  # [B]
-    paths: torch.Tensor | None = None  # [B, 2, C]: the deep and wide paths' logits (model.wide_combine: stacked)
+    paths: torch.Tensor | None = None  # [B, 2, C]: the deep and wide paths' logits (standardized, stacked)
 
 
 # -- the network ----------------------------------------------------------------------------
@@ -239,7 +240,8 @@ class Classifier(nn.Module):
     standardised measurement summaries (seqsetvae.summaries) joins the logits: added to
     them under one cross-entropy (`model.wide_combine: sum`), or, with `average`, each
     path fitted to the labels by a cross-entropy of its own and the logits their mean;
-    with `stacked`, a weighted sum whose weights fit_stack() fits on held-out patients."""
+    with `standardized` or `stacked`, a weighted sum that fit_stack() fits on held-out
+    patients."""
 
     # the running means' window, in training patients (the same for every batch size)
     CENTERING_PATIENTS = 512
@@ -270,7 +272,7 @@ class Classifier(nn.Module):
             nn.init.zeros_(self.wide[1].bias)
             self.register_buffer("summary_moments", torch.zeros(2 * summaries))  # [mean, mean of squares]
             self.register_buffer("summary_patients_seen", torch.zeros(1, dtype=torch.float64))
-            if c.wide_combine == "stacked":
+            if c.wide_combine in ("stacked", "standardized"):
                 # logits = stack_weights[0] x deep + stack_weights[1] x wide + stack_bias, the
                 # mean of the two until fit_stack() fits them on a validation split
                 self.register_buffer("stack_weights", torch.full((2,), 0.5))
@@ -298,7 +300,7 @@ class Classifier(nn.Module):
         self, h: torch.Tensor, z: torch.Tensor, batch: Batch
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
         """(the logits [B, C], the logits that the prediction loss fits to the labels, and
-        under `model.wide_combine: stacked` each path's logits [B, 2, C]: deep, wide)."""
+        under `model.wide_combine: standardized | stacked` each path's logits [B, 2, C]: deep, wide)."""
         deep = self.deep(h, z, batch)
         if self.wide is None:
             return deep, [deep], None
@@ -312,9 +314,9 @@ class Classifier(nn.Module):
         fitted = [deep] if self.wide_frozen else [deep, wide]
         if self.combine == "average":
             return (deep + wide) / 2, fitted, None
-        # deviation (stacked; round twelve): a plain mean lets the path with the wider
-        # logits decide, however well it ranks; the stack weighs each path by what it is
-        # worth on held-out patients and leaves the risks calibrated
+        # deviation (standardized, stacked; round twelve): a plain mean lets the path with
+        # the wider logits decide, however well it ranks (a strongly penalised regression's
+        # logits are narrow); fit_stack() puts the paths on one scale, then calibrates
         paths = torch.stack([deep, wide], dim=1)  # [B, 2, C]
         return self.stack(paths), fitted, paths
 
@@ -325,20 +327,30 @@ class Classifier(nn.Module):
 
     @torch.no_grad()
     def fit_stack(self, paths: torch.Tensor, labels: torch.Tensor) -> bool:
-        """Fit the stack (model.wide_combine: stacked) to held-out patients: the paths'
-        weights (at least 0) and one bias per class by maximum likelihood, unweighted by
-        class, so the stacked risks are calibrated (Platt scaling of two predictors). A
-        split without both classes leaves the stack as it is (returns False)."""
+        """Fit the combination of the paths' logits [N, 2, C] to held-out patients, by
+        maximum likelihood unweighted by class, so that the risks are calibrated:
+        - `standardized`: each path divided by its spread over these patients (no label
+          read), the two averaged, then one slope (> 0) and a bias per class fitted
+          (Platt scaling): the two paths count equally, and the ranking is the mean's;
+        - `stacked`: each path's weight (at least 0) and the bias fitted together, so a
+          path counts by how it predicts these patients (a stacked generalisation).
+        A split without both classes leaves the combination as it is (returns False)."""
         labels = labels.long()
         if paths.shape[0] == 0 or torch.unique(labels).numel() < 2:
             return False
         paths = paths.double()
-        free = [True, True]  # a path whose best weight is negative ranks backwards here: weight 0
-        for _ in range(2):
-            weights, bias = fit_stack_weights(paths, labels, free)
-            if (weights >= 0).all():
-                break
-            free = [f and float(w) > 0 for f, w in zip(free, weights)]
+        if self.combine == "standardized":
+            direction = 0.5 / logit_spread(paths)  # [2]
+            slope, bias = fit_stack_weights((paths * direction[:, None]).sum(1, keepdim=True), labels, [True])
+            # a combination that ranks backwards here keeps its ranking; its risks are then ~constant
+            weights = slope.clamp(min=1e-6) * direction
+        else:
+            free = [True, True]  # a path whose best weight is negative ranks backwards here: weight 0
+            for _ in range(2):
+                weights, bias = fit_stack_weights(paths, labels, free)
+                if (weights >= 0).all():
+                    break
+                free = [f and float(w) > 0 for f, w in zip(free, weights)]
         self.stack_weights.copy_(weights.clamp(min=0.0))
         self.stack_bias.copy_(bias)
         return True
@@ -418,16 +430,24 @@ class Classifier(nn.Module):
 # -- the model ----------------------------------------------------------------------------------
 
 
+def logit_spread(paths: torch.Tensor) -> torch.Tensor:
+    """[K]: each path's spread over patients of its logits [N, K, C], centred per patient
+    over the classes (what softmax reads; with two classes, half the margin's standard
+    deviation); at least 1e-3, so a constant path stays finite."""
+    centred = paths - paths.mean(-1, keepdim=True)
+    return (centred - centred.mean(0)).square().mean((0, 2)).sqrt().clamp(min=1e-3)
+
+
 def fit_stack_weights(paths: torch.Tensor, labels: torch.Tensor, free: list[bool]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Maximum-likelihood weights [2] of the paths (those not `free` fixed at 0) and bias
-    [C] (the first class's at 0: softmax is shift-invariant) for logits
+    """Maximum-likelihood weights [K] of the paths [N, K, C] (those not `free` fixed at 0)
+    and bias [C] (the first class's at 0: softmax is shift-invariant) for logits
     sum_k weights[k] paths[:, k] + bias. A ridge on the weights in units of each path's
     spread keeps a constant path's weight determinate and leaves the others unbiased
-    (1e-5 of a unit change). L-BFGS in float64 from the mean of the paths."""
-    classes = paths.shape[-1]
+    (1e-5 of a unit change). L-BFGS in float64 from weights 0.5."""
+    classes, paths_count = paths.shape[-1], paths.shape[1]
     mask = torch.tensor(free, dtype=paths.dtype)
-    spread = (paths - paths.mean(0)).square().mean((0, 2)).sqrt().clamp(min=1e-3)  # [2]
-    weights = torch.full((2,), 0.5, dtype=paths.dtype, requires_grad=True)
+    spread = logit_spread(paths)  # [K]
+    weights = torch.full((paths_count,), 0.5, dtype=paths.dtype, requires_grad=True)
     bias = torch.zeros(classes - 1, dtype=paths.dtype, requires_grad=True)
     optimizer = torch.optim.LBFGS([weights, bias], lr=1.0, max_iter=200, line_search_fn="strong_wolfe")
 

@@ -396,8 +396,9 @@ def test_a_frozen_regression_start_ends_as_it_started(data, tmp_path):
         assert weights["classifier.mlp.1.weight"].abs().sum() > 0  # the deep head trained
 
 
-def test_a_stacked_run_keeps_the_stack_fitted_to_its_kept_weights_on_the_validation_split(data, tmp_path):
-    """`model.wide_combine: stacked`: every validation point fits the stack on the
+@pytest.mark.parametrize("combine", ["standardized", "stacked"])
+def test_a_stacked_run_keeps_the_stack_fitted_to_its_kept_weights_on_the_validation_split(data, tmp_path, combine):
+    """`model.wide_combine: standardized | stacked`: every validation point fits the stack on the
     validation split and scores the refitted model; the kept weights hold that stack, so
     evaluation predicts what validation scored."""
     from sklearn.metrics import roc_auc_score
@@ -407,7 +408,7 @@ def test_a_stacked_run_keeps_the_stack_fitted_to_its_kept_weights_on_the_validat
     from seqsetvae.runtime.dataset import ShardBatches
     from seqsetvae.runtime.device import load_embedding
 
-    stacked = {"model": {"wide": "summaries", "wide_combine": "stacked"}, "wide_start": "regression"}
+    stacked = {"model": {"wide": "summaries", "wide_combine": combine}, "wide_start": "regression"}
     trained = {"wide_start_c_grid": [0.01, 1.0], "keep_weights": "last"}  # the paths move: so does the stack
     assert _run(data, tmp_path / "run", **trained, **stacked) == 0
     points = [line for line in _lines(tmp_path / "run") if line["kind"] == "validation"]

@@ -322,3 +322,27 @@ def test_stacked_paths_train_as_averaged_ones_and_predict_the_stack():
     torch.testing.assert_close((deep + wide) / 2, average.logits)
     torch.testing.assert_close(stacked.logits, 0.25 * deep + 2.0 * wide + torch.tensor([0.0, -1.0], dtype=deep.dtype))
     assert average.paths is None
+
+
+def test_standardized_paths_count_equally_and_one_slope_calibrates_them():
+    """`model.wide_combine: standardized`: each path divided by its spread over the
+    patients (half the margin's standard deviation with two classes), the two averaged,
+    then one slope and a bias fitted: the ranking is that of the mean of the standardised
+    margins whatever the labels, and the slope and bias are the 1-D logistic regression's."""
+    from scipy.stats import rankdata
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(2)
+    margins = rng.normal(size=(4000, 2)) * [3.0, 0.2] + [1.0, -0.5]
+    labels = rng.random(4000) < 1 / (1 + np.exp(-(0.1 * margins[:, 0] + 4.0 * margins[:, 1])))
+    net = model(dataclasses.replace(WIDE, wide_combine="standardized")).eval()
+    assert net.classifier.fit_stack(_two_class_paths(margins), torch.from_numpy(labels))
+    weights = net.classifier.stack_weights.numpy()
+    np.testing.assert_allclose(weights[0] / weights[1], margins[:, 1].std() / margins[:, 0].std(), rtol=1e-6)
+    standardised = ((margins - margins.mean(0)) / margins.std(0)).mean(1)
+    logits = net.classifier.stack(_two_class_paths(margins))
+    margin = (logits[:, 1] - logits[:, 0]).numpy()
+    np.testing.assert_array_equal(rankdata(margin), rankdata(standardised))
+    summed = (margins / margins.std(0)).sum(1, keepdims=True)
+    expected = LogisticRegression(C=1e8, tol=1e-10, max_iter=10_000).fit(summed, labels)
+    np.testing.assert_allclose(margin, expected.decision_function(summed), atol=2e-3)

@@ -108,7 +108,7 @@ def evaluate_split(model, batches, sampler, device: torch.device, autocast, weig
         probability = torch.softmax(out.logits.float(), dim=-1)[:, 1].cpu().numpy()  # waits for the device
         seconds += time.perf_counter() - t0
         probabilities[indices] = probability
-        if out.paths is not None:  # model.wide_combine: stacked: the network's own risks beside the model's
+        if out.paths is not None:  # wide_combine standardized or stacked: the network's own risks too
             network = np.full(n, np.nan) if network is None else network
             network[indices] = torch.softmax(out.paths[:, 0].float(), dim=-1)[:, 1].cpu().numpy()
         recon_sum += float(out.recon_per_set.float().sum())
@@ -138,7 +138,7 @@ def evaluate_split(model, batches, sampler, device: torch.device, autocast, weig
 
 
 def network_alone(model, labels: np.ndarray, probabilities: np.ndarray | None) -> dict:
-    """Under model.wide_combine: stacked, `{"network": {auroc, stack_weights}}`: how the
+    """Under model.wide_combine: standardized or stacked, `{"network": {auroc, stack_weights}}`: how the
     network ranks on its own, and how much the stack leans on it; else nothing."""
     if probabilities is None:
         return {}

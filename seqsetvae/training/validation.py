@@ -22,7 +22,7 @@ VALIDATION_BATCH_SIZE = 16  # patients per validation batch at the least (train.
 @torch.no_grad()
 def validate(model, batches, batch_size: int, train: dict, device, autocast, weights) -> dict:
     """Loss (evaluation weights), the probabilities' cross-entropy, AUROC and AUPRC over a
-    split, in length order. Under `model.wide_combine: stacked` the split first fits the
+    split, in length order. Under `model.wide_combine: standardized` or `stacked` the split first fits the
     model's stack (Classifier.fit_stack), and the scores are the refitted stack's; the
     network's own AUROC and the stack's weights join the result."""
     from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
