@@ -51,14 +51,14 @@ def validate(model, batches, batch_size: int, train: dict, device, autocast, wei
     labels = batches.labels[np.concatenate(order)]
     logits = torch.cat(logits)
     both_classes = len(np.unique(labels)) == 2
-    stacked = {}
+    combination = {}
     if paths:
         paths = torch.cat(paths)
         classifier = model.classifier
         classifier.fit_stack(paths, torch.from_numpy(labels))
         logits = classifier.stack(paths.to(classifier.stack_weights.device)).float().cpu()
         network = torch.softmax(paths[:, 0], dim=-1)[:, 1].numpy()
-        stacked = {
+        combination = {
             "val_auroc_network": float(roc_auc_score(labels, network)) if both_classes else None,
             "stack_weights": [round(float(w), 6) for w in classifier.stack_weights],
         }
@@ -70,7 +70,7 @@ def validate(model, batches, batch_size: int, train: dict, device, autocast, wei
         "val_ce": float(log_loss(labels, scores.astype(np.float64), labels=[0, 1])),
         "val_auroc": float(roc_auc_score(labels, scores)) if both_classes else None,
         "val_auprc": float(average_precision_score(labels, scores)) if labels.any() else None,
-        **stacked,
+        **combination,
     }
 
 
