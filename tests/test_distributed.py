@@ -69,7 +69,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _trainer(shards, embedding, out: Path, world, batch_size: int):
+LABELS = {"pred_warmup_steps": 0}  # the cross-entropy counts from the first step
+WIDE = {**LABELS, "wide": "summaries", "wide_l2": 3.0}  # and the wide path's penalty, which the ranks must count once
+
+
+def _trainer(shards, embedding, out: Path, world, batch_size: int, model: dict | None = None):
     torch.set_default_dtype(torch.float64)
     args = Namespace(
         shards=str(shards),
@@ -79,7 +83,7 @@ def _trainer(shards, embedding, out: Path, world, batch_size: int):
         stop_after_steps=None,
         init_weights=None,
     )
-    settings = load_settings(SETTINGS)
+    settings = load_settings({**SETTINGS, "model": {**SETTINGS["model"], **(model or {})}})
     seed_everything(3)
     trainer = train.Trainer(args, settings, torch.device("cpu"), 1, 3)
     trainer.model.double()  # in place: the optimizer keeps the same parameters
@@ -87,15 +91,21 @@ def _trainer(shards, embedding, out: Path, world, batch_size: int):
         trainer.world, trainer.net = world, torch.nn.parallel.DistributedDataParallel(trainer.model)
         trainer.recorder = Recorder(world.is_main)  # rank 0 alone writes records
     resume.resume(trainer)
+    if trainer.model.classifier.wide is not None:  # it starts at zero, where its penalty has no gradient
+        weight = trainer.model.classifier.wide[1].weight
+        with torch.no_grad():
+            weight.copy_(torch.linspace(-1, 1, weight.numel()).reshape_as(weight))
     return trainer
 
 
-def _gradient_worker(rank: int, port: int, shards: str, embedding: str, out: str, indices: list[int]) -> None:
+def _gradient_worker(
+    rank: int, port: int, shards: str, embedding: str, out: str, indices: list[int], model: dict
+) -> None:
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     world = distributed.init("cpu")
-    trainer = _trainer(shards, embedding, Path(out) / f"rank{rank}", world, len(indices))
+    trainer = _trainer(shards, embedding, Path(out) / f"rank{rank}", world, len(indices), model)
     trainer.step(np.array(indices), 0)
     grads = {name: p.grad for name, p in trainer.model.named_parameters() if p.grad is not None}
     save_file(
@@ -105,16 +115,20 @@ def _gradient_worker(rank: int, port: int, shards: str, embedding: str, out: str
     distributed.finish()
 
 
-@pytest.mark.parametrize("indices", [[0, 5, 9, 14, 21], [7]])  # [7]: one rank without a patient
-def test_one_step_on_two_processes_has_the_single_process_gradient(data, tmp_path, indices):  # noqa: F811
-    """float64: the ranks' averaged gradients are the gradient of the global batch."""
+@pytest.mark.parametrize(
+    "indices, model",
+    [([0, 5, 9, 14, 21], LABELS), ([7], LABELS), ([0, 5, 9, 14, 21], WIDE)],  # [7]: one rank without a patient
+)
+def test_one_step_on_two_processes_has_the_single_process_gradient(data, tmp_path, indices, model):  # noqa: F811
+    """float64: the ranks' averaged gradients are the gradient of the global batch, the
+    wide path's penalty included."""
     shards, embedding = data
     torch.multiprocessing.spawn(
-        _gradient_worker, args=(_free_port(), str(shards), str(embedding), str(tmp_path), indices), nprocs=2
+        _gradient_worker, args=(_free_port(), str(shards), str(embedding), str(tmp_path), indices, model), nprocs=2
     )
     default = torch.get_default_dtype()
     try:
-        single = _trainer(shards, embedding, tmp_path / "single", distributed.World(), len(indices))
+        single = _trainer(shards, embedding, tmp_path / "single", distributed.World(), len(indices), model)
         single.step(np.array(indices), 0)
     finally:
         torch.set_default_dtype(default)

@@ -134,18 +134,26 @@ def rank_noise(
 
 
 def backward_global(
-    output, weights, batch, size: dict, share: float, world: World, device: torch.device
+    output, weights, batch, size: dict, share: float, world: World, device: torch.device, penalty: torch.Tensor | float
 ) -> tuple[dict, float]:
     """Backward of this rank's part of the global batch's mean loss, times the world size
     (DDP averages the ranks' gradients, so their mean is the global batch's gradient);
-    returns the global batch's loss terms and its sequence-grid slots (one all-reduce)."""
+    `penalty` (the wide path's L2 term, the same on every rank) joins unscaled, so the mean
+    counts it once. Returns the global batch's loss terms and its sequence-grid slots (one
+    all-reduce)."""
     ce_sum, recon_sum, kl_sum = (x.sum() for x in (output.ce_per_patient, output.recon_per_set, output.kl_per_set))
     loss = weights.pred * ce_sum / size["patients"] + (weights.recon * recon_sum + weights.beta * kl_sum) / size["sets"]
-    (loss * (share * world.size)).backward()
+    (loss * (share * world.size) + weights.pred * penalty).backward()
     local = [share * float(x.detach()) for x in (ce_sum, recon_sum, kl_sum)]
     ce, recon, kl, slots = all_sum([*local, share * batch.sequence_mask.numel()], device)
     ce, recon, kl = ce / size["patients"], recon / size["sets"], kl / size["sets"]
-    terms = {"loss": weights.pred * ce + weights.recon * recon + weights.beta * kl, "recon": recon, "kl": kl, "ce": ce}
+    prediction = ce + float(penalty)
+    terms = {
+        "loss": weights.pred * prediction + weights.recon * recon + weights.beta * kl,
+        "recon": recon,
+        "kl": kl,
+        "ce": ce,
+    }
     return terms, slots
 
 

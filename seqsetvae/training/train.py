@@ -225,7 +225,10 @@ class Trainer:
             }
 
             def backward(output):  # -> (terms, sequence slots) of the global batch
-                return distributed.backward_global(output, weights, batch, size, share, self.world, self.device)
+                penalty = self.model.classifier.wide_penalty()
+                return distributed.backward_global(
+                    output, weights, batch, size, share, self.world, self.device, penalty
+                )
         else:
             size = {"patients": batch.n_patients, "events": batch.n_events, "sets": batch.n_sets}
 
