@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One development run that keeps the weights of every validation point, then scores
 each point on the validation and test splits: which checkpoint rule holds out of sample
-(docs/learning_on_real_data.md, round nine).
+(docs/learning_rounds.md, round nine).
 
     python scripts/checkpoint_curve.py --results work/dev/results --name recipe --batch-size 16 --seed 0
 

@@ -3,7 +3,7 @@
 each path's margin spread (logit of class 1 minus class 0, its standard deviation over
 the split's stays) and the AUROC of the network alone, the wide path alone, their plain
 mean and the mean of the margins each divided by its spread
-(docs/learning_on_real_data.md, round twelve).
+(docs/learning_rounds.md, round twelve).
 
     python scripts/path_margins.py --run results/runs/bs16/lr1/seed0 --results results --split valid
 """
