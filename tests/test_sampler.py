@@ -99,3 +99,75 @@ def test_unshuffled_plan_is_sorted_within_mega_batches():
     lengths = np.array([5, 1, 4, 2, 3, 9, 7, 8])
     sampler = LengthGroupedBatchSampler(lengths, 2, mega_batch_factor=2, shuffle=False)
     assert [b.tolist() for b in sampler.batches(0)] == [[1, 3], [2, 0], [4, 6], [7, 5]]
+
+
+@pytest.fixture
+def labels() -> np.ndarray:
+    # 6% positives, the early sepsis task's rate
+    return (np.random.default_rng(2).random(1000) < 0.06).astype(np.int64)
+
+
+@pytest.mark.parametrize("class_sampling, positive_share", [("natural", None), ("sqrt", "sqrt"), ("balanced", 0.5)])
+def test_class_sampling_draws_each_class_its_share(lengths, labels, class_sampling, positive_share):
+    """An epoch stays len(train) draws; the positives' share is their rate (natural), the
+    square-root rule's, or a half; the rarer class is passed over whole, so every positive
+    is drawn equally often (within one), and the negatives at most once."""
+    n, positives = len(labels), int(labels.sum())
+    if positive_share == "sqrt":
+        root = np.sqrt([n - positives, positives])
+        positive_share = root[1] / root.sum()
+    expected_positives = positives if positive_share is None else round(positive_share * n)
+    sampler = LengthGroupedBatchSampler(lengths, 16, seed=4, labels=labels, class_sampling=class_sampling)
+    for epoch in range(2):
+        drawn = np.concatenate(_epoch(sampler))
+        assert len(drawn) == n
+        assert labels[drawn].sum() == expected_positives
+        seen = np.bincount(drawn, minlength=n)
+        assert seen[labels == 1].max() - seen[labels == 1].min() <= 1
+        assert seen[labels == 0].max() <= 1
+        if class_sampling == "natural":
+            assert np.array_equal(np.sort(drawn), np.arange(n))
+
+
+def test_class_sampling_is_seeded_and_resumes_identically(lengths, labels):
+    def sampler():
+        return LengthGroupedBatchSampler(lengths, 8, seed=5, labels=labels, class_sampling="balanced")
+
+    full = sampler()
+    reference = _epoch(full) + _epoch(full)
+    assert not np.array_equal(
+        np.concatenate(reference[: len(reference) // 2]), np.concatenate(reference[len(reference) // 2 :])
+    )
+    first = sampler()
+    taken = [b.copy() for _, b in zip(range(10), first)]
+    resumed = sampler()
+    resumed.load_state_dict(first.state_dict())
+    taken += _epoch(resumed) + _epoch(resumed)
+    assert all(np.array_equal(a, b) for a, b in zip(taken, reference)) and len(taken) == len(reference)
+
+
+def test_class_sampling_needs_a_label_per_patient(lengths):
+    with pytest.raises(ValueError, match="needs one label per patient"):
+        LengthGroupedBatchSampler(lengths, 8, class_sampling="balanced")
+    with pytest.raises(ValueError, match="class_sampling must be one of"):
+        LengthGroupedBatchSampler(lengths, 8, labels=np.zeros(len(lengths)), class_sampling="oversample")
+
+
+@pytest.mark.parametrize("class_sampling", ["natural", "sqrt", "balanced"])
+def test_balanced_weights_make_each_class_half_of_the_loss_under_any_sampling(labels, class_sampling):
+    """train.class_weights: balanced under train.class_sampling: the expected weight of
+    each class in an epoch's cross-entropy (draws x weight) is the same, and the wide
+    start's shift is log(n_neg / n_pos) whatever the sampling (the objective's odds)."""
+    from seqsetvae.runtime.sampler import class_draw_counts
+    from seqsetvae.training.optimizer import class_weights, training_class_odds
+
+    weights = class_weights(labels, "balanced", class_sampling)
+    draws = class_draw_counts(labels, class_sampling)
+    assert weights[0] == 1.0
+    assert draws[0] * weights[0] == pytest.approx(draws[1] * weights[1], rel=2e-3)
+    negatives, positives = np.bincount(labels)
+    assert training_class_odds(labels, weights, class_sampling)[1] == pytest.approx(negatives / positives)
+    unweighted = training_class_odds(labels, None, class_sampling)[1]
+    assert unweighted == pytest.approx(
+        {"natural": 1.0, "sqrt": np.sqrt(negatives / positives), "balanced": negatives / positives}[class_sampling]
+    )

@@ -364,6 +364,19 @@ def test_stop_and_resume_gives_the_same_weights(data, reference, tmp_path):
     _assert_same_run(out, reference)
 
 
+def test_class_balanced_sampling_trains_on_its_draws_and_resumes_to_the_same_weights(data, reference, tmp_path):
+    """train.class_sampling: balanced changes which patients the steps see (not the
+    natural run's weights), and a stopped run resumes to the uninterrupted one's."""
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert _run(data, whole, class_sampling="balanced") == 0
+    natural = load_file(str(reference / "final.safetensors"))
+    balanced = load_file(str(whole / "final.safetensors"))
+    assert any(not torch.equal(natural[k], balanced[k]) for k in natural)
+    assert _run(data, stopped, class_sampling="balanced", extra=["--stop-after-steps", "8"]) == 0
+    assert _run(data, stopped, class_sampling="balanced") == 0
+    _assert_same_run(stopped, whole)
+
+
 def test_a_run_from_the_regressions_start_says_so_and_resumes_to_the_same_weights(data, tmp_path, capsys):
     wide = {
         "model": {"wide": "summaries", "wide_l2": 3.0},

@@ -147,7 +147,7 @@ def test_the_wide_start_scores_as_the_baselines_regression(small_shards, weights
 
     torch.manual_seed(0)
     net = SeqSetVAE(WIDE, load_embedding(small_shards / "embedding.safetensors"), weights).double()
-    apply_wide_start(net, start, n_train=len(data["train"][1]), class_weights=weights)
+    apply_wide_start(net, start, n_train=len(data["train"][1]), class_odds=weights)
     valid = ShardBatches(str(shards), "valid")
     with torch.no_grad():
         logits = net.eval()(valid(np.arange(len(valid))), W).logits
@@ -164,7 +164,7 @@ def test_the_wide_start_needs_the_wide_path(small_shards):
     start = fit_wide_start(small_shards / "shards", [0.1], max_iter=2000)
     net = SeqSetVAE(SMALL, load_embedding(small_shards / "embedding.safetensors"))
     with pytest.raises(InputError, match="model.wide: summaries"):
-        apply_wide_start(net, start, n_train=40, class_weights=None)
+        apply_wide_start(net, start, n_train=40, class_odds=None)
 
 
 def test_the_wide_map_has_its_own_rate_only_when_asked_and_zero_freezes_it():

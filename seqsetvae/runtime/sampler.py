@@ -6,6 +6,12 @@ batches, then shuffle the batch order. Patients in one batch therefore have simi
 lengths (little padding) while the epoch stays random. An epoch's batches are a pure
 function of (seed, epoch), so the sampler's whole state is (epoch, position): a resumed
 run recomputes the epoch and skips the batches already done.
+
+With `class_sampling` other than `natural` (train.class_sampling), an epoch is not a
+permutation of the patients but a stratified draw of as many: each class gets a share of
+the epoch (`class_shares`), the rarer class seen several times (whole passes over it in
+random order), the commoner one a random subset; the draw then goes through the same
+length grouping.
 """
 
 from __future__ import annotations
@@ -13,6 +19,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+
+# the exponent k of each class's share of an epoch, proportional to (its patients)^k
+CLASS_SAMPLING_POWER = {"natural": 1.0, "sqrt": 0.5, "balanced": 0.0}
+
+
+def class_shares(labels: np.ndarray, class_sampling: str) -> np.ndarray:
+    """[C] each class's share of an epoch's draws under `class_sampling` (C: the largest
+    label + 1; a class without patients gets 0)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64)).astype(np.float64)
+    weights = np.where(counts > 0, counts ** CLASS_SAMPLING_POWER[class_sampling], 0.0)
+    return weights / weights.sum()
+
+
+def class_draw_counts(labels: np.ndarray, class_sampling: str) -> np.ndarray:
+    """[C] draws per class in an epoch of len(labels) draws (largest remainders)."""
+    n = len(labels)
+    exact = class_shares(labels, class_sampling) * n
+    counts = np.floor(exact).astype(np.int64)
+    counts[np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]] += 1
+    return counts
 
 
 class LengthGroupedBatchSampler:
@@ -33,9 +59,15 @@ class LengthGroupedBatchSampler:
         max_events_per_batch: int | None = None,
         seed: int = 0,
         shuffle: bool = True,
+        labels: np.ndarray | None = None,
+        class_sampling: str = "natural",
     ) -> None:
         if batch_size < 1 or mega_batch_factor < 1:
             raise ValueError("batch_size and mega_batch_factor must be at least 1")
+        if class_sampling not in CLASS_SAMPLING_POWER:
+            raise ValueError(f"class_sampling must be one of {sorted(CLASS_SAMPLING_POWER)}, not {class_sampling!r}")
+        if class_sampling != "natural" and (labels is None or len(labels) != len(lengths)):
+            raise ValueError(f"class_sampling {class_sampling!r} needs one label per patient")
         if max_events_per_batch is not None and max_events_per_batch < 1:
             raise ValueError("max_events_per_batch must be at least 1")
         self.lengths = np.asarray(lengths, dtype=np.int64)
@@ -44,6 +76,8 @@ class LengthGroupedBatchSampler:
         self.max_events_per_batch = max_events_per_batch
         self.seed = seed
         self.shuffle = shuffle
+        self.class_sampling = class_sampling
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.epoch = 0
         self.position = 0  # batches of `epoch` already handed out
         self._cache: tuple[int, list[np.ndarray]] | None = None
@@ -56,7 +90,10 @@ class LengthGroupedBatchSampler:
             return self._cache[1]
         n = len(self.lengths)
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.class_sampling != "natural":
+            order = self._class_draw(rng)
+        else:
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
         mega = self.mega_batch_factor * self.batch_size
         group = np.arange(n) // mega
         # sort by length inside each mega-batch (stable: ties keep the shuffled order)
@@ -70,6 +107,19 @@ class LengthGroupedBatchSampler:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         self._cache = (epoch, batches)
         return batches
+
+    def _class_draw(self, rng: np.random.Generator) -> np.ndarray:
+        """A random order of len(labels) patients with class_draw_counts() of each class:
+        a class drawn more often than it has patients is passed over whole, each pass in a
+        new random order, so its patients are seen equally often (within one)."""
+        draws = []
+        for label, count in enumerate(class_draw_counts(self.labels, self.class_sampling)):
+            members = np.flatnonzero(self.labels == label)
+            if count == 0:
+                continue
+            passes = -(-count // len(members))  # ceil
+            draws.append(np.concatenate([rng.permutation(members) for _ in range(passes)])[:count])
+        return rng.permutation(np.concatenate(draws))
 
     def _budget_batches(self, order: np.ndarray, group: np.ndarray) -> list[np.ndarray]:
         """Greedy cuts of each mega-batch under the event budget (one search per batch)."""

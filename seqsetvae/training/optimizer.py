@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from seqsetvae.errors import InputError
+from seqsetvae.runtime.sampler import class_shares
 
 
 def build_optimizer(model, train: dict, lr: float) -> torch.optim.AdamW:
@@ -31,11 +32,29 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> float:
     return next(group["lr"] for group in optimizer.param_groups if group.get("name") == "rest")
 
 
-def class_weights(labels: np.ndarray, rule: str) -> tuple[float, float] | None:
-    """Cross-entropy weights of classes (0, 1): `balanced` gives the positives n_neg / n_pos."""
+def class_weights(labels: np.ndarray, rule: str, class_sampling: str = "natural") -> tuple[float, float] | None:
+    """Cross-entropy weights of classes (0, 1). `balanced`: each class half of the
+    expected cross-entropy under the sampler's class shares (train.class_sampling): the
+    positives weigh n_neg / n_pos when patients are drawn at their natural rate, 1 when
+    drawn half and half."""
     if rule == "none":
         return None
     positives = int(labels.sum())
     if positives == 0 or positives == len(labels):
         raise InputError("configuration key train.class_weights: balanced weights need both classes in the train split")
-    return 1.0, (len(labels) - positives) / positives
+    shares = class_shares(labels, class_sampling)
+    return 1.0, float(shares[0] / shares[1])
+
+
+def training_class_odds(
+    labels: np.ndarray, weights: tuple[float, float] | None, class_sampling: str
+) -> tuple[float, float]:
+    """(1, r): how much more the training loss weighs a positive, relative to a negative,
+    than the train split's own class rates do: sampling share x cross-entropy weight /
+    natural share. A predictor fitted at the natural rates (the wide start) matches the
+    training objective after adding log(r) to its positive logit."""
+    drawn = class_shares(labels, class_sampling)
+    natural = class_shares(labels, "natural")
+    weight = (1.0, 1.0) if weights is None else weights
+    factors = drawn * np.asarray(weight) / natural
+    return 1.0, float(factors[1] / factors[0])

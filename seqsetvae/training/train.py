@@ -31,7 +31,7 @@ from seqsetvae.training import checkpoint as ckpt
 from seqsetvae.training import distributed, noise_scale, outputs, resume, validation
 from seqsetvae.training.averaging import WeightAverage
 from seqsetvae.training.distributed import World
-from seqsetvae.training.optimizer import build_optimizer, class_weights, set_learning_rate
+from seqsetvae.training.optimizer import build_optimizer, class_weights, set_learning_rate, training_class_odds
 from seqsetvae.training.preemption import Preempted, StopSignals
 from seqsetvae.training.progress import RunState, step_record
 from seqsetvae.training.recorder import Recorder
@@ -108,13 +108,14 @@ class Trainer:
         self.lr_multiplier = train.get("lr_multiplier", 1.0)  # this run's point of train.lr_grid
         self.lr = scaled_lr(train, args.batch_size)
         config = ModelConfig.from_settings(settings["model"])
-        weights = class_weights(self.train_batches.labels, train["class_weights"])
+        labels, sampling = self.train_batches.labels, train["class_sampling"]
+        weights = class_weights(labels, train["class_weights"], sampling)
         self.model = SeqSetVAE(config, self.embedding, weights)
         if args.init_weights is not None:  # seqsetvae.training.pretrain
             load_pretrained(self.model, args.init_weights)
         if train["wide_start"] == "regression":  # seqsetvae.training.wide_start
             start = fit_wide_start(Path(args.shards), train["wide_start_c_grid"], max_iter=2000)
-            apply_wide_start(self.model, start, self.n_train, weights)
+            apply_wide_start(self.model, start, self.n_train, training_class_odds(labels, weights, sampling))
             edge = ", the grid's end" if start.at_grid_edge else ""
             if world.is_main:
                 print(
@@ -148,6 +149,8 @@ class Trainer:
             mega_batch_factor=train["mega_batch_factor"],
             max_events_per_batch=train["max_events_per_batch"],
             seed=seed,
+            labels=self.train_batches.labels,
+            class_sampling=train["class_sampling"],
         )
         self.identity = ckpt.run_identity(
             settings,

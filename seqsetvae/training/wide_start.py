@@ -77,11 +77,13 @@ def fit_wide_start(shards: Path, c_grid: list[float], max_iter: int) -> WideStar
 
 
 @torch.no_grad()
-def apply_wide_start(model: torch.nn.Module, start: WideStart, n_train: int, class_weights) -> None:
+def apply_wide_start(model: torch.nn.Module, start: WideStart, n_train: int, class_odds) -> None:
     """Copy `start` into `model.classifier` (a SeqSetVAE built with `model.wide: summaries`).
 
-    The model's softmax logits l_k with weighted cross-entropy have their optimum at
-    log p(k | x) + log w_k: the class weights' logarithms join the biases. A binary
+    The model's softmax logits l_k, trained with class weights w_k on patients drawn at
+    shares s_k of classes whose natural rates are p_k, have their optimum at
+    log p(k | x) + log(w_k s_k / p_k): those logarithms (`class_odds`, from
+    seqsetvae.training.optimizer.training_class_odds; None: all 1) join the biases. A binary
     regression's logit is split symmetrically over the two classes.
     """
     classifier = model.classifier
@@ -100,8 +102,8 @@ def apply_wide_start(model: torch.nn.Module, start: WideStart, n_train: int, cla
             raise InputError(f"train.wide_start: a binary regression for a model with {classes} classes")
         coef = torch.cat([-coef / 2, coef / 2])
         intercept = torch.cat([-intercept / 2, intercept / 2])
-    if class_weights is not None:
-        intercept = intercept + torch.tensor([math.log(w) for w in class_weights], dtype=torch.float64)
+    if class_odds is not None:
+        intercept = intercept + torch.tensor([math.log(w) for w in class_odds], dtype=torch.float64)
     linear.weight.copy_(coef.to(linear.weight.dtype))
     linear.bias.copy_(intercept.to(linear.bias.dtype))
     mean = torch.as_tensor(start.mean, dtype=torch.float64)
