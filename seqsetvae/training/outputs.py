@@ -4,6 +4,7 @@ metrics.jsonl, best and final weights, run_config.json."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,13 +18,15 @@ if TYPE_CHECKING:
     from seqsetvae.training.train import Trainer
 
 
-def write_outputs(trainer: Trainer) -> None:
-    """The finished run's files (docs/outputs.md), from the trainer's state (rank 0)."""
+def write_outputs(trainer: Trainer, kept: Path | None = None) -> None:
+    """The finished run's files (docs/outputs.md), from the trainer's state (rank 0);
+    `kept`: the weights best.safetensors holds, when not the kept checkpoint's own (the
+    head refit's)."""
     out, state, train = trainer.out, trainer.state, trainer.train
     with atomic_path(out / "metrics.jsonl") as tmp:
         shutil.copyfile(trainer.log_path, tmp)
     with atomic_path(out / "best.safetensors") as tmp:
-        shutil.copyfile(trainer.checkpoints / "best.safetensors", tmp)
+        shutil.copyfile(kept or trainer.checkpoints / "best.safetensors", tmp)
     final_meta = {"epoch": trainer.sampler.epoch, "step": state.step, "epochs": trainer.epochs_done}
     save_weights(trainer.evaluated, out / "final.safetensors", final_meta)
     ckpt.prune(trainer.checkpoints, keep=1)  # the final one: a restarted finished run resumes it

@@ -28,7 +28,7 @@ from seqsetvae.runtime.dataset import prefetched
 from seqsetvae.runtime.sampler import LengthGroupedBatchSampler
 from seqsetvae.settings import load_settings
 from seqsetvae.training import checkpoint as ckpt
-from seqsetvae.training import distributed, noise_scale, outputs, resume, validation
+from seqsetvae.training import distributed, head_refit, noise_scale, outputs, resume, validation
 from seqsetvae.training.averaging import WeightAverage
 from seqsetvae.training.distributed import World
 from seqsetvae.training.optimizer import build_optimizer, class_weights, set_learning_rate, training_class_odds
@@ -421,7 +421,8 @@ def _train(trainer: Trainer, args, train: dict, device, world: World, seed: int,
         distributed.finish()
         return stop.status
     if finished and world.is_main:
-        outputs.write_outputs(trainer)
+        kept = head_refit.refit_head(trainer) if train["head_refit"] == "regression" else None
+        outputs.write_outputs(trainer, kept)
         trainer.recorder.say(f"wrote {args.out}")
     distributed.barrier()
     distributed.finish()
