@@ -694,3 +694,20 @@ def test_the_learning_rate_grid_section_shows_what_the_choice_read(keep):
             "0.800 / 0.300 (0.002)",
         ]
         assert "chosen: the lowest seed-mean validation cross-entropy" in "\n".join(report.lr_grid_section(study, "f"))
+
+
+@pytest.mark.parametrize(
+    "protocol, words",
+    [
+        ({}, "the best-validation-AUROC point"),
+        ({"keep_weights": "last", "head_refit": "none"}, "the last validation point"),
+        (
+            {"keep_weights": "last", "head_refit": "regression"},
+            "the last validation point, its linear head refitted on the train split (train.head_refit)",
+        ),
+    ],
+)
+def test_the_report_names_the_weights_the_test_split_scored(protocol, words):
+    from seqsetvae.reports.batch_comparison import kept_weights_words
+
+    assert kept_weights_words(protocol) == words

@@ -496,6 +496,20 @@ def _machine_line(machine: dict) -> str:
     )
 
 
+KEPT_POINT = {
+    "best_auroc": "the best-validation-AUROC point",
+    "lowest_cross_entropy": "the lowest-validation-cross-entropy point",
+    "last": "the last validation point",
+}
+
+
+def kept_weights_words(protocol: dict) -> str:
+    """Which weights the test split scored (train.keep_weights, train.head_refit)."""
+    point = KEPT_POINT[protocol.get("keep_weights", "best_auroc")]
+    refit = protocol.get("head_refit", "none") == "regression"
+    return point + (", its linear head refitted on the train split (train.head_refit)" if refit else "")
+
+
 def environment_lines(study: dict) -> list[str]:
     env, data = study["environment"], study["dataset"]
     lines = [
@@ -504,7 +518,7 @@ def environment_lines(study: dict) -> list[str]:
         *[_machine_line(m) for m in env.get("machines", [])],
         f"- project commit: {env['commit']}",
         f"- settings digest (sha256 of the settings JSON): `{env['settings_digest']}`",
-        f"- evaluation: best-validation-AUROC checkpoint of each run on the test split; bootstrap "
+        f"- evaluation: {kept_weights_words(study['protocol'])} of each run on the test split; bootstrap "
         f"{study['bootstrap']['resamples']} resamples, seed {study['bootstrap']['seed']}, percentile 95% CIs"
         + ("; resampling subjects with all their samples" if study["bootstrap"].get("unit") == "subject" else ""),
         "- dataset (after QC and truncation):",

@@ -305,6 +305,8 @@ def protocol(settings: dict, runs: list[Run], n_train: int) -> dict:
         "seeds": sorted({r.seed for r in runs}),
         "validations_per_epoch": train.get("validations_per_epoch"),
         "class_weights": train.get("class_weights"),
+        "keep_weights": train.get("keep_weights", "best_auroc"),
+        "head_refit": train.get("head_refit", "none"),
         "schedules": schedules,
     }
 
