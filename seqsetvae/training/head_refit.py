@@ -25,9 +25,8 @@ import torch
 
 from seqsetvae.errors import InputError
 from seqsetvae.model import LossWeights
-from seqsetvae.runtime.sampler import LengthGroupedBatchSampler
 from seqsetvae.runtime.weights import load_weights, save_weights
-from seqsetvae.training.validation import VALIDATION_BATCH_SIZE, validate
+from seqsetvae.training.validation import VALIDATION_BATCH_SIZE, length_ordered, validate
 
 if TYPE_CHECKING:
     from seqsetvae.training.train import Trainer
@@ -37,13 +36,7 @@ if TYPE_CHECKING:
 def readout_features(model, batches, batch_size: int, train: dict, device, autocast) -> tuple[np.ndarray, np.ndarray]:
     """(features [N, F] float64: what the linear head reads, centred; labels [N]) in the
     split's own patient order."""
-    sampler = LengthGroupedBatchSampler(
-        batches.lengths,
-        batch_size,
-        mega_batch_factor=train["mega_batch_factor"],
-        max_events_per_batch=train["max_events_per_batch"],
-        shuffle=False,
-    )
+    sampler = length_ordered(batches, batch_size, train)
     head = model.classifier.mlp[-1]
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda module, inputs: captured.append(inputs[0].float().cpu()))

@@ -19,6 +19,17 @@ if TYPE_CHECKING:
 VALIDATION_BATCH_SIZE = 16  # patients per validation batch at the least (train.max_events_per_batch still caps it)
 
 
+def length_ordered(batches, batch_size: int, train: dict) -> LengthGroupedBatchSampler:
+    """A split's batches for inference: sorted by length, no shuffling, train's batch limits."""
+    return LengthGroupedBatchSampler(
+        batches.lengths,
+        batch_size,
+        mega_batch_factor=train["mega_batch_factor"],
+        max_events_per_batch=train["max_events_per_batch"],
+        shuffle=False,
+    )
+
+
 @torch.no_grad()
 def validate(model, batches, batch_size: int, train: dict, device, autocast, weights) -> dict:
     """Loss (evaluation weights), the probabilities' cross-entropy, AUROC and AUPRC over a
@@ -29,13 +40,7 @@ def validate(model, batches, batch_size: int, train: dict, device, autocast, wei
 
     if len(batches) == 0:
         return {"val_loss": None, "val_ce": None, "val_auroc": None, "val_auprc": None}
-    sampler = LengthGroupedBatchSampler(
-        batches.lengths,
-        batch_size,
-        mega_batch_factor=train["mega_batch_factor"],
-        max_events_per_batch=train["max_events_per_batch"],
-        shuffle=False,
-    )
+    sampler = length_ordered(batches, batch_size, train)
     model.eval()
     loss_sum, order, logits, paths = 0.0, [], [], []
     for indices in sampler.batches(0):
