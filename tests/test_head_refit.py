@@ -30,7 +30,7 @@ def test_the_refitted_head_scores_as_the_regression_on_raw_features():
     on validation (the first on ties)."""
     train_set, valid_set = _features(400, 0), _features(200, 1)
     grid = [0.001, 0.1, 10.0]
-    fitted = fit_head(train_set, valid_set, np.zeros(200), grid, {0: 1.0, 1: 2.0})
+    fitted = fit_head(train_set, valid_set, 0.5, grid, {0: 1.0, 1: 2.0})
     scaler = StandardScaler().fit(train_set[0])
     aurocs = []
     for c in grid:
@@ -48,7 +48,7 @@ def test_the_refitted_head_scores_as_the_regression_on_raw_features():
 
 def test_the_run_keeps_its_own_head_when_no_regression_ranks_validation_higher():
     train_set, valid_set = _features(400, 0), _features(200, 1)
-    perfect = valid_set[1].astype(float)  # the current head already ranks validation perfectly
+    perfect = 1.0  # the current head already ranks validation perfectly
     assert fit_head(train_set, valid_set, perfect, [0.01, 1.0], None) is None
 
 

@@ -59,20 +59,20 @@ def readout_features(model, batches, batch_size: int, train: dict, device, autoc
 def fit_head(
     train_set: tuple[np.ndarray, np.ndarray],
     valid_set: tuple[np.ndarray, np.ndarray],
-    current: np.ndarray,
+    current_auroc: float,
     c_grid: list[float],
     class_weight: dict[int, float] | None,
 ) -> dict | None:
     """The binary regression with the best validation AUROC over `c_grid` (the first on
-    ties), as the head's weight [2, F] and bias [2]: None when none beats the validation
-    scores of the `current` head's logit difference."""
+    ties), as the head's weight [2, F] and bias [2]: None when none beats the current
+    head's validation AUROC."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
     (x_train, y_train), (x_valid, y_valid) = train_set, valid_set
     scaler = StandardScaler().fit(x_train)
-    best = {"val_auroc": roc_auc_score(y_valid, current), "c": None}
+    best = {"val_auroc": current_auroc, "c": None}
     for c in c_grid:
         regression = LogisticRegression(C=c, max_iter=2000, class_weight=class_weight)
         regression.fit(scaler.transform(x_train), y_train)
@@ -98,6 +98,7 @@ def refit_head(trainer: Trainer) -> Path | None:
     the choice in metrics.jsonl and the refitted scores in the kept point (which the
     learning-rate grid compares)."""
     from safetensors import safe_open
+    from sklearn.metrics import roc_auc_score
 
     train, state = trainer.train, trainer.state
     if trainer.settings["model"]["head"] != "linear" or trainer.model.config.num_classes != 2:
@@ -115,12 +116,10 @@ def refit_head(trainer: Trainer) -> Path | None:
     head = model.classifier.mlp[-1]
     weight, bias = head.weight.detach().double().cpu().numpy(), head.bias.detach().double().cpu().numpy()
     current = scored[1][0] @ (weight[1] - weight[0]) + (bias[1] - bias[0])
-    class_weight = dict(enumerate(model.class_weights.tolist()))
-    fitted = fit_head(*scored, current, train["wide_start_c_grid"], class_weight)
-    from sklearn.metrics import roc_auc_score
-
     before = {k: state.best.get(k) for k in ("val_auroc", "val_loss", "val_ce")}
     before["val_auroc_network"] = float(roc_auc_score(scored[1][1], current))
+    class_weight = dict(enumerate(model.class_weights.tolist()))
+    fitted = fit_head(*scored, before["val_auroc_network"], train["wide_start_c_grid"], class_weight)
     line = {"kind": "head_refit", "step": state.step, "c": None if fitted is None else fitted["c"], "before": before}
     if fitted is None:
         append_line(trainer.log_path, line)
