@@ -17,6 +17,7 @@ from seqsetvae.evaluation.evaluate import write_predictions
 from seqsetvae.evaluation.metrics import classification_metrics
 from seqsetvae.evaluation.paired import paired_differences
 from seqsetvae.reports import batch_comparison as report
+from seqsetvae.reports import environment, tables
 from seqsetvae.training import lr_grid
 
 BENCHMARK_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -459,14 +460,14 @@ def test_report_numbers_equal_the_json(tmp_path):
                 assert row["Δ AUROC"] == "(reference)"
             else:
                 assert shown(row["Δ AUROC"], d["estimate"], signed=True) and shown(row.iloc[2], d["ci"])
-                assert row.iloc[3] == report.fmt_p(d["p_adjusted"])
+                assert row.iloc[3] == tables.fmt_p(d["p_adjusted"])
         row = speed.iloc[i]
         assert shown(row["patients/s (mean)"], e["patients_per_s"]["mean"]) and shown(
             row["relative speed"], e["relative_speed"]
         )
         assert shown(row["train peak RSS (MiB)"], e["train_peak_memory_mb"])
         row = target.iloc[i]
-        assert row["samples to target"] == report.fmt(e["samples_to_target"], 0)
+        assert row["samples to target"] == tables.fmt(e["samples_to_target"], 0)
         assert int(row["validation points"]) == e["validation_points"]
     for j, b in enumerate(study["baselines"]):
         row = quality.iloc[3 + j]
@@ -476,7 +477,7 @@ def test_report_numbers_equal_the_json(tmp_path):
     assert "GPU allocated" not in text  # a CPU run's memory is RSS
     claim = table(text, "## The original guide's claim")
     assert claim["claimed relative speed"].tolist() == ["1.0x", "2.5x", "4.0x", "6.0x"]
-    assert claim.loc[3, "measured (vs batch size 1)"] == report.fmt(study["batch_sizes"][2]["relative_speed"], 2) + "x"
+    assert claim.loc[3, "measured (vs batch size 1)"] == tables.fmt(study["batch_sizes"][2]["relative_speed"], 2) + "x"
     assert claim.loc[2, "measured (vs batch size 1)"] == "not run"
     # protocol in two sentences at the top, and what was held equal
     top = text.split("## Summary", 1)[0]
@@ -578,7 +579,7 @@ def test_environment_section(tmp_path):
     results = build_results(tmp_path, (1, 4), seeds=(0,))
     text, _ = run_report(tmp_path, results, (1, 4), (0,))
     env = section(text, "## Environment")
-    assert report.settings_digest(SETTINGS) in env
+    assert environment.settings_digest(SETTINGS) in env
     assert "device: cpu; torch 2.13.0+cpu; CPU threads: 2; precision: fp32" in env
     assert re.search(r"project commit: ([0-9a-f]{40}|unknown)", env)
     assert "test: 200 patients, 20000 sets, 60000 events" in env
@@ -615,7 +616,7 @@ def test_predictions_of_different_patients_are_an_input_error(tmp_path):
 def test_environment_names_each_machine_and_the_runs_on_it():
     from types import SimpleNamespace
 
-    from seqsetvae.reports.batch_comparison import _machine_line, machines
+    from seqsetvae.reports.environment import _machine_line, machines
 
     cpu_node = {"host": "node1", "cpu": "AMD EPYC", "gpu": None, "gpus_visible": 0, "cuda": None, "driver": None}
     gpu_node = {
@@ -652,7 +653,7 @@ def test_a_calibration_without_a_finite_fit_is_null_not_nan(tmp_path):
     from seqsetvae.reports.study import finite
 
     assert finite({"a": float("nan"), "b": [1.0, float("inf")], "c": None}) == {"a": None, "b": [1.0, None], "c": None}
-    assert report.fmt(None) == report.MISSING
+    assert tables.fmt(None) == tables.MISSING
 
 
 @pytest.mark.parametrize("keep", [None, "lowest_cross_entropy"])
@@ -708,6 +709,6 @@ def test_the_learning_rate_grid_section_shows_what_the_choice_read(keep):
     ],
 )
 def test_the_report_names_the_weights_the_test_split_scored(protocol, words):
-    from seqsetvae.reports.batch_comparison import kept_weights_words
+    from seqsetvae.reports.environment import kept_weights_words
 
     assert kept_weights_words(protocol) == words
